@@ -1,0 +1,47 @@
+# lanetrace — every target bootstraps what it needs: Debian packages, .venv,
+# the Python dependencies, the native library and the example programs.
+VENV      := .venv
+PY        := $(VENV)/bin/python
+PIP       := $(VENV)/bin/pip
+APT_STAMP := $(VENV)/.apt-stamp
+DEP_STAMP := $(VENV)/.deps-stamp
+APT_PKGS  := gcc make libc6-dev protobuf-compiler uftrace wrk valgrind
+BUILD_LOCK := /tmp/lanetrace-build.lock
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test native examples bench bench-query clean docs
+
+$(APT_STAMP):
+	@mkdir -p $(VENV)
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(DEP_STAMP): $(APT_STAMP) pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel cffi
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	@touch $@
+
+# Rebuild the cffi extension and the agent library after a change in native/.
+native: $(DEP_STAMP)
+	flock $(BUILD_LOCK) $(PIP) install -q --no-build-isolation --no-deps -e .
+
+examples: $(APT_STAMP)
+	$(MAKE) -s -C examples
+
+test: native examples
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
+
+demo: native examples
+	$(PY) -m lanetrace.demo
+
+bench: native examples
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf build services/lanetrace/*.so services/lanetrace/_native*.c examples/bin traces

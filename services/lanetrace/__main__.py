@@ -1,0 +1,5 @@
+import sys
+
+from lanetrace.cli import main
+
+sys.exit(main())
