@@ -1,0 +1,293 @@
+"""``lanetrace run`` and ``lanetrace attach``: capture a trace.
+
+Everything a user can get wrong is checked before any process starts, so a
+mistake costs nothing and gets one specific message."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import time
+
+import orjson
+
+from lanetrace import atf
+from lanetrace.cli import CliError
+from lanetrace.rundir import RunDir, default_run_dir, new_session_id
+from lanetrace.selection import Selection, SelectionError
+from lanetrace.session import SessionConfig, SessionError, Supervisor, remove_run_dir
+
+
+def register(sub) -> None:
+    run = sub.add_parser("run", help="spawn a program and trace it",
+                         description="Spawn PROGRAM under the tracer and exit with its exit status.")
+    _add_capture_options(run)
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROGRAM [ARGS...]",
+                     help="the program to run, after --")
+    run.set_defaults(func=cmd_run)
+
+    attach = sub.add_parser("attach", help="attach to running processes and trace them",
+                            description="Attach to one or more running processes; stop with "
+                            "--duration or Ctrl-C, which detaches and leaves them running.")
+    _add_capture_options(attach)
+    attach.add_argument("pids", nargs="+", metavar="PID", help="process ids to attach to")
+    attach.set_defaults(func=cmd_attach)
+
+
+def _add_capture_options(p: argparse.ArgumentParser) -> None:
+    sel = p.add_argument_group("hook selection (default: every function with a symbol "
+                               "in the main executable)")
+    sel.add_argument("-i", "--include", action="append", default=[], metavar="[MODULE!]FUNCTION",
+                     help="hook functions matching this glob (repeatable)")
+    sel.add_argument("-x", "--exclude", action="append", default=[], metavar="[MODULE!]FUNCTION",
+                     help="do not hook functions matching this glob (repeatable)")
+    sel.add_argument("-I", "--include-module", action="append", default=[], metavar="MODULE",
+                     help="hook every function of modules matching this glob (repeatable)")
+    sel.add_argument("-X", "--exclude-module", action="append", default=[], metavar="MODULE",
+                     help="hook nothing in modules matching this glob (repeatable)")
+    p.add_argument("-o", "--output", default="traces", metavar="DIR",
+                   help="trace root directory (default: ./traces)")
+    p.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+                   help="stop after this long: detach from attached targets, end spawned ones")
+    p.add_argument("--drainers", type=_int_range(1, 16), default=2, metavar="N",
+                   help="drainer processes, one per registry shard (default 2)")
+    p.add_argument("--slots", type=_int_range(1, 4096), default=64, metavar="N",
+                   help="thread slots per target: threads alive at once (default 64)")
+    p.add_argument("--ring-kb", type=_int_range(4, 65536), default=64, metavar="KB",
+                   help="size of one ring in KiB (default 64)")
+    p.add_argument("--rings-per-lane", type=_int_range(2, 1024), default=8, metavar="N",
+                   help="rings in each thread's pool (default 8)")
+    p.add_argument("--inline-symbols", action="store_true",
+                   help="also write the symbol string into every call and return event")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
+def _int_range(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}: {value}")
+        return value
+    return parse
+
+
+def _selection(args) -> Selection:
+    sel = Selection(args.include, args.exclude, args.include_module, args.exclude_module)
+    try:
+        return sel.validate()
+    except SelectionError as exc:
+        raise CliError(str(exc)) from None
+
+
+def resolve_program(program: list[str]) -> list[str]:
+    if program and program[0] == "--":
+        program = program[1:]
+    if not program:
+        raise CliError("no program given: lanetrace run [OPTIONS] -- PROGRAM [ARGS...]")
+    name = program[0]
+    if "/" in name:
+        path = os.path.abspath(name)
+        if not os.path.exists(path):
+            raise CliError(f"program not found: {name}")
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise CliError(f"program is not executable: {name}")
+    else:
+        path = shutil.which(name)
+        if path is None:
+            raise CliError(f"program not found: {name} (not in PATH)")
+    return [path, *program[1:]]
+
+
+def check_pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise CliError(f"not a process id: {text!r}") from None
+    if pid <= 0:
+        raise CliError(f"not a process id: {text!r}")
+    if pid == os.getpid():
+        raise CliError(f"pid {pid} is lanetrace itself")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise CliError(f"no such process: {pid}") from None
+    except PermissionError:
+        raise CliError(f"not permitted to trace pid {pid}: it belongs to another user "
+                       "(run lanetrace as that user or as root)") from None
+    return pid
+
+
+def prepare_output(root: str, session_id: str) -> str:
+    root = os.path.abspath(root)
+    session_dir = os.path.join(root, session_id)
+    try:
+        os.makedirs(session_dir, exist_ok=False)
+    except OSError as exc:
+        raise CliError(f"cannot write traces to {root}: {exc.strerror}") from None
+    if not os.access(session_dir, os.W_OK):
+        raise CliError(f"cannot write traces to {root}: not writable")
+    return root
+
+
+def cmd_run(args) -> int:
+    argv = resolve_program(args.program)
+    spec = {"spawn": {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}}
+    return capture(args, spec)
+
+
+def cmd_attach(args) -> int:
+    pids = []
+    for text in args.pids:
+        pid = check_pid(text)
+        if pid in pids:
+            raise CliError(f"pid {pid} given twice")
+        pids.append(pid)
+    return capture(args, {"attach": pids})
+
+
+def capture(args, target_spec: dict) -> int:
+    selection = _selection(args)
+    session_id = new_session_id()
+    trace_root = prepare_output(args.output, session_id)
+    session_dir = os.path.join(trace_root, session_id)
+    run_dir = RunDir(default_run_dir(session_id)).create()
+    spec = {
+        "sessionId": session_id, "traceRoot": trace_root, "drainers": args.drainers,
+        "selection": selection.to_agent(), "duration": args.duration, "slots": args.slots,
+        "ringBytes": args.ring_kb * 1024, "ringsPerLane": args.rings_per_lane, **target_spec,
+    }
+    spec_path = run_dir.file("spec.json")
+    with open(spec_path, "wb") as f:
+        f.write(orjson.dumps(spec))
+    cfg = SessionConfig(run_dir=run_dir, session_id=session_id, trace_root=trace_root,
+                        drainers=args.drainers, inline_symbols=args.inline_symbols,
+                        spec_path=spec_path)
+    supervisor = Supervisor(cfg)
+    started = time.time()
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        # First Ctrl-C: stop tracing in order; the trace is still finalized.
+        if not interrupted:
+            print("\nlanetrace: stopping (finishing the trace; Ctrl-C again to abort)",
+                  file=sys.stderr)
+            supervisor.signal("injector", "TERM")
+            interrupted.append(signum)
+        else:
+            raise KeyboardInterrupt
+
+    old_int = signal.signal(signal.SIGINT, on_interrupt)
+    old_term = signal.signal(signal.SIGTERM, on_interrupt)
+    result = None
+    failed = True
+    try:
+        supervisor.start()
+        supervisor.wait_until_exited("injector")
+        result_path = run_dir.file("result.json")
+        if os.path.exists(result_path):
+            with open(result_path, "rb") as f:
+                result = orjson.loads(f.read())
+        failed = not result or bool(result.get("error"))
+    except SessionError as exc:
+        raise CliError(str(exc), status=1) from None
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        supervisor.shutdown()
+        remove_run_dir(run_dir, keep_logs_in=session_dir if failed else None)
+    if result is None:
+        raise CliError(f"the injector ended without a result; logs are in {session_dir}/logs",
+                       status=1)
+    write_session_file(session_dir, spec, result, started)
+    if result.get("error"):
+        raise CliError(result["error"], status=1)
+    summary = summarize(result)
+    print_summary(summary, as_json=args.json)
+    return exit_status(result, target_spec)
+
+
+def write_session_file(session_dir: str, spec: dict, result: dict, started: float) -> None:
+    session = {
+        "sessionId": spec["sessionId"], "startedAt": started, "endedAt": time.time(),
+        "options": {k: spec[k] for k in ("selection", "duration", "drainers", "slots",
+                                         "ringBytes", "ringsPerLane")},
+        "targets": result.get("targets", []), "error": result.get("error", ""),
+    }
+    atf.write_json_atomic(os.path.join(session_dir, "session.json"), session)
+
+
+def summarize(result: dict) -> dict:
+    targets = []
+    for t in result["targets"]:
+        entry = {"pid": t["pid"], "program": " ".join(t["argv"]) or "?", "traceDir": t["traceDir"],
+                 "exitCode": t["exitCode"], "signal": t["signal"], "detached": t["detached"],
+                 "error": t.get("error", "")}
+        try:
+            manifest = atf.read_manifest(t["traceDir"])
+        except atf.TraceFormatError as exc:
+            entry["error"] = entry["error"] or str(exc)
+            manifest = {}
+        entry["events"] = manifest.get("eventCount", 0)
+        entry["threads"] = manifest.get("threadCount", 0)
+        entry["drops"] = {k: v for k, v in (manifest.get("drops") or {}).items() if v}
+        entry["topFunctions"] = (manifest.get("topFunctions") or [])[:10]
+        targets.append(entry)
+    return {"sessionId": result["sessionId"], "traceRoot": result["traceRoot"], "targets": targets}
+
+
+def print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        return
+    out = sys.stderr  # stdout belongs to the traced program's output
+    print(f"\nlanetrace session {summary['sessionId']}", file=out)
+    for t in summary["targets"]:
+        if t["detached"]:
+            how = "detached, still running"
+        elif t["signal"]:
+            how = f"killed by {_signame(t['signal'])}"
+        else:
+            how = f"exit code {t['exitCode']}"
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(t["drops"].items())) or "none"
+        print(f"  pid {t['pid']} ({t['program']}): {how}", file=out)
+        print(f"    events recorded: {t['events']} on {t['threads']} threads; drops: {drops}",
+              file=out)
+        print(f"    trace: {t['traceDir']}", file=out)
+        if t["error"]:
+            print(f"    problem: {t['error']}", file=out)
+        if t["topFunctions"]:
+            print("    most-called functions:", file=out)
+            for fn in t["topFunctions"]:
+                print(f"      {fn['calls']:>10}  {fn['name']}  ({fn.get('module', '')})", file=out)
+
+
+def _signame(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def exit_status(result: dict, target_spec: dict) -> int:
+    """``run`` exits like its target (128+N for a signal, as a shell does)."""
+    if "spawn" not in target_spec or not result["targets"]:
+        return 0
+    t = result["targets"][0]
+    if t["signal"]:
+        return 128 + int(t["signal"])
+    return int(t["exitCode"] or 0)

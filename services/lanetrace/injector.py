@@ -1,0 +1,415 @@
+"""The injector: spawns or attaches the targets with Frida, gives each its
+shared-memory segment, loads the agent, publishes the function table to the
+writer, and follows each target until it ends (exit code or signal) or until
+tracing stops (``--duration``, SIGINT/SIGTERM).
+
+Run as ``python -m lanetrace.injector --run-dir DIR --spec SPEC.json`` (the
+spec is written by ``lanetrace run``/``attach``). When every target is
+finished and drained, it writes ``result.json`` into the run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import frida
+import orjson
+
+from lanetrace import atf
+from lanetrace.bus import Bus, receive
+from lanetrace.datachannel import WriterClient, WriterRejected, WriterUnavailable
+from lanetrace.rundir import RunDir
+from lanetrace.selection import Selection
+from lanetrace.shm import TargetSegment
+
+log = logging.getLogger("lanetrace.injector")
+
+AGENT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent")
+AGENT_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "liblanetrace_agent.so")
+PIPELINE_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 120.0
+TERMINATE_GRACE_S = 2.0
+
+
+class TargetError(Exception):
+    """A target could not be traced; the message is for the user."""
+
+
+def read_agent_source(name: str) -> str:
+    with open(os.path.join(AGENT_DIR, name)) as f:
+        return f.read()
+
+
+@dataclass
+class Target:
+    pid: int
+    spawned: bool
+    argv: list[str]
+    segment: TargetSegment | None = None
+    session: frida.core.Session | None = None
+    agent: frida.core.Script | None = None
+    lifecycle: frida.core.Script | None = None
+    functions: list[dict] = field(default_factory=list)
+    exit_code: int | None = None
+    signal: int = 0
+    crash: dict | None = None
+    detached: bool = False
+    end_reason: str = ""
+    ended: threading.Event = field(default_factory=threading.Event)
+    start_ns: int = 0
+    end_ns: int = 0
+    error: str = ""
+    hooks: dict = field(default_factory=dict)
+    sent_signal: int = 0  # the signal we ended a spawned target with
+
+    @property
+    def trace_dir_name(self) -> str:
+        return f"pid_{self.pid}"
+
+
+class Injector:
+    def __init__(self, run_dir: RunDir, spec: dict):
+        self.run_dir = run_dir
+        self.spec = spec
+        self.session_id = spec["sessionId"]
+        self.selection = Selection.from_agent(spec.get("selection", {})).validate()
+        self.device = frida.get_local_device()
+        self.bus = Bus(run_dir, "injector")
+        self.drained_sub = self.bus.subscriber("target.drained", "hb.drainer-")
+        self.writer = WriterClient(run_dir.writer, "injector")
+        # Frida delivers messages on its own thread; a ZeroMQ socket must not
+        # be shared across threads, so that thread gets a client of its own.
+        self.callback_writer_lock = threading.Lock()
+        self.callback_writer: WriterClient | None = None
+        self.targets: list[Target] = []
+        self.stop_requested = threading.Event()
+        self.shards = int(spec.get("drainers", 2))
+        self._source_cache: dict[str, dict] = {}
+
+    # ---- pipeline readiness -------------------------------------------------
+    def wait_for_pipeline(self) -> None:
+        """Targets must not run before the writer answers and every drainer
+        beats: records made before that would wait in the rings and, with a
+        busy target, overflow them."""
+        self.writer.request("ping", {}, deadline_s=PIPELINE_TIMEOUT_S)
+        seen: set[str] = set()
+        deadline = time.monotonic() + PIPELINE_TIMEOUT_S
+        while len(seen) < self.shards:
+            if time.monotonic() > deadline:
+                missing = sorted(set(f"drainer-{k}" for k in range(self.shards)) - seen)
+                raise TargetError(f"drainers did not start within {PIPELINE_TIMEOUT_S:.0f}s: "
+                                  f"{', '.join(missing)} (see the logs in {self.run_dir.logs_dir})")
+            msg = receive(self.drained_sub, 200)
+            if msg and msg[0].startswith("hb.drainer-"):
+                seen.add(msg[0][3:])
+
+    # ---- writer -------------------------------------------------------------
+    def _writer_for_current_thread(self) -> WriterClient:
+        if threading.current_thread() is threading.main_thread():
+            return self.writer
+        if self.callback_writer is None:
+            self.callback_writer = WriterClient(self.run_dir.writer, "injector-cb")
+        return self.callback_writer
+
+    def publish_functions(self, target: Target, functions: list[dict]) -> None:
+        if not functions:
+            return
+        self._add_source_locations(functions)
+        with self.callback_writer_lock:
+            self._writer_for_current_thread().request(
+                "functions", {"pid": target.pid, "functions": functions})
+        target.functions.extend(functions)
+
+    def _add_source_locations(self, functions: list[dict]) -> None:
+        """file:line from DWARF, once per module (best effort: a stripped
+        module just has names)."""
+        try:
+            from lanetrace.export.dwarf import source_locations
+        except ImportError:
+            return
+        for fn in functions:
+            path = fn.get("modulePath") or ""
+            if not path:
+                continue
+            if path not in self._source_cache:
+                try:
+                    self._source_cache[path] = source_locations(path)
+                except Exception as exc:  # a module we cannot parse keeps its names
+                    log.info("no source locations for %s: %s", path, exc)
+                    self._source_cache[path] = {}
+            loc = self._source_cache[path].get(fn["name"])
+            if loc:
+                fn["sourceFile"], fn["sourceLine"] = loc[0], int(loc[1])
+
+    # ---- targets ------------------------------------------------------------
+    def start_targets(self) -> None:
+        spawn = self.spec.get("spawn")
+        if spawn:
+            self.start_spawned(spawn)
+        for pid in self.spec.get("attach", []):
+            self.start_attached(int(pid))
+
+    def start_spawned(self, spawn: dict) -> None:
+        argv = spawn["argv"]
+        try:
+            pid = self.device.spawn(argv, envp=spawn.get("env"), cwd=spawn.get("cwd"))
+        except frida.ExecutableNotFoundError:
+            raise TargetError(f"program not found: {argv[0]}") from None
+        except frida.PermissionDeniedError as exc:
+            raise TargetError(f"not permitted to run {argv[0]}: {exc}") from None
+        target = Target(pid=pid, spawned=True, argv=argv)
+        self.targets.append(target)
+        try:
+            self.instrument(target, attached=False)
+        except BaseException:
+            self._kill(target.pid, signal.SIGKILL)
+            raise
+        self.device.resume(pid)
+
+    def start_attached(self, pid: int) -> None:
+        argv = _cmdline(pid)
+        target = Target(pid=pid, spawned=False, argv=argv)
+        self.targets.append(target)
+        self.instrument(target, attached=True)
+
+    def instrument(self, target: Target, attached: bool) -> None:
+        pid = target.pid
+        try:
+            target.session = self.device.attach(pid)
+        except frida.ProcessNotFoundError:
+            raise TargetError(f"no such process: {pid}") from None
+        except frida.PermissionDeniedError as exc:
+            raise TargetError(f"not permitted to attach to pid {pid}: {exc}") from None
+        except frida.ProcessNotRespondingError as exc:
+            raise TargetError(f"pid {pid} is not responding: {exc}") from None
+        target.session.on("detached", lambda reason, crash: self.on_detached(target, reason))
+        target.start_ns = time.monotonic_ns()
+
+        target.segment = TargetSegment.create(
+            self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
+            ring_bytes=int(self.spec.get("ringBytes", 65536)),
+            rings_per_lane=int(self.spec.get("ringsPerLane", 8)))
+        target.segment.set_mode("PER_THREAD_ONLY")
+        self.run_dir.register_target(pid, {"pid": pid, "shm": target.segment.name,
+                                           "shards": self.shards})
+
+        target.lifecycle = target.session.create_script(read_agent_source("lifecycle.js"))
+        target.lifecycle.on("message", lambda m, d: self.on_lifecycle_message(target, m))
+        target.lifecycle.load()
+        modules = target.lifecycle.exports_sync.modules()
+
+        target.agent = target.session.create_script(read_agent_source("agent.js"))
+        target.agent.on("message", lambda m, d: self.on_agent_message(target, m))
+        target.agent.load()
+        agent = target.agent.exports_sync
+        glue_path = os.path.join(AGENT_DIR, "glue.c")
+        glue = open(glue_path).read() if os.path.exists(glue_path) else None
+        agent.init({"shmName": target.segment.name, "agentLibPath": AGENT_LIB,
+                    "glueSource": glue})
+        plan = agent.plan(self.selection.to_agent())
+        functions = plan["functions"]
+        problems = self.selection.unmatched(functions, [m["name"] for m in modules])
+        if not self.selection.include and not self.selection.include_modules and not functions:
+            problems.append(f"the main executable of pid {pid} has no function symbols "
+                            "(stripped?); name functions with -i MODULE!FUNCTION")
+        if problems:
+            raise TargetError("; ".join(problems))
+
+        executable = modules[0]["path"] if modules else (target.argv[0] if target.argv else "")
+        self.writer.request("target_start", {
+            "sessionId": self.session_id, "pid": pid, "executablePath": executable,
+            "args": target.argv, "attached": attached, "startNs": target.start_ns,
+            "traceDir": os.path.join(self.spec["traceRoot"], self.session_id, target.trace_dir_name),
+        })
+        self.publish_functions(target, functions)
+        target.hooks = agent.install()
+        log.info("pid %d: %d functions hooked (%s)", pid, len(functions), target.hooks)
+        self.bus.publish("target.started", {"pid": pid, "shm": target.segment.name,
+                                            "functions": len(functions), "attached": attached})
+
+    # ---- Frida callbacks (Frida's thread) -----------------------------------
+    def on_agent_message(self, target: Target, message: dict) -> None:
+        if message.get("type") == "error":
+            log.error("agent in pid %d: %s", target.pid, message.get("stack") or message)
+            return
+        payload = message.get("payload") or {}
+        if payload.get("type") == "functions":
+            # A module loaded with dlopen: the writer must know the ids before
+            # the agent installs the hooks, so the agent waits for this ack.
+            try:
+                self.publish_functions(target, payload.get("functions", []))
+            except (WriterUnavailable, WriterRejected) as exc:
+                log.error("pid %d: could not publish late functions: %s", target.pid, exc)
+            target.agent.post({"type": "functions-ack"})
+        elif payload.get("type") == "log":
+            log.info("agent in pid %d: %s", target.pid, payload.get("message"))
+
+    def on_lifecycle_message(self, target: Target, message: dict) -> None:
+        payload = message.get("payload") or {}
+        if payload.get("type") == "exit" and target.exit_code is None:
+            target.exit_code = int(payload["code"])
+        elif payload.get("type") == "crash":
+            target.crash = payload
+            target.signal = int(payload.get("signal") or 0)
+        elif message.get("type") == "error":
+            log.error("lifecycle script in pid %d: %s", target.pid, message.get("stack"))
+        if target.lifecycle is not None and payload.get("type") in ("exit", "crash"):
+            target.lifecycle.post({"type": "exit-ack"})
+
+    def on_detached(self, target: Target, reason: str) -> None:
+        target.end_reason = target.end_reason or reason
+        if reason == "process-terminated" and target.exit_code is None and not target.signal:
+            # Killed from outside (SIGKILL and friends): no hook ran.
+            target.signal = target.sent_signal or _signal_of_dead_process(target.pid)
+        target.end_ns = time.monotonic_ns()
+        target.ended.set()
+
+    # ---- stopping -----------------------------------------------------------
+    def stop_target(self, target: Target) -> None:
+        """Stop tracing: leave attached targets running, end spawned ones."""
+        if target.ended.is_set():
+            return
+        if target.spawned:
+            target.sent_signal = signal.SIGTERM
+            self._kill(target.pid, signal.SIGTERM)
+            if not target.ended.wait(TERMINATE_GRACE_S):
+                target.sent_signal = signal.SIGKILL
+                self._kill(target.pid, signal.SIGKILL)
+                target.ended.wait(TERMINATE_GRACE_S)
+            return
+        try:
+            target.agent.exports_sync.detach()
+        except Exception as exc:  # the process may be exiting right now
+            log.info("pid %d: agent detach: %s", target.pid, exc)
+        target.detached = True
+        target.end_reason = "detached"
+        try:
+            target.session.detach()
+        except frida.InvalidOperationError:
+            pass
+        target.end_ns = time.monotonic_ns()
+        target.ended.set()
+
+    @staticmethod
+    def _kill(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def finish_target(self, target: Target) -> None:
+        """Everything the target recorded reaches the writer, then the trace
+        is finalized and the segment removed."""
+        segment = target.segment
+        if segment is None:
+            return
+        segment.mark_target_exited()
+        drained: set[int] = set()
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while len(drained) < self.shards and time.monotonic() < deadline:
+            msg = receive(self.drained_sub, 200)
+            if msg and msg[0] == "target.drained" and msg[1].get("pid") == target.pid:
+                drained.add(int(msg[1]["shard"]))
+        if len(drained) < self.shards:
+            target.error = (f"shards {sorted(set(range(self.shards)) - drained)} were not "
+                            f"drained within {DRAIN_TIMEOUT_S:.0f}s")
+        drops = segment.drops()
+        self.writer.request("target_end", {
+            "pid": target.pid, "exitCode": target.exit_code if target.exit_code is not None else 0,
+            "signal": target.signal, "detached": target.detached,
+            "endNs": target.end_ns or time.monotonic_ns(), "drops": drops,
+        })
+        self.run_dir.unregister_target(target.pid)
+        segment.unlink()
+        segment.close()
+        target.segment = None
+        self.bus.publish("target.ended", {"pid": target.pid, "exitCode": target.exit_code,
+                                          "signal": target.signal, "drops": drops})
+
+    # ---- main loop ----------------------------------------------------------
+    def run(self) -> dict:
+        result = {"sessionId": self.session_id, "traceRoot": self.spec["traceRoot"],
+                  "targets": [], "error": ""}
+        try:
+            self.wait_for_pipeline()
+            self.start_targets()
+            duration = self.spec.get("duration")
+            deadline = time.monotonic() + float(duration) if duration else None
+            while not all(t.ended.is_set() for t in self.targets):
+                if self.stop_requested.is_set() or (deadline and time.monotonic() >= deadline):
+                    break
+                self.bus.heartbeat(targets=len(self.targets))
+                time.sleep(0.05)
+        except TargetError as exc:
+            result["error"] = str(exc)
+        except (WriterUnavailable, WriterRejected) as exc:
+            result["error"] = f"writer: {exc}"
+        except frida.TransportError as exc:
+            result["error"] = f"lost the connection to a target: {exc}"
+        finally:
+            for target in self.targets:
+                if result["error"] and target.spawned:
+                    self._kill(target.pid, signal.SIGKILL)
+                self.stop_target(target)
+            for target in self.targets:
+                try:
+                    self.finish_target(target)
+                except (WriterUnavailable, WriterRejected) as exc:
+                    target.error = f"writer: {exc}"
+                result["targets"].append(self._target_result(target))
+        return result
+
+    def _target_result(self, target: Target) -> dict:
+        trace_dir = os.path.join(self.spec["traceRoot"], self.session_id, target.trace_dir_name)
+        return {
+            "pid": target.pid, "argv": target.argv, "spawned": target.spawned,
+            "exitCode": target.exit_code, "signal": target.signal, "crash": target.crash,
+            "detached": target.detached, "endReason": target.end_reason,
+            "traceDir": trace_dir, "functions": len(target.functions), "hooks": target.hooks,
+            "error": target.error, "startNs": target.start_ns, "endNs": target.end_ns,
+        }
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except FileNotFoundError:
+        raise TargetError(f"no such process: {pid}") from None
+    except PermissionError:
+        raise TargetError(f"not permitted to inspect pid {pid}") from None
+
+
+def _signal_of_dead_process(pid: int) -> int:
+    """Best effort for a target killed from outside: no hook of ours ran, and
+    the process is not our child, so its status is gone. Report SIGKILL, the
+    only signal that cannot be observed from inside."""
+    return signal.SIGKILL
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lanetrace-injector")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--spec", required=True)
+    args = parser.parse_args(argv)
+    run_dir = RunDir(args.run_dir)
+    logging.basicConfig(filename=os.path.join(run_dir.logs_dir, "injector.log"), level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with open(args.spec, "rb") as f:
+        spec = orjson.loads(f.read())
+    injector = Injector(run_dir, spec)
+    signal.signal(signal.SIGTERM, lambda *_: injector.stop_requested.set())
+    signal.signal(signal.SIGINT, lambda *_: injector.stop_requested.set())
+    result = injector.run()
+    atf.write_json_atomic(run_dir.file("result.json"), result)
+    return 1 if result["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Shared test helpers: running the real ``lanetrace`` command and reading
+the traces it writes."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES_BIN = os.path.join(REPO, "examples", "bin")
+
+
+def example(name: str) -> str:
+    path = os.path.join(EXAMPLES_BIN, name)
+    if not os.path.exists(path):
+        pytest.fail(f"{path} is missing: run `make examples` (make test does)")
+    return path
+
+
+def run_lanetrace(args, *, timeout=180, env=None, cwd=None, user=None):
+    """Run ``python -m lanetrace ARGS`` as a user would; returns CompletedProcess."""
+    cmd = [sys.executable, "-m", "lanetrace", *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--", *cmd]
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=cwd)
