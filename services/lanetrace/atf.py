@@ -167,9 +167,12 @@ class SymbolTable:
         return sym.name, sym.module
 
 
-def iter_events(trace_dir: str, symbols: SymbolTable | None = None) -> Iterator[pb.Event]:
+def iter_events(trace_dir: str, symbols: SymbolTable | None = None,
+                include_detail: bool = False) -> Iterator[pb.Event]:
     """Decode every ``Event`` of a trace in file order. Symbol definitions are
-    fed to ``symbols`` (if given) and not yielded."""
+    fed to ``symbols`` (if given) and not yielded. Flight-recorder detail
+    events (``Event.detail``) repeat a call already in the stream, so they are
+    skipped unless ``include_detail``."""
     path = os.path.join(trace_dir, EVENTS_FILE)
     try:
         with open(path, "rb") as f:
@@ -185,6 +188,8 @@ def iter_events(trace_dir: str, symbols: SymbolTable | None = None) -> Iterator[
         if event.WhichOneof("payload") == "symbol_definition":
             if symbols is not None:
                 symbols.add_definition(event.symbol_definition)
+            continue
+        if event.detail and not include_detail:
             continue
         yield event
 

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x61tf_v4.proto\x12\x06\x61tf.v4\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x03\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12\x11\n\tthread_id\x18\x02 \x01(\x05\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x0btrace_start\x18\n \x01(\x0b\x32\x12.atf.v4.TraceStartH\x00\x12%\n\ttrace_end\x18\x0b \x01(\x0b\x32\x10.atf.v4.TraceEndH\x00\x12-\n\rfunction_call\x18\x0c \x01(\x0b\x32\x14.atf.v4.FunctionCallH\x00\x12\x31\n\x0f\x66unction_return\x18\r \x01(\x0b\x32\x16.atf.v4.FunctionReturnH\x00\x12\x31\n\x0fsignal_delivery\x18\x0e \x01(\x0b\x32\x16.atf.v4.SignalDeliveryH\x00\x12\x35\n\x11symbol_definition\x18\x0f \x01(\x0b\x32\x18.atf.v4.SymbolDefinitionH\x00\x12\x10\n\x08sequence\x18\x14 \x01(\x04\x12\r\n\x05\x64\x65pth\x18\x15 \x01(\rB\t\n\x07payload\"\x9a\x01\n\nTraceStart\x12\x17\n\x0f\x65xecutable_path\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12\x18\n\x10operating_system\x18\x03 \x01(\t\x12\x18\n\x10\x63pu_architecture\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x0f \x01(\x05\x12\x12\n\nsession_id\x18\x10 \x01(\t\x12\x10\n\x08\x61ttached\x18\x11 \x01(\x08\"?\n\x08TraceEnd\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x0f \x01(\x05\x12\x10\n\x08\x64\x65tached\x18\x10 \x01(\x08\"\xe3\x01\n\x0c\x46unctionCall\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\x04\x12G\n\x12\x61rgument_registers\x18\x03 \x03(\x0b\x32+.atf.v4.FunctionCall.ArgumentRegistersEntry\x12\x1a\n\x12stack_shallow_copy\x18\x04 \x01(\x0c\x12\x13\n\x0b\x66unction_id\x18\x0f \x01(\r\x1a\x38\n\x16\x41rgumentRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xd6\x01\n\x0e\x46unctionReturn\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\x04\x12\x45\n\x10return_registers\x18\x03 \x03(\x0b\x32+.atf.v4.FunctionReturn.ReturnRegistersEntry\x12\x13\n\x0b\x66unction_id\x18\x0f \x01(\r\x12\x0f\n\x07unwound\x18\x10 \x01(\x08\x1a\x36\n\x14ReturnRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x9a\x01\n\x0eSignalDelivery\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x38\n\tregisters\x18\x03 \x03(\x0b\x32%.atf.v4.SignalDelivery.RegistersEntry\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x90\x01\n\x10SymbolDefinition\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\r\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x0e\n\x06module\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\x04\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x13\n\x0bsource_file\x18\x06 \x01(\t\x12\x13\n\x0bsource_line\x18\x07 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x61tf_v4.proto\x12\x06\x61tf.v4\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x03\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x04\x12\x11\n\tthread_id\x18\x02 \x01(\x05\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x0btrace_start\x18\n \x01(\x0b\x32\x12.atf.v4.TraceStartH\x00\x12%\n\ttrace_end\x18\x0b \x01(\x0b\x32\x10.atf.v4.TraceEndH\x00\x12-\n\rfunction_call\x18\x0c \x01(\x0b\x32\x14.atf.v4.FunctionCallH\x00\x12\x31\n\x0f\x66unction_return\x18\r \x01(\x0b\x32\x16.atf.v4.FunctionReturnH\x00\x12\x31\n\x0fsignal_delivery\x18\x0e \x01(\x0b\x32\x16.atf.v4.SignalDeliveryH\x00\x12\x35\n\x11symbol_definition\x18\x0f \x01(\x0b\x32\x18.atf.v4.SymbolDefinitionH\x00\x12\x10\n\x08sequence\x18\x14 \x01(\x04\x12\r\n\x05\x64\x65pth\x18\x15 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x16 \x01(\x08\x42\t\n\x07payload\"\x9a\x01\n\nTraceStart\x12\x17\n\x0f\x65xecutable_path\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12\x18\n\x10operating_system\x18\x03 \x01(\t\x12\x18\n\x10\x63pu_architecture\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x0f \x01(\x05\x12\x12\n\nsession_id\x18\x10 \x01(\t\x12\x10\n\x08\x61ttached\x18\x11 \x01(\x08\"?\n\x08TraceEnd\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x0f \x01(\x05\x12\x10\n\x08\x64\x65tached\x18\x10 \x01(\x08\"\xe3\x01\n\x0c\x46unctionCall\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\x04\x12G\n\x12\x61rgument_registers\x18\x03 \x03(\x0b\x32+.atf.v4.FunctionCall.ArgumentRegistersEntry\x12\x1a\n\x12stack_shallow_copy\x18\x04 \x01(\x0c\x12\x13\n\x0b\x66unction_id\x18\x0f \x01(\r\x1a\x38\n\x16\x41rgumentRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xd6\x01\n\x0e\x46unctionReturn\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\x04\x12\x45\n\x10return_registers\x18\x03 \x03(\x0b\x32+.atf.v4.FunctionReturn.ReturnRegistersEntry\x12\x13\n\x0b\x66unction_id\x18\x0f \x01(\r\x12\x0f\n\x07unwound\x18\x10 \x01(\x08\x1a\x36\n\x14ReturnRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x9a\x01\n\x0eSignalDelivery\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x38\n\tregisters\x18\x03 \x03(\x0b\x32%.atf.v4.SignalDelivery.RegistersEntry\x1a\x30\n\x0eRegistersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x90\x01\n\x10SymbolDefinition\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\r\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12\x0e\n\x06module\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\x04\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x13\n\x0bsource_file\x18\x06 \x01(\t\x12\x13\n\x0bsource_line\x18\x07 \x01(\rb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'atf_v4_pb2', globals())
@@ -28,23 +28,23 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _SIGNALDELIVERY_REGISTERSENTRY._options = None
   _SIGNALDELIVERY_REGISTERSENTRY._serialized_options = b'8\001'
   _EVENT._serialized_start=58
-  _EVENT._serialized_end=479
-  _TRACESTART._serialized_start=482
-  _TRACESTART._serialized_end=636
-  _TRACEEND._serialized_start=638
-  _TRACEEND._serialized_end=701
-  _FUNCTIONCALL._serialized_start=704
-  _FUNCTIONCALL._serialized_end=931
-  _FUNCTIONCALL_ARGUMENTREGISTERSENTRY._serialized_start=875
-  _FUNCTIONCALL_ARGUMENTREGISTERSENTRY._serialized_end=931
-  _FUNCTIONRETURN._serialized_start=934
-  _FUNCTIONRETURN._serialized_end=1148
-  _FUNCTIONRETURN_RETURNREGISTERSENTRY._serialized_start=1094
-  _FUNCTIONRETURN_RETURNREGISTERSENTRY._serialized_end=1148
-  _SIGNALDELIVERY._serialized_start=1151
-  _SIGNALDELIVERY._serialized_end=1305
-  _SIGNALDELIVERY_REGISTERSENTRY._serialized_start=1257
-  _SIGNALDELIVERY_REGISTERSENTRY._serialized_end=1305
-  _SYMBOLDEFINITION._serialized_start=1308
-  _SYMBOLDEFINITION._serialized_end=1452
+  _EVENT._serialized_end=495
+  _TRACESTART._serialized_start=498
+  _TRACESTART._serialized_end=652
+  _TRACEEND._serialized_start=654
+  _TRACEEND._serialized_end=717
+  _FUNCTIONCALL._serialized_start=720
+  _FUNCTIONCALL._serialized_end=947
+  _FUNCTIONCALL_ARGUMENTREGISTERSENTRY._serialized_start=891
+  _FUNCTIONCALL_ARGUMENTREGISTERSENTRY._serialized_end=947
+  _FUNCTIONRETURN._serialized_start=950
+  _FUNCTIONRETURN._serialized_end=1164
+  _FUNCTIONRETURN_RETURNREGISTERSENTRY._serialized_start=1110
+  _FUNCTIONRETURN_RETURNREGISTERSENTRY._serialized_end=1164
+  _SIGNALDELIVERY._serialized_start=1167
+  _SIGNALDELIVERY._serialized_end=1321
+  _SIGNALDELIVERY_REGISTERSENTRY._serialized_start=1273
+  _SIGNALDELIVERY_REGISTERSENTRY._serialized_end=1321
+  _SYMBOLDEFINITION._serialized_start=1324
+  _SYMBOLDEFINITION._serialized_end=1468
 # @@protoc_insertion_point(module_scope)

@@ -120,6 +120,9 @@ class Injector:
     def publish_functions(self, target: Target, functions: list[dict]) -> None:
         if not functions:
             return
+        for fn in functions:
+            if isinstance(fn.get("address"), str):  # the agent reports "0x..." strings
+                fn["address"] = int(fn["address"], 16)
         self._add_source_locations(functions)
         with self.callback_writer_lock:
             self._writer_for_current_thread().request(
@@ -311,7 +314,8 @@ class Injector:
             return
         segment.mark_target_exited()
         drained: set[int] = set()
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        # Without installed hooks nothing was recorded: no drain to wait for.
+        deadline = time.monotonic() + (DRAIN_TIMEOUT_S if target.hooks else 0)
         while len(drained) < self.shards and time.monotonic() < deadline:
             msg = receive(self.drained_sub, 200)
             if msg and msg[0] == "target.drained" and msg[1].get("pid") == target.pid:
@@ -352,6 +356,9 @@ class Injector:
             result["error"] = f"writer: {exc}"
         except frida.TransportError as exc:
             result["error"] = f"lost the connection to a target: {exc}"
+        except Exception as exc:  # report, never leave targets or segments behind
+            log.exception("injector failed")
+            result["error"] = f"internal error in the injector: {type(exc).__name__}: {exc}"
         finally:
             for target in self.targets:
                 if result["error"] and target.spawned:

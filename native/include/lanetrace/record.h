@@ -44,4 +44,39 @@ _Static_assert(sizeof(lt_index_record) == LT_INDEX_RECORD_SIZE,
                "lt_index_record must stay 32 bytes: drainer and writer rely on it");
 #endif
 
+/*
+ * Detail-lane record (flight recorder): variable size, 8-byte aligned, one per
+ * ENTRY/RETURN while the detail lane is on. It belongs to the index record
+ * with the same (tid, seq) and repeats its ts/func_id/kind, so it can be
+ * matched, windowed and dropped on its own.
+ *
+ * regs on ENTRY (x86_64): rdi, rsi, rdx, rcx, r8, r9, rsp  (reg_count 7)
+ * regs on RETURN (x86_64): rax, rdx                        (reg_count 2)
+ * Then stack_len bytes copied from the stack pointer at entry (0..512),
+ * padded with zeros to a multiple of 8; size covers header + padded stack.
+ */
+#define LT_DETAIL_MAX_REGS 8u
+#define LT_DETAIL_MAX_STACK 512u
+
+typedef struct lt_detail_record {
+    uint64_t ts_ns;
+    uint64_t seq;        /* the index record's per-thread seq */
+    uint32_t tid;
+    uint32_t func_id;
+    uint16_t kind;       /* LT_KIND_ENTRY or LT_KIND_RETURN */
+    uint16_t reg_count;
+    uint32_t size;       /* total bytes of this record, multiple of 8 */
+    uint64_t regs[LT_DETAIL_MAX_REGS];
+    uint32_t stack_len;
+    uint32_t reserved;
+    /* uint8_t stack[stack_len], zero-padded to 8 */
+} lt_detail_record;
+
+#define LT_DETAIL_HEADER_SIZE 104u
+
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+_Static_assert(sizeof(lt_detail_record) == LT_DETAIL_HEADER_SIZE,
+               "lt_detail_record header must stay 104 bytes");
+#endif
+
 #endif /* LANETRACE_RECORD_H */

@@ -15,6 +15,7 @@ import orjson
 
 from lanetrace import atf
 from lanetrace.cli import CliError
+from lanetrace.cli.maintenance import remove_session_segments
 from lanetrace.rundir import RunDir, default_run_dir, new_session_id
 from lanetrace.selection import Selection, SelectionError
 from lanetrace.session import SessionConfig, SessionError, Supervisor, remove_run_dir
@@ -210,6 +211,7 @@ def capture(args, target_spec: dict) -> int:
         signal.signal(signal.SIGTERM, old_term)
         supervisor.shutdown()
         remove_run_dir(run_dir, keep_logs_in=session_dir if failed else None)
+        remove_session_segments(session_id)
     if result is None:
         raise CliError(f"the injector ended without a result; logs are in {session_dir}/logs",
                        status=1)

@@ -55,6 +55,22 @@ def stale_items() -> list[str]:
     return items
 
 
+def remove_session_segments(session_id: str) -> list[str]:
+    """Unlink every segment of a session whose services are all stopped. The
+    injector removes its targets' segments itself; this catches the ones an
+    injector that died mid-way could not."""
+    removed = []
+    for name in os.listdir(SHM_DIR):
+        m = SEGMENT_RE.match(name)
+        if m and m["session"] == session_id:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def cmd_gc(args) -> int:
     items = stale_items()
     for path in items:
