@@ -1,0 +1,677 @@
+/*
+ * agent.c — the native agent library loaded into a target with Frida's
+ * Module.load: per-function stubs, the C halves of the trampolines, the
+ * per-thread shadow stack, and the producer side of the lanes (shm.c).
+ *
+ * Hot path (lt_on_entry / lt_on_exit): one initial-exec TLS load, no
+ * syscalls, no locks, one clock_gettime (vDSO), one 32-byte ring write with
+ * a release store of the ring fill. Built with -mgeneral-regs-only: the
+ * vector argument/return registers are never touched, so the trampolines
+ * save only the caller-saved general registers. The one path that calls into libc (a thread's first event:
+ * mmap, gettid, pthread_setspecific) saves the full vector state itself.
+ *
+ * Ownership: an lt_thread belongs to its thread; after the thread's key
+ * destructor it is recycled through a spinlock-protected free list (the TLS
+ * pointer then points at a static "dead" marker). Stubs and descriptors are
+ * never freed: after detach, frames that still return through
+ * lt_exit_tramp need them and the shadow stacks.
+ *
+ * Atomics here (shm ones are documented in shm.h):
+ *   g_recording   relaxed: on/off switch; a stale read records or skips one
+ *                 more event, never corrupts (frames are always popped).
+ *   g_epoch       release by lt_init after g_ctl is set | acquire by the
+ *                 per-thread check that re-registers a thread in a new session.
+ *   g_free_lock   acquire/release spinlock around the thread free list and
+ *                 the stub allocator (rare paths only).
+ *   g_ignored[]   release by lt_ignore_thread | acquire in thread init.
+ */
+#define _GNU_SOURCE
+#include "lanetrace/shm.h"
+
+#include <dirent.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define HIDDEN __attribute__((visibility("hidden")))
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+#define RLX memory_order_relaxed
+#define ACQ memory_order_acquire
+#define REL memory_order_release
+
+#define LT_SHADOW_MAX 2048u /* frames per thread; deeper calls count depth_overflow */
+#define LT_MAX_IGNORED 128
+
+enum { T_ACTIVE = 1, T_IGNORED = 2, T_DEAD = 3, T_PAUSED = 4 };
+#define FRAME_CM 1u
+/* lt_entry_tramp's register block: r11 r10 r9 r8 rdi rsi rdx rcx rax, the
+ * stub's slot, then the return address */
+#define LT_REG_RET 10 /* pushed by the Interceptor.attach fallback (no return hook) */
+
+typedef struct lt_frame {
+    uint64_t ret;  /* real return address (FRAME_CM: slot content at entry) */
+    uint64_t slot; /* address of the return-address slot: longjmp detection */
+    uint32_t fid;
+    uint32_t flags;
+    uint32_t epoch; /* session the ENTRY was recorded in */
+    uint32_t pad;
+} lt_frame;
+
+typedef struct lt_thread {
+    uint32_t state;
+    uint32_t guard; /* inside our handler: hooked calls pass through */
+    uint32_t depth;
+    uint32_t epoch;
+    uint32_t cm_overflow; /* fallback ENTRYs dropped for depth: their leaves to skip */
+    uint32_t tid;
+    uint64_t stk_lo, stk_hi; /* this thread's stack; outside it: sigaltstack */
+    struct lt_thread *next_free;
+    lt_producer prod;
+    lt_frame frames[LT_SHADOW_MAX];
+} lt_thread;
+
+typedef struct lt_desc {
+    void *orig; /* from replaceFast; written before the hook goes live */
+    uint32_t fid;
+    uint32_t pad;
+} lt_desc;
+
+extern void lt_entry_tramp(void) HIDDEN;
+extern void lt_exit_tramp(void) HIDDEN;
+
+static __thread lt_thread *tls_self __attribute__((tls_model("initial-exec")));
+
+static lt_shm_map g_map = {NULL, 0, -1};
+static lt_ctl *g_ctl;
+static _Atomic uint32_t g_recording;
+static _Atomic uint32_t g_epoch;
+static pthread_key_t g_key;
+static int g_key_ok;
+static _Atomic uint32_t g_ignored[LT_MAX_IGNORED];
+static _Atomic uint32_t g_free_lock;
+static lt_thread *g_free_list;
+static lt_thread g_dead = {.state = T_DEAD};
+static lt_thread g_ignored_marker = {.state = T_IGNORED};
+/* first event while not recording (before init, after detach, in a forked
+ * child): no slot is claimed; the thread initializes once recording is on */
+static lt_thread g_paused_marker = {.state = T_PAUSED};
+static uint32_t g_xsave_size; /* 0: use fxsave */
+static uint64_t g_xsave_mask;
+
+/* agent-local statistics (not in shm: they describe this process' agent) */
+static _Atomic uint64_t g_stat_threads, g_stat_stubs, g_stat_recycled;
+
+static void spin_lock(void)
+{
+    uint32_t z = 0;
+    while (!atomic_compare_exchange_weak_explicit(&g_free_lock, &z, 1, ACQ, RLX)) {
+        z = 0;
+        __asm__ volatile("pause");
+    }
+}
+static void spin_unlock(void) { atomic_store_explicit(&g_free_lock, 0, REL); }
+
+static void ctl_count(int ctr)
+{
+    if (g_ctl)
+        atomic_fetch_add_explicit(&g_ctl->counters[ctr], 1, RLX);
+}
+
+/* ------------------------------------------------------------------ */
+/* vector state save for the libc slow path                            */
+
+static void detect_xsave(void)
+{
+    uint32_t a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+    if (!(c & (1u << 27))) /* OSXSAVE */
+        return;
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0xd), "c"(0));
+    if (b && b <= 8192 - 64) {
+        g_xsave_size = b;
+        g_xsave_mask = ((uint64_t)hi << 32) | lo;
+    }
+}
+
+static lt_thread *thread_init(void);
+
+/* The first event of a thread calls libc (mmap, syscall, pthread_*), which
+ * may use any vector register; the hooked function's float/vector arguments
+ * are live in them, so save and restore the whole state around it. */
+static __attribute__((noinline)) lt_thread *thread_init_safe(void)
+{
+    uint8_t area[(g_xsave_size ? g_xsave_size : 512) + 64]; /* ~2.7 KiB with AVX-512 */
+    uint8_t *p = (uint8_t *)(((uintptr_t)area + 63) & ~(uintptr_t)63);
+    lt_thread *t;
+    if (g_xsave_size) {
+        for (int i = 512; i < 576; i++)
+            p[i] = 0; /* XSAVE header must start clean for XRSTOR */
+        uint32_t lo = (uint32_t)g_xsave_mask, hi = (uint32_t)(g_xsave_mask >> 32);
+        __asm__ volatile("xsave64 (%0)" ::"r"(p), "a"(lo), "d"(hi) : "memory");
+        t = thread_init();
+        __asm__ volatile("xrstor64 (%0)" ::"r"(p), "a"(lo), "d"(hi) : "memory");
+    } else {
+        __asm__ volatile("fxsave64 (%0)" ::"r"(p) : "memory");
+        t = thread_init();
+        __asm__ volatile("fxrstor64 (%0)" ::"r"(p) : "memory");
+    }
+    return t;
+}
+
+/* ------------------------------------------------------------------ */
+/* per-thread state                                                    */
+
+static int tid_ignored(uint32_t tid)
+{
+    for (int i = 0; i < LT_MAX_IGNORED; i++) {
+        uint32_t v = atomic_load_explicit(&g_ignored[i], ACQ);
+        if (v == tid)
+            return 1;
+        if (!v)
+            break;
+    }
+    return 0;
+}
+
+static void thread_register(lt_thread *t)
+{
+    uint32_t ep = atomic_load_explicit(&g_epoch, ACQ); /* pairs with lt_init: g_ctl set */
+    memset(&t->prod, 0, sizeof t->prod);
+    t->epoch = ep;
+    t->prod.ctl = g_ctl;
+    lt_prod_claim(&t->prod, g_ctl, t->tid); /* failure: no_slot drops, retried later */
+}
+
+static void thread_exit(void *arg)
+{
+    lt_thread *t = arg;
+    if (!t || t == &g_dead || t == &g_ignored_marker || t == &g_paused_marker)
+        return;
+    tls_self = &g_dead; /* later events of this thread (other destructors) pass through */
+    lt_prod_retire(&t->prod);
+    spin_lock();
+    t->next_free = g_free_list;
+    g_free_list = t;
+    spin_unlock();
+}
+
+static lt_thread *thread_init(void)
+{
+    /* hooked functions called from here on (libc) pass through */
+    tls_self = &g_ignored_marker;
+    if (!g_ctl || !atomic_load_explicit(&g_recording, RLX)) {
+        tls_self = &g_paused_marker;
+        return &g_paused_marker;
+    }
+    uint32_t tid = (uint32_t)syscall(SYS_gettid);
+    if (tid_ignored(tid)) {
+        tls_self = &g_ignored_marker;
+        ctl_count(LT_CTR_IGNORED_THREADS);
+        return &g_ignored_marker;
+    }
+    spin_lock();
+    lt_thread *t = g_free_list;
+    if (t)
+        g_free_list = t->next_free;
+    spin_unlock();
+    if (t) {
+        atomic_fetch_add_explicit(&g_stat_recycled, 1, RLX);
+    } else {
+        void *m = mmap(NULL, sizeof(lt_thread), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) {
+            if (g_ctl)
+                atomic_fetch_add_explicit(&g_ctl->drops[LT_DROP_ALLOC_FAILED], 1, RLX);
+            tls_self = &g_ignored_marker;
+            return &g_ignored_marker;
+        }
+        t = m;
+    }
+    t->state = T_ACTIVE;
+    t->guard = 0;
+    t->depth = 0;
+    t->cm_overflow = 0;
+    t->tid = tid;
+    t->next_free = NULL;
+    t->stk_lo = 0;
+    t->stk_hi = ~0ull;
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        void *addr;
+        size_t size;
+        if (pthread_attr_getstack(&attr, &addr, &size) == 0 && size) {
+            t->stk_lo = (uint64_t)addr;
+            t->stk_hi = (uint64_t)addr + size;
+        }
+        pthread_attr_destroy(&attr);
+    }
+    thread_register(t);
+    if (g_key_ok)
+        pthread_setspecific(g_key, t);
+    atomic_fetch_add_explicit(&g_stat_threads, 1, RLX);
+    tls_self = t;
+    return t;
+}
+
+static inline lt_thread *self(void)
+{
+    lt_thread *t = tls_self;
+    if (unlikely(!t))
+        t = thread_init_safe();
+    return t;
+}
+
+/* ------------------------------------------------------------------ */
+/* recording                                                           */
+
+static inline void emit(lt_thread *t, uint32_t fid, uint16_t kind, uint32_t depth)
+{
+    lt_producer *p = &t->prod;
+    uint64_t ts = lt_now_ns();
+    uint16_t d = (uint16_t)(depth > 0xffff ? 0xffff : depth);
+    lt_ctl *c = p->ctl;
+    /* fast path: per-thread mode, room in the active ring (mode/fallback are
+     * relaxed selectors, see shm.h) */
+    if (likely(p->ring && p->fill < p->cap &&
+               atomic_load_explicit(&c->registry_mode, RLX) == LT_MODE_PER_THREAD_ONLY &&
+               !atomic_load_explicit(&c->shard_fallback[p->shard], RLX))) {
+        lt_index_record *r = &p->ring[p->fill];
+        r->ts_ns = ts;
+        r->seq = ++p->seq;
+        r->tid = p->tid;
+        r->func_id = fid;
+        r->kind = kind;
+        r->depth = d;
+        r->flags = 0;
+        p->fill++;
+        /* pairs with the drainer's acquire of fill: record bytes visible */
+        atomic_store_explicit(&p->slot->fill[p->ring_idx], p->fill, memory_order_release);
+        return;
+    }
+    lt_prod_emit(p, ts, fid, kind, d); /* ring swap, other modes, drops */
+}
+
+/* A record that is not written still takes its seq: gaps == drops. */
+static inline void drop(lt_thread *t, int reason)
+{
+    t->prod.seq++;
+    lt_prod_drop(&t->prod, reason);
+}
+
+/* Pop the top frame as left without returning (longjmp, unwinding). */
+static void pop_unwound(lt_thread *t)
+{
+    lt_frame *f = &t->frames[--t->depth];
+    if (atomic_load_explicit(&g_recording, RLX) && f->epoch == t->epoch) {
+        emit(t, f->fid, LT_KIND_RETURN_UNWOUND, t->depth);
+        ctl_count(LT_CTR_UNWOUND);
+    }
+}
+
+static inline int on_stack(const lt_thread *t, uint64_t a) { return a - t->stk_lo < t->stk_hi - t->stk_lo; }
+
+/* A new call whose return address lives at `slot`: frames whose slot is
+ * below it were longjmp'd over. A frame at the same slot is the caller of
+ * a tail call if the slot still holds what that frame left there
+ * (lt_exit_tramp, or for a fallback frame the value seen at its entry): it
+ * stays, and the callee's return closes it too. If the program wrote a new
+ * return address there, that frame is gone. Frames on a signal alternate
+ * stack are only compared with frames on that stack: back on the thread's
+ * own stack they are stale; while on the alternate stack, the interrupted
+ * frames on the own stack are live. */
+static void unwind_for_entry(lt_thread *t, uint64_t slot, uint64_t cur_ret)
+{
+    int in = on_stack(t, slot);
+    while (t->depth) {
+        lt_frame *f = &t->frames[t->depth - 1];
+        int fin = on_stack(t, f->slot);
+        int stale;
+        if (in != fin) {
+            stale = in;
+        } else {
+            uint64_t left = (f->flags & FRAME_CM) ? f->ret : (uint64_t)&lt_exit_tramp;
+            stale = f->slot < slot || (f->slot == slot && cur_ret != left);
+        }
+        if (!stale)
+            break;
+        pop_unwound(t);
+    }
+}
+
+static inline int maybe_stale(const lt_thread *t, uint64_t slot)
+{
+    if (!t->depth)
+        return 0;
+    uint64_t top = t->frames[t->depth - 1].slot;
+    return top <= slot || !on_stack(t, top) || !on_stack(t, slot);
+}
+
+static inline int session_current(lt_thread *t)
+{
+    if (unlikely(t->epoch != atomic_load_explicit(&g_epoch, RLX))) {
+        /* a new session attached after a detach: join its segment */
+        lt_prod_retire(&t->prod);
+        thread_register(t);
+    }
+    return 1;
+}
+
+HIDDEN void *lt_on_entry(lt_desc *d, uint64_t *regs)
+{
+    lt_thread *t = self();
+    if (unlikely(t->state != T_ACTIVE)) {
+        if (t->state == T_PAUSED && atomic_load_explicit(&g_recording, RLX)) {
+            tls_self = NULL;
+            t = thread_init_safe();
+        }
+        if (t->state != T_ACTIVE) {
+            if (t->state == T_DEAD && g_ctl)
+                atomic_fetch_add_explicit(&g_ctl->drops[LT_DROP_THREAD_EXITING], 1, RLX);
+            return d->orig;
+        }
+    }
+    if (unlikely(t->guard)) {
+        ctl_count(LT_CTR_REENTRANT_SKIPS);
+        return d->orig;
+    }
+    if (unlikely(!atomic_load_explicit(&g_recording, RLX)))
+        return d->orig;
+    t->guard = 1;
+    session_current(t);
+    uint64_t slot = (uint64_t)&regs[LT_REG_RET];
+    if (unlikely(maybe_stale(t, slot)))
+        unwind_for_entry(t, slot, regs[LT_REG_RET]);
+    if (unlikely(t->depth >= LT_SHADOW_MAX)) {
+        drop(t, LT_DROP_DEPTH_OVERFLOW); /* no ENTRY, return not hooked */
+        t->guard = 0;
+        return d->orig;
+    }
+    emit(t, d->fid, LT_KIND_ENTRY, t->depth);
+    lt_frame *f = &t->frames[t->depth++];
+    f->ret = regs[LT_REG_RET];
+    f->slot = slot;
+    f->fid = d->fid;
+    f->flags = 0;
+    f->epoch = t->epoch;
+    regs[LT_REG_RET] = (uint64_t)&lt_exit_tramp;
+    t->guard = 0;
+    return d->orig;
+}
+
+HIDDEN uint64_t lt_on_exit(uint64_t *regs, uint64_t sp)
+/* regs: r11 r10 r9 r8 rdi rsi rdx rcx rax (return values in rax/rdx) */
+{
+    lt_thread *t = tls_self; /* set: we hooked this return */
+    uint32_t g = t->guard;
+    t->guard = 1;
+    uint64_t slot = sp - 8;
+    /* The returning frame is the innermost one whose slot is exactly where
+     * `ret` just popped from; frames above it were skipped by longjmp. */
+    if (unlikely(t->frames[t->depth - 1].slot != slot)) {
+        uint32_t i = t->depth - 1;
+        while (i && t->frames[i - 1].slot != slot)
+            i--;
+        if (i) /* else: no match (stack switching); the top is the best guess */
+            while (t->depth > i)
+                pop_unwound(t);
+    }
+    lt_frame *f = &t->frames[--t->depth];
+    uint64_t ret = f->ret;
+    if (likely(atomic_load_explicit(&g_recording, RLX)) && f->epoch == t->epoch &&
+        t->state == T_ACTIVE)
+        emit(t, f->fid, LT_KIND_RETURN, t->depth);
+    t->guard = g;
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Interceptor.attach fallback (called from the CModule glue)          */
+
+EXPORT void lt_cm_enter(uint32_t fid, uint64_t sp)
+{
+    lt_thread *t = self();
+    if (t->state == T_PAUSED && atomic_load_explicit(&g_recording, RLX)) {
+        tls_self = NULL;
+        t = thread_init_safe();
+    }
+    if (t->state != T_ACTIVE || t->guard || !atomic_load_explicit(&g_recording, RLX))
+        return;
+    t->guard = 1;
+    session_current(t);
+    uint64_t cur_ret = *(uint64_t *)sp;
+    if (maybe_stale(t, sp))
+        unwind_for_entry(t, sp, cur_ret);
+    if (t->depth >= LT_SHADOW_MAX) {
+        drop(t, LT_DROP_DEPTH_OVERFLOW);
+        t->cm_overflow++;
+        t->guard = 0;
+        return;
+    }
+    emit(t, fid, LT_KIND_ENTRY, t->depth);
+    lt_frame *f = &t->frames[t->depth++];
+    f->ret = cur_ret; /* not used to return: Frida owns this return */
+    f->slot = sp;
+    f->fid = fid;
+    f->flags = FRAME_CM;
+    f->epoch = t->epoch;
+    t->guard = 0;
+}
+
+EXPORT void lt_cm_leave(uint32_t fid)
+{
+    lt_thread *t = tls_self;
+    if (!t || t->state != T_ACTIVE || t->guard)
+        return;
+    t->guard = 1;
+    /* find our frame; replaceFast frames above it were longjmp'd over */
+    uint32_t i = t->depth;
+    while (i && !((t->frames[i - 1].flags & FRAME_CM) && t->frames[i - 1].fid == fid))
+        i--;
+    if (!i) {
+        if (t->cm_overflow)
+            t->cm_overflow--;
+        t->guard = 0;
+        return;
+    }
+    while (t->depth > i)
+        pop_unwound(t); /* close anything left above it */
+    lt_frame *f = &t->frames[i - 1];
+    t->depth = i - 1;
+    if (atomic_load_explicit(&g_recording, RLX) && f->epoch == t->epoch)
+        emit(t, fid, LT_KIND_RETURN, t->depth);
+    t->guard = 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* stubs                                                               */
+
+#define STUB_SIZE 32u
+#define STUB_DESC_OFF 7 /* agent.js reads the desc pointer here (STUB_DESC_OFFSET) */
+#define STUB_CHUNK 65536u
+
+static uint8_t *g_stub_cur, *g_stub_end;
+static lt_desc *g_desc_cur, *g_desc_end;
+
+/* Returns the stub for function id `fid`, or NULL. */
+EXPORT void *lt_make_stub(uint32_t fid)
+{
+    spin_lock();
+    if (g_stub_cur == g_stub_end || g_desc_cur == g_desc_end) {
+        void *code = mmap(NULL, STUB_CHUNK, PROT_READ | PROT_WRITE | PROT_EXEC,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void *data = mmap(NULL, STUB_CHUNK / STUB_SIZE * sizeof(lt_desc), PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (code == MAP_FAILED || data == MAP_FAILED) {
+            spin_unlock();
+            return NULL;
+        }
+        g_stub_cur = code;
+        g_stub_end = g_stub_cur + STUB_CHUNK;
+        g_desc_cur = data;
+        g_desc_end = g_desc_cur + STUB_CHUNK / STUB_SIZE;
+    }
+    uint8_t *s = g_stub_cur;
+    lt_desc *d = g_desc_cur;
+    g_stub_cur += STUB_SIZE;
+    g_desc_cur++;
+    spin_unlock();
+    d->orig = NULL;
+    d->fid = fid;
+    uint64_t da = (uint64_t)d, ta = (uint64_t)&lt_entry_tramp;
+    uint8_t code[STUB_SIZE] = {
+        0xf3, 0x0f, 0x1e, 0xfa,             /* endbr64 */
+        0x50,                               /* push rax */
+        0x48, 0xb8,                         /* movabs rax, imm64 (desc) */
+        0, 0, 0, 0, 0, 0, 0, 0,
+        0xff, 0x25, 0x00, 0x00, 0x00, 0x00, /* jmp [rip+0] */
+        0, 0, 0, 0, 0, 0, 0, 0,             /* lt_entry_tramp */
+        0xcc, 0xcc, 0xcc};
+    for (int i = 0; i < 8; i++) {
+        code[STUB_DESC_OFF + i] = (uint8_t)(da >> (8 * i));
+        code[21 + i] = (uint8_t)(ta >> (8 * i));
+    }
+    for (unsigned i = 0; i < STUB_SIZE; i++)
+        s[i] = code[i];
+    atomic_fetch_add_explicit(&g_stat_stubs, 1, RLX);
+    return s;
+}
+
+static lt_desc *stub_desc(void *stub)
+{
+    uint8_t *s = stub;
+    uint64_t d = 0;
+    for (int i = 0; i < 8; i++)
+        d |= (uint64_t)s[STUB_DESC_OFF + i] << (8 * i);
+    return (lt_desc *)d;
+}
+
+/* Set the original-function pointer (agent.js writes it directly instead:
+ * a NativeFunction call would commit the Interceptor transaction early). */
+EXPORT void lt_set_orig(void *stub, void *orig) { stub_desc(stub)->orig = orig; }
+
+/* ------------------------------------------------------------------ */
+/* lifecycle, called from agent.js on the Frida JS thread               */
+
+EXPORT void lt_ignore_thread(uint32_t tid)
+{
+    for (int i = 0; i < LT_MAX_IGNORED; i++) {
+        uint32_t z = 0;
+        if (atomic_load_explicit(&g_ignored[i], RLX) == tid)
+            return;
+        /* pairs with the acquire in tid_ignored */
+        if (atomic_compare_exchange_strong_explicit(&g_ignored[i], &z, tid, REL, RLX))
+            return;
+    }
+}
+
+/* Frida cloaks its own threads (they are missing from
+ * Process.enumerateThreads) and leaves their names alone, so: every thread
+ * of the process that agent.js did not see, except the main thread, is
+ * Frida's. Returns how many were ignored. */
+EXPORT int lt_ignore_foreign_threads(const uint32_t *visible, uint32_t n)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    int count = 0;
+    uint32_t self_pid = (uint32_t)getpid();
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        uint32_t tid = (uint32_t)strtoul(e->d_name, NULL, 10);
+        int seen = tid == self_pid;
+        for (uint32_t i = 0; i < n && !seen; i++)
+            seen = visible[i] == tid;
+        if (!seen) {
+            lt_ignore_thread(tid);
+            count++;
+        }
+    }
+    closedir(d);
+    return count;
+}
+
+/* A forked child inherits our hooks and the MAP_SHARED segment: it must not
+ * write into the parent's lanes. Recording stops (a new agent may init the
+ * child with its own segment) and the forking thread forgets its slot. */
+static void fork_child(void)
+{
+    atomic_store_explicit(&g_recording, 0, RLX);
+    atomic_store_explicit(&g_free_lock, 0, RLX); /* its holder did not come along */
+    lt_thread *t = tls_self;
+    if (t && t->state == T_ACTIVE) {
+        t->prod.slot = NULL;
+        t->prod.ring = NULL;
+        t->prod.retired = 1;
+    }
+}
+
+/* Map the session's segment and start recording. Returns 0 or -errno; err
+ * (may be NULL) gets a message. A second init after lt_detach joins a new
+ * session; the old mapping is kept (late frames may still reference it). */
+EXPORT int lt_init(const char *shm_name, char *err, uint32_t errlen)
+{
+    static int once;
+    if (!once) {
+        once = 1;
+        detect_xsave();
+        g_key_ok = pthread_key_create(&g_key, thread_exit) == 0;
+        pthread_atfork(NULL, NULL, fork_child);
+    }
+    lt_shm_map m;
+    int rc = lt_shm_open_ex(shm_name, &m, err, errlen, 1);
+    if (rc)
+        return rc;
+    g_map = m;
+    g_ctl = lt_ctl_of(&g_map);
+    lt_shm_set_agent_state(&g_map, 1);
+    /* pairs with the acquire in thread_register / session_current */
+    atomic_fetch_add_explicit(&g_epoch, 1, REL);
+    atomic_store_explicit(&g_recording, 1, RLX);
+    return 0;
+}
+
+/* Stop recording. Hooks are reverted by agent.js; frames that still return
+ * through lt_exit_tramp pop without recording. */
+EXPORT void lt_detach(void)
+{
+    atomic_store_explicit(&g_recording, 0, RLX);
+    if (g_ctl)
+        lt_shm_set_agent_state(&g_map, 2);
+}
+
+/* Flush hint for the calling thread (e.g. before a planned exit). */
+EXPORT void lt_thread_retire_self(void)
+{
+    lt_thread *t = tls_self;
+    if (t && t->state == T_ACTIVE) {
+        thread_exit(t);
+        if (g_key_ok)
+            pthread_setspecific(g_key, NULL);
+    }
+}
+
+/* out[0..7]: threads seen, stubs, recycled thread states, recording,
+ * epoch, xsave size, shadow depth limit, sizeof(lt_thread) */
+EXPORT void lt_agent_stats(uint64_t *out)
+{
+    out[0] = atomic_load_explicit(&g_stat_threads, RLX);
+    out[1] = atomic_load_explicit(&g_stat_stubs, RLX);
+    out[2] = atomic_load_explicit(&g_stat_recycled, RLX);
+    out[3] = atomic_load_explicit(&g_recording, RLX);
+    out[4] = atomic_load_explicit(&g_epoch, RLX);
+    out[5] = g_xsave_size;
+    out[6] = LT_SHADOW_MAX;
+    out[7] = sizeof(lt_thread);
+}

@@ -1,0 +1,405 @@
+'use strict';
+/*
+ * lanetrace agent (Frida 17). Thin: it selects functions, installs hooks and
+ * reports; every event is recorded by the native agent library
+ * (liblanetrace_agent.so) — no JS runs per call.
+ *
+ * Hook path: Interceptor.replaceFast(fn, stub) where the stub is generated
+ * by the native library (push rax; movabs rax, &desc; jmp lt_entry_tramp). Functions
+ * replaceFast refuses (very short ones) fall back to Interceptor.attach with
+ * the CModule glue (glue.c) calling lt_cm_enter/lt_cm_leave.
+ *
+ * RPC (driven by the injector):
+ *   init({shmName, agentLibPath, glueSource?})
+ *   plan({include, exclude, includeModules, excludeModules})
+ *       -> {functions:[{id, module, modulePath, name, address, size}], skipped:[{name, reason}]}
+ *   install() -> {replaced, attached, failed:[{name, reason}]}
+ *   detach(); stats()
+ * Later dlopen()s: matching functions are first announced with
+ *   send({type:'functions', seq, module, functions:[...]})
+ * and the loading thread blocks on recv('functions-ack') (the injector
+ * posts {type:'functions-ack', seq} once the writer acked them) before the
+ * hooks are installed, before dlopen returns.
+ */
+
+/* ---- Built-in excludes ------------------------------------------------------
+ * Modules never hooked:
+ *   liblanetrace_agent.so  our own hook path: would recurse
+ *   frida-agent*           Frida itself (cloaked anyway)
+ *   ld-linux*, ld-*.so*    the loader: TLS setup, lazy binding and dlopen run
+ *                          inside it, also underneath our slow path
+ *   linux-vdso.so*         clock_gettime lives there and runs on every event
+ */
+const BUILTIN_EXCLUDE_MODULES = [
+  ['liblanetrace_agent.so', 'lanetrace agent library (hook path would recurse)'],
+  ['frida-agent*', 'Frida agent'],
+  ['ld-linux*', 'dynamic loader (TLS setup, lazy binding, dlopen)'],
+  ['ld-*.so*', 'dynamic loader (TLS setup, lazy binding, dlopen)'],
+  ['linux-vdso.so*', 'vDSO (clock_gettime runs on every event)'],
+];
+
+/* Functions never hooked, in any module:
+ *   what the hook path itself calls (a hooked call from inside our handler
+ *   passes through the reentrancy guard, but these would still cost on
+ *   every event or run before the per-thread state exists);
+ *   startup/teardown code that runs before TLS is ready or never returns;
+ *   functions that return twice or read their own return address (a
+ *   replaced return address would be saved and jumped to later);
+ *   functions that never return (their frame would stay on the shadow
+ *   stack; harmless, but they are noise). */
+const BUILTIN_EXCLUDE_FUNCTIONS = [
+  // hook path and its slow path (thread init: gettid, mmap, pthread_setspecific)
+  ['clock_gettime', 'hook path (timestamps)'], ['__clock_gettime*', 'hook path (timestamps)'],
+  ['__vdso_*', 'hook path (timestamps)'], ['syscall', 'hook path (gettid)'],
+  ['gettid', 'hook path'], ['mmap', 'hook path (thread init)'], ['mmap64', 'hook path (thread init)'],
+  ['__mmap', 'hook path (thread init)'], ['munmap', 'hook path'],
+  ['pthread_setspecific', 'hook path (thread init)'], ['__pthread_setspecific', 'hook path (thread init)'],
+  ['pthread_getspecific', 'hook path'], ['pthread_key_create', 'hook path'],
+  ['__tls_get_addr', 'TLS access'], ['__tls_get_addr_slow', 'TLS access'],
+  ['opendir', 'agent init'], ['readdir', 'agent init'], ['readdir64', 'agent init'], ['closedir', 'agent init'],
+  ['_dl_*', 'loader internals'], ['__libc_early_init', 'loader internals'],
+  // program/thread startup and teardown
+  ['_start', 'startup (before TLS, never returns)'], ['_init', 'startup'], ['_fini', 'teardown'],
+  ['frame_dummy', 'startup'], ['register_tm_clones', 'startup'], ['deregister_tm_clones', 'startup'],
+  ['__do_global_dtors_aux', 'teardown'], ['__libc_csu_init', 'startup'], ['__libc_csu_fini', 'teardown'],
+  ['__libc_start_main', 'startup (never returns)'], ['__libc_start_call_main', 'startup (never returns)'],
+  ['_dl_relocate_static_pie', 'startup'], ['__x86.get_pc_thunk.*', 'position-independent code thunk'],
+  ['start_thread', 'thread startup'], ['clone', 'thread startup'], ['clone3', 'thread startup'],
+  ['__clone*', 'thread startup'],
+  // return twice / context switches / read their return address
+  ['setjmp', 'returns twice'], ['_setjmp', 'returns twice'], ['__setjmp', 'returns twice'],
+  ['sigsetjmp', 'returns twice'], ['__sigsetjmp', 'returns twice'], ['_longjmp', 'never returns'],
+  ['longjmp', 'never returns'], ['siglongjmp', 'never returns'], ['__longjmp*', 'never returns'],
+  ['__libc_longjmp', 'never returns'], ['__libc_siglongjmp', 'never returns'],
+  ['vfork', 'returns twice (shared stack)'], ['__vfork', 'returns twice (shared stack)'],
+  ['fork', 'returns twice'], ['_Fork', 'returns twice'], ['__libc_fork', 'returns twice'],
+  ['getcontext', 'returns twice'], ['setcontext', 'never returns'], ['swapcontext', 'switches stacks'],
+  ['makecontext', 'switches stacks'], ['__start_context', 'switches stacks'],
+  ['__restore_rt', 'signal return trampoline'],
+  ['__cxa_throw', 'unwinds through hooked frames'], ['_Unwind_*', 'unwinder'],
+  ['__gxx_personality_v0', 'unwinder'], ['__gcc_personality_v0', 'unwinder'],
+  // never return
+  ['exit', 'never returns'], ['_exit', 'never returns'], ['_Exit', 'never returns'],
+  ['abort', 'never returns'], ['pthread_exit', 'never returns'], ['__pthread_unwind*', 'never returns'],
+  ['__stack_chk_fail', 'never returns'], ['__assert_fail', 'never returns'],
+];
+
+/* The stub is `endbr64; push rax; movabs rax, &desc; ...`: desc pointer at +7 (agent.c). */
+const STUB_DESC_OFFSET = 7;
+
+/* ---- state ----------------------------------------------------------------- */
+const st = {
+  lib: null, nf: {}, glueSource: null, cm: null, agentLibPath: null,
+  selection: null,
+  nextId: 1,
+  byAddress: new Map(),      // address string -> fn
+  plannedModules: new Set(), // module paths already planned
+  pending: [],               // planned, not installed yet
+  installed: [],             // {fn, kind:'replaced'|'attached', listener?}
+  failed: [],
+  skippedTotal: 0,
+  dlopenHooks: [],
+  seq: 0,
+  detached: false,
+  dlopenErrors: [],
+};
+
+function globToRegExp(glob) {
+  let re = '^';
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i];
+    if (c === '*') re += '.*';
+    else if (c === '?') re += '.';
+    else if (c === '[') {
+      const j = glob.indexOf(']', i + 1);
+      if (j < 0) { re += '\\['; continue; }
+      let body = glob.slice(i + 1, j);
+      if (body.startsWith('!')) body = '^' + body.slice(1);
+      re += '[' + body.replace(/\\/g, '\\\\') + ']';
+      i = j;
+    } else re += c.replace(/[.+^${}()|\\\]]/g, '\\$&');
+  }
+  return new RegExp(re + '$');
+}
+
+function compilePatterns(list, what) {
+  if (!Array.isArray(list)) throw new Error(`${what} must be a list of glob patterns`);
+  return list.map(p => {
+    if (typeof p !== 'string' || p.length === 0) throw new Error(`${what}: invalid pattern ${JSON.stringify(p)}`);
+    const bang = p.indexOf('!');
+    if (bang >= 0) {
+      if (bang === 0 || bang === p.length - 1) throw new Error(`${what}: invalid pattern '${p}' (expected MODULE!FUNCTION)`);
+      return { text: p, module: globToRegExp(p.slice(0, bang)), func: globToRegExp(p.slice(bang + 1)) };
+    }
+    return { text: p, module: null, func: globToRegExp(p) };
+  });
+}
+
+const BUILTIN_MOD = BUILTIN_EXCLUDE_MODULES.map(([g, why]) => ({ re: globToRegExp(g), why }));
+const BUILTIN_FN = BUILTIN_EXCLUDE_FUNCTIONS.map(([g, why]) => ({ re: globToRegExp(g), why }));
+
+function builtinModuleExclude(mod) {
+  const libBase = st.agentLibPath ? st.agentLibPath.split('/').pop() : null;
+  if (libBase && mod.name === libBase) return 'lanetrace agent library (hook path would recurse)';
+  for (const b of BUILTIN_MOD) if (b.re.test(mod.name)) return b.why;
+  if (mod.path && mod.path.indexOf('frida-agent') >= 0) return 'Frida agent';
+  return null;
+}
+
+/* Functions of a module with a symbol (exports + symbol table, type
+ * function), deduplicated by address. Every alias is kept for matching;
+ * the display name prefers exported, global, then non-underscore names. */
+function moduleFunctions(mod) {
+  const base = mod.base, end = mod.base.add(mod.size);
+  const byAddr = new Map();
+  const add = (name, address, size, score) => {
+    if (!name || address.isNull() || address.compare(base) < 0 || address.compare(end) >= 0) return;
+    if (!name.startsWith('_')) score += 1;
+    const key = address.toString();
+    const cur = byAddr.get(key);
+    if (cur === undefined) { byAddr.set(key, { name, address, size: size || 0, score, aliases: [name] }); return; }
+    if (!cur.size && size) cur.size = size;
+    if (cur.aliases.indexOf(name) < 0) cur.aliases.push(name);
+    if (score > cur.score) { cur.name = name; cur.score = score; }
+  };
+  let symbols = [];
+  try { symbols = mod.enumerateSymbols(); } catch (e) { /* stripped or unreadable */ }
+  for (const s of symbols) if (s.type === 'function') add(s.name, s.address, s.size, s.isGlobal ? 2 : 0);
+  let exports = [];
+  try { exports = mod.enumerateExports(); } catch (e) { }
+  for (const e of exports) if (e.type === 'function') add(e.name, e.address, 0, 4);
+  return Array.from(byAddr.values());
+}
+
+/* Selection for one module -> {functions, skipped}; assigns ids. */
+function planModule(mod, sel, isMain) {
+  const out = { functions: [], skipped: [] };
+  if (st.plannedModules.has(mod.path)) return out;
+  st.plannedModules.add(mod.path);
+  if (builtinModuleExclude(mod)) return out;
+  for (const x of sel.excludeModules) if (x.func.test(mod.name)) return out;
+  const wholeModule = sel.includeModules.some(p => p.func.test(mod.name)) ||
+    (sel.include.length === 0 && sel.includeModules.length === 0 && isMain);
+  const incPatterns = sel.include.filter(p => p.module === null || p.module.test(mod.name));
+  if (!wholeModule && incPatterns.length === 0) return out;
+  for (const f of moduleFunctions(mod)) {
+    const aliasMatch = re => f.aliases.find(n => re.test(n));
+    let name = f.name;
+    if (!wholeModule) {
+      let hit;
+      for (const p of incPatterns) if ((hit = aliasMatch(p.func)) !== undefined) break;
+      if (hit === undefined) continue;
+      name = hit;
+    }
+    const ex = sel.exclude.find(p => (p.module === null || p.module.test(mod.name)) && aliasMatch(p.func) !== undefined);
+    if (ex) { out.skipped.push({ name: `${mod.name}!${name}`, reason: `excluded by -x ${ex.text}` }); continue; }
+    const b = BUILTIN_FN.find(x => aliasMatch(x.re) !== undefined);
+    if (b) { out.skipped.push({ name: `${mod.name}!${name}`, reason: `built-in exclude: ${b.why}` }); continue; }
+    const key = f.address.toString();
+    if (st.byAddress.has(key)) continue; // aliases across modules / replans
+    const fn = {
+      id: st.nextId++, module: mod.name, modulePath: mod.path, name,
+      address: key, size: f.size,
+    };
+    st.byAddress.set(key, fn);
+    st.pending.push(fn);
+    out.functions.push(fn);
+  }
+  return out;
+}
+
+function planModules(mods) {
+  const res = { functions: [], skipped: [] };
+  const main = Process.mainModule;
+  for (const m of mods) {
+    const r = planModule(m, st.selection, m.path === main.path);
+    res.functions.push(...r.functions);
+    res.skipped.push(...r.skipped);
+  }
+  st.skippedTotal += res.skipped.length;
+  return res;
+}
+
+function glue() {
+  if (st.cm !== null) return st.cm;
+  let src = st.glueSource;
+  if (!src) {
+    const dir = st.agentLibPath.substring(0, st.agentLibPath.lastIndexOf('/'));
+    src = File.readAllText(dir + '/agent/glue.c');
+  }
+  st.cm = new CModule(src, {
+    lt_cm_enter: st.lib.getExportByName('lt_cm_enter'),
+    lt_cm_leave: st.lib.getExportByName('lt_cm_leave'),
+  });
+  return st.cm;
+}
+
+/* All hooks of one batch go live together: GumJS keeps Interceptor changes
+ * in a transaction until the thread leaves the JS runtime (a NativeFunction
+ * call, send(), the end of this RPC call). So the stubs are made first, and
+ * between replaceFast and the commit only JS memory writes happen: the
+ * descriptor's original pointer is set before any thread can reach the stub. */
+function installPending() {
+  const res = { replaced: 0, attached: 0, failed: [] };
+  const todo = st.pending;
+  st.pending = [];
+  if (todo.length === 0 || st.detached) return res;
+  const stubs = todo.map(fn => st.nf.makeStub(fn.id));
+  let cm = null, cmError = null;
+  try { cm = glue(); } catch (e) { cmError = e.message; }
+  todo.forEach((fn, i) => {
+    const target = ptr(fn.address);
+    const stub = stubs[i];
+    let whyFast = 'out of stub memory';
+    if (!stub.isNull()) {
+      try {
+        const orig = Interceptor.replaceFast(target, stub);
+        stub.add(STUB_DESC_OFFSET).readPointer().writePointer(orig);
+        st.installed.push({ fn, kind: 'replaced' });
+        res.replaced++;
+        return;
+      } catch (e) {
+        whyFast = e.message;
+      }
+    }
+    try {
+      if (cm === null) throw new Error(`CModule glue unavailable: ${cmError}`);
+      const listener = Interceptor.attach(target, { onEnter: cm.on_enter, onLeave: cm.on_leave }, ptr(fn.id));
+      st.installed.push({ fn, kind: 'attached', listener });
+      res.attached++;
+    } catch (e) {
+      const f = { name: `${fn.module}!${fn.name}`, reason: `replaceFast: ${whyFast}; attach: ${e.message}` };
+      st.failed.push(f);
+      res.failed.push(f);
+    }
+  });
+  Interceptor.flush();
+  return res;
+}
+
+/* Modules loaded later: announce, wait for the writer's ack, hook. Runs on
+ * the thread that called dlopen, before dlopen returns to the program. */
+function onModulesMaybeLoaded() {
+  if (st.detached || st.selection === null) return;
+  const fresh = Process.enumerateModules().filter(m => !st.plannedModules.has(m.path));
+  if (fresh.length === 0) return;
+  const r = planModules(fresh);
+  if (r.functions.length > 0) {
+    const seq = ++st.seq;
+    let acked = false;
+    // register before sending, in one JS turn: acks arrive in send order
+    const op = recv('functions-ack', msg => { acked = true; });
+    send({ type: 'functions', seq, modules: fresh.map(m => m.name), functions: r.functions, skipped: r.skipped });
+    op.wait();
+    if (!acked) return;
+  }
+  const res = installPending();
+  if (res.failed.length) send({ type: 'install-failed', failed: res.failed });
+}
+
+function hookDlopen() {
+  for (const name of ['dlopen', 'dlmopen']) {
+    const addr = Module.findGlobalExportByName(name);
+    if (addr === null) continue;
+    try {
+      const l = Interceptor.attach(addr, {
+        onLeave(retval) {
+          if (retval.isNull()) return;
+          try { onModulesMaybeLoaded(); } catch (e) { st.dlopenErrors.push(String(e.stack || e)); }
+        },
+      });
+      st.dlopenHooks.push(l);
+    } catch (e) { st.dlopenErrors.push(`${name}: ${e.message}`); }
+  }
+}
+
+/* ---- RPC ------------------------------------------------------------------- */
+function init(opts) {
+  if (!opts || typeof opts.shmName !== 'string' || typeof opts.agentLibPath !== 'string')
+    throw new Error('init: shmName and agentLibPath are required');
+  st.agentLibPath = opts.agentLibPath;
+  st.glueSource = opts.glueSource || null;
+  st.lib = Module.load(opts.agentLibPath);
+  const e = n => st.lib.getExportByName(n);
+  st.nf = {
+    init: new NativeFunction(e('lt_init'), 'int', ['pointer', 'pointer', 'uint32']),
+    makeStub: new NativeFunction(e('lt_make_stub'), 'pointer', ['uint32']),
+    ignore: new NativeFunction(e('lt_ignore_thread'), 'void', ['uint32']),
+    ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
+    detach: new NativeFunction(e('lt_detach'), 'void', []),
+    stats: new NativeFunction(e('lt_agent_stats'), 'void', ['pointer']),
+  };
+  // Frida's threads are cloaked from enumerateThreads: ignore all others
+  const visible = Process.enumerateThreads().map(t => t.id);
+  const buf = Memory.alloc(4 * Math.max(1, visible.length));
+  visible.forEach((tid, i) => buf.add(4 * i).writeU32(tid));
+  const ignored = st.nf.ignoreForeign(buf, visible.length);
+  st.nf.ignore(Process.getCurrentThreadId());
+  const err = Memory.alloc(512);
+  const rc = st.nf.init(Memory.allocUtf8String(opts.shmName), err, 512);
+  if (rc !== 0) throw new Error(`init: ${err.readUtf8String()}`);
+  st.detached = false;
+  const main = Process.mainModule;
+  return {
+    pid: Process.id, arch: Process.arch, ignoredThreads: ignored, visibleThreads: visible.length,
+    mainModule: { name: main.name, path: main.path, base: main.base.toString() },
+  };
+}
+
+function plan(opts) {
+  if (st.lib === null) throw new Error('plan: call init first');
+  opts = opts || {};
+  st.selection = {
+    include: compilePatterns(opts.include || [], '-i'),
+    exclude: compilePatterns(opts.exclude || [], '-x'),
+    includeModules: compilePatterns(opts.includeModules || [], '-I'),
+    excludeModules: compilePatterns(opts.excludeModules || [], '-X'),
+  };
+  const r = planModules(Process.enumerateModules());
+  if (st.dlopenHooks.length === 0) hookDlopen();
+  return r;
+}
+
+function install() {
+  if (st.selection === null) throw new Error('install: call plan first');
+  return installPending();
+}
+
+function detach() {
+  if (st.detached) return { reverted: 0 };
+  st.detached = true;
+  let reverted = 0;
+  for (const l of st.dlopenHooks) l.detach();
+  st.dlopenHooks = [];
+  for (const h of st.installed) {
+    try {
+      if (h.kind === 'replaced') Interceptor.revert(ptr(h.fn.address));
+      else h.listener.detach();
+      reverted++;
+    } catch (e) { /* already gone with its module */ }
+  }
+  Interceptor.flush();
+  st.installed = [];
+  if (st.lib !== null) st.nf.detach();
+  return { reverted };
+}
+
+function stats() {
+  const out = Memory.alloc(8 * 8);
+  st.nf.stats(out);
+  const v = i => out.add(8 * i).readU64().toNumber();
+  return {
+    threadsSeen: v(0), stubs: v(1), threadStatesRecycled: v(2), recording: v(3) === 1,
+    epoch: v(4), xsaveBytes: v(5), shadowStackFrames: v(6),
+    planned: st.byAddress.size, pending: st.pending.length,
+    replaced: st.installed.filter(h => h.kind === 'replaced').length,
+    attached: st.installed.filter(h => h.kind === 'attached').length,
+    failed: st.failed.length, skipped: st.skippedTotal, dlopenErrors: st.dlopenErrors.slice(-10),
+    detached: st.detached,
+  };
+}
+
+rpc.exports = {
+  init, plan, install, detach, stats,
+  dispose() { try { detach(); } catch (e) { } },
+};
