@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import orjson
 
@@ -167,31 +167,58 @@ class SymbolTable:
         return sym.name, sym.module
 
 
+READ_CHUNK = 256 * 1024
+
+
 def iter_events(trace_dir: str, symbols: SymbolTable | None = None,
-                include_detail: bool = False) -> Iterator[pb.Event]:
-    """Decode every ``Event`` of a trace in file order. Symbol definitions are
-    fed to ``symbols`` (if given) and not yielded. Flight-recorder detail
-    events (``Event.detail``) repeat a call already in the stream, so they are
-    skipped unless ``include_detail``."""
+                include_detail: bool = False,
+                progress: Callable[[int, int], None] | None = None,
+                chunk_size: int = READ_CHUNK) -> Iterator[pb.Event]:
+    """Decode every ``Event`` of a trace in file order, reading the file in
+    fixed-size chunks so memory stays bounded on traces of any size.
+
+    Symbol definitions are fed to ``symbols`` (if given) and not yielded.
+    Flight-recorder detail events (``Event.detail``) repeat a call already in
+    the stream, so they are skipped unless ``include_detail``. A torn last
+    frame ends the stream (see ``scan_frames``); a frame that does not decode
+    raises TraceFormatError. ``progress(bytes_consumed, total)`` is called
+    once per chunk."""
     path = os.path.join(trace_dir, EVENTS_FILE)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        f = open(path, "rb", buffering=0)
     except FileNotFoundError:
         raise TraceFormatError(f"no {EVENTS_FILE} in {trace_dir}") from None
-    for offset, payload, length in scan_frames(data):
-        event = pb.Event()
-        try:
-            event.ParseFromString(data[payload:payload + length])
-        except Exception as exc:  # protobuf raises DecodeError and friends
-            raise TraceFormatError(f"{path}: corrupt event at offset {offset}: {exc}") from None
-        if event.WhichOneof("payload") == "symbol_definition":
-            if symbols is not None:
-                symbols.add_definition(event.symbol_definition)
-            continue
-        if event.detail and not include_detail:
-            continue
-        yield event
+    except OSError as exc:
+        raise TraceFormatError(f"cannot read {path}: {exc.strerror}") from None
+    parse = pb.Event.FromString
+    with f:
+        total = os.fstat(f.fileno()).st_size
+        buf = b""
+        base = 0  # file offset of buf[0]
+        while True:
+            chunk = f.read(chunk_size)
+            if not chunk:
+                return  # whatever is left in buf is a torn tail
+            buf += chunk
+            pos = 0
+            for _, payload, length in scan_frames(buf):
+                try:
+                    event = parse(buf[payload:payload + length])
+                except Exception as exc:  # protobuf raises DecodeError and friends
+                    raise TraceFormatError(
+                        f"{path}: corrupt event at offset {base + pos}: {exc}") from None
+                pos = payload + length
+                if event.WhichOneof("payload") == "symbol_definition":
+                    if symbols is not None:
+                        symbols.add_definition(event.symbol_definition)
+                    continue
+                if event.detail and not include_detail:
+                    continue
+                yield event
+            buf = buf[pos:]
+            base += pos
+            if progress is not None:
+                progress(base, total)
 
 
 def event_type(event: pb.Event) -> str:
