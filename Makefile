@@ -43,5 +43,8 @@ demo: native examples
 bench: native examples
 	$(PY) bench/overhead.py
 
+bench-query: native
+	$(PY) bench/query.py
+
 clean:
 	rm -rf build services/lanetrace/*.so services/lanetrace/_native*.c examples/bin traces

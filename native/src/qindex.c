@@ -145,19 +145,25 @@ static int scan_timestamp(const uint8_t *buf, size_t pos, size_t end, int64_t *t
  * span and hash, depth (-1 when the field is absent), sequence (0 when
  * absent). SymbolDefinition frames are not events: their payload spans go
  * to def_off/def_len instead (*ndefs of them), so no column needs a second
- * pass to drop them. Returns the number of events, or -(1 + index) of the
- * first frame that is not a valid Event message.
+ * pass to drop them. Flight-recorder detail frames (Event.detail = 22) repeat
+ * a call/return already in the stream: they go to det_* (payload span,
+ * thread id, sequence; *ndet of them), to be joined by (thread, sequence).
+ * Returns the number of events, or -(1 + index) of the first frame that is
+ * not a valid Event message.
  */
 int64_t lt_qindex_scan(const uint8_t *buf, int64_t len, int64_t n,
                        int64_t *off, uint32_t *plen, int64_t *ts, int32_t *tid, uint8_t *kind,
                        uint32_t *fid, uint64_t *addr, int64_t *sym_off,
                        uint32_t *sym_len, uint64_t *sym_hash, int32_t *depth,
-                       uint64_t *seq, int64_t *def_off, uint32_t *def_len, int64_t *ndefs)
+                       uint64_t *seq, int64_t *def_off, uint32_t *def_len, int64_t *ndefs,
+                       int64_t *det_off, uint32_t *det_len, int32_t *det_tid,
+                       uint64_t *det_seq, int64_t *ndet)
 {
     size_t pos = 0, end = (size_t)len;
-    int64_t i = 0, nd = 0;
+    int64_t i = 0, nd = 0, nt = 0;
     for (int64_t f = 0; f < n; f++) {
         uint64_t flen, key, v;
+        int detail = 0;
         if (rd_varint(buf, end, &pos, &flen) || flen > end - pos)
             return -(1 + f);
         size_t mend = pos + flen;
@@ -168,11 +174,12 @@ int64_t lt_qindex_scan(const uint8_t *buf, int64_t len, int64_t n,
         while (pos < mend) {
             if (rd_varint(buf, mend, &pos, &key)) return -(1 + f);
             unsigned fn = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
-            if (wt == 0 && (fn == 2 || fn == 20 || fn == 21)) {
+            if (wt == 0 && (fn == 2 || fn == 20 || fn == 21 || fn == 22)) {
                 if (rd_varint(buf, mend, &pos, &v)) return -(1 + f);
                 if (fn == 2) tid[i] = (int32_t)(uint32_t)v;
                 else if (fn == 20) seq[i] = v;
-                else depth[i] = (int32_t)(uint32_t)v;
+                else if (fn == 21) depth[i] = (int32_t)(uint32_t)v;
+                else detail = v != 0;
             } else if (wt == 2 && (fn == 3 || (fn >= 10 && fn <= 15))) {
                 if (rd_varint(buf, mend, &pos, &v) || v > mend - pos) return -(1 + f);
                 size_t sub = pos, subend = pos + v;
@@ -199,11 +206,20 @@ int64_t lt_qindex_scan(const uint8_t *buf, int64_t len, int64_t n,
             nd++;
             continue;
         }
+        if (detail) {
+            det_off[nt] = off[i];
+            det_len[nt] = plen[i];
+            det_tid[nt] = tid[i];
+            det_seq[nt] = seq[i];
+            nt++;
+            continue;
+        }
         if (sym_len[i])
             sym_hash[i] = fnv1a(buf + sym_off[i], sym_len[i]);
         i++;
     }
     *ndefs = nd;
+    *ndet = nt;
     return i;
 }
 
