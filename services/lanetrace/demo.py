@@ -37,7 +37,7 @@ def main() -> int:
     for args in (["query", "info", trace_id],
                  ["query", "functions", trace_id, "--top", "10"],
                  ["query", "spans", trace_id, "--function", "process_record", "--limit", "5"]):
-        status = step([*args[:1], "--trace-root", TRACE_ROOT, *args[1:]]) or status
+        status = step([*args, "--trace-root", TRACE_ROOT]) or status
     print(f"\nThe trace is in {new[-1]}; serve it with: lanetrace serve --trace-root {TRACE_ROOT}")
     return status
 

@@ -275,8 +275,14 @@ def cmd_functions(args):
     f = _filters(args)
     r = _call(args, "functions.list", {"traceId": args.trace_id, "filters": f,
                                        "orderBy": args.order_by, "limit": args.top})
-    return _emit(args, r, r["functions"], ["functionName", "module", "calls", "totalTimeNs",
-                                           "selfTimeNs", "maxDurationNs"])
+    rows = r["functions"]
+    columns = ["functionName", "module", "calls", "totalTimeNs", "selfTimeNs", "maxDurationNs"]
+    if any("sourceFile" in row for row in rows):
+        # file:line where DWARF had it; the basename keeps the table narrow
+        rows = [dict(row, source=f"{os.path.basename(row['sourceFile'])}:{row['sourceLine']}")
+                if "sourceFile" in row else row for row in rows]
+        columns.append("source")
+    return _emit(args, r, rows, columns)
 
 
 @_pipe_safe

@@ -641,10 +641,18 @@ class Engine:
         names = t.names
         order = sorted(present.tolist(), key=lambda j: (-int(key[j]), names[j], t.modules[j]))
         addrs = t.idx.meta["functions"]["address"]
-        out = [{"functionName": names[j] or None, "module": t.modules[j] or None,
-                "address": addrs[j], "calls": int(calls[j]), "totalTimeNs": int(total[j]),
-                "selfTimeNs": int(selft[j]), "maxDurationNs": int(mx[j])}
-               for j in order[:limit]]
+        # DWARF file:line, where the binary had it (absent from older indexes)
+        sources = t.idx.meta["functions"].get("source") or [""] * len(addrs)
+        out = []
+        for j in order[:limit]:
+            row = {"functionName": names[j] or None, "module": t.modules[j] or None,
+                   "address": addrs[j], "calls": int(calls[j]), "totalTimeNs": int(total[j]),
+                   "selfTimeNs": int(selft[j]), "maxDurationNs": int(mx[j])}
+            if sources[j]:
+                file, _, line = sources[j].rpartition(":")
+                row["sourceFile"], row["sourceLine"] = (file, int(line)) if line.isdigit() \
+                    else (sources[j], 0)
+            out.append(row)
         return {"functions": out}
 
     def _function_stats(self, t, tlo, thi, threads, modules):

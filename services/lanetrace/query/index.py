@@ -28,7 +28,7 @@ import orjson
 from lanetrace import atf
 from lanetrace import atf_v4_pb2 as pb
 
-INDEX_VERSION = 6
+INDEX_VERSION = 7  # 7: function source locations
 INDEX_DIR = "index"
 LOCK_FILE = "index.lock"
 
@@ -339,8 +339,9 @@ def pair_native(tid, kind, key, ts):
 
 
 def _sidecar_symbols(trace_dir) -> dict:
-    """id → (name, module, address) from our symbols.json, if any: a fallback
-    for ids whose in-stream definition is missing (the stream is authoritative)."""
+    """id → (name, module, address, source) from our symbols.json, if any: a
+    fallback for ids whose in-stream definition is missing (the stream is
+    authoritative). ``source`` is "file:line" from DWARF, or ""."""
     try:
         with open(os.path.join(trace_dir, atf.SYMBOLS_FILE), "rb") as f:
             doc = orjson.loads(f.read())
@@ -356,8 +357,14 @@ def _sidecar_symbols(trace_dir) -> dict:
         if isinstance(fid, int) and fid > 0 and isinstance(name, str):
             module = r.get("module") if isinstance(r.get("module"), str) else ""
             addr = r.get("address") if isinstance(r.get("address"), int) else 0
-            out[fid] = (name, module, addr)
+            out[fid] = (name, module, addr, _source(r.get("sourceFile"), r.get("sourceLine")))
     return out
+
+
+def _source(file, line) -> str:
+    if not isinstance(file, str) or not file:
+        return ""
+    return f"{file}:{line}" if isinstance(line, int) and line > 0 else file
 
 
 def _function_table(buf, c, is_cr, sidecar=None):
@@ -369,15 +376,17 @@ def _function_table(buf, c, is_cr, sidecar=None):
     names: list[str] = []
     modules: list[str] = []
     addrs: list[int] = []
+    sources: list[str] = []
     table: dict[tuple[str, str], int] = {}
 
-    def intern(name, module, address):
+    def intern(name, module, address, source=""):
         key = (name, module)
         if key not in table:
             table[key] = len(names)
             names.append(name)
             modules.append(module)
             addrs.append(int(address))
+            sources.append(source)
         return table[key]
 
     defs = dict(sidecar or {})
@@ -388,7 +397,7 @@ def _function_table(buf, c, is_cr, sidecar=None):
         except Exception:  # protobuf's DecodeError and friends
             raise IndexError_(f"corrupt symbol definition at offset {off}") from None
         d = ev.symbol_definition
-        defs[d.function_id] = (d.symbol, d.module, d.address)
+        defs[d.function_id] = (d.symbol, d.module, d.address, _source(d.source_file, d.source_line))
 
     n = len(c["kind"])
     fidx = np.full(n, -1, np.int32)
@@ -397,8 +406,8 @@ def _function_table(buf, c, is_cr, sidecar=None):
     if defs:
         top = max(defs) + 1
         lut = np.full(top, -1, np.int32)
-        for f, (name, module, address) in sorted(defs.items()):
-            lut[f] = intern(name, module, address)
+        for f, (name, module, address, source) in sorted(defs.items()):
+            lut[f] = intern(name, module, address, source)
         defined = is_cr & (fid > 0) & (fid < top)
         defined[defined] = lut[fid[defined]] >= 0
         fidx[defined] = lut[fid[defined]]
@@ -416,7 +425,7 @@ def _function_table(buf, c, is_cr, sidecar=None):
     unnamed = is_cr & (fidx < 0)
     if unnamed.any():
         fidx[unnamed] = intern("", "", 0)
-    return fidx, names, modules, addrs
+    return fidx, names, modules, addrs, sources
 
 
 def _groups(keys: np.ndarray, nkeys: int):
@@ -438,7 +447,7 @@ def _groups(keys: np.ndarray, nkeys: int):
 
 def _assemble(buf, c, sidecar=None):
     is_cr = (c["kind"] == K_CALL) | (c["kind"] == K_RETURN)
-    fidx, names, modules, addrs = _function_table(buf, c, is_cr, sidecar)
+    fidx, names, modules, addrs, sources = _function_table(buf, c, is_cr, sidecar)
     n = len(c["kind"])
     ours = bool(n and ((c["fid"] > 0).any() or (c["seq"] > 0).any() or (c["depth"] >= 0).any()))
 
@@ -497,7 +506,7 @@ def _assemble(buf, c, sidecar=None):
         "eventCount": n, "spanCount": int(len(dur)), "ours": ours,
         "timeStartNs": int(a["ev_ts"][0]) if n else None,
         "timeEndNs": int(a["ev_ts"][-1]) if n else None,
-        "functions": {"name": names, "module": modules, "address": addrs},
+        "functions": {"name": names, "module": modules, "address": addrs, "source": sources},
         "functionStats": functions, "threads": threads,
         "traceStart": _trace_start(buf, c),
         "eventsValidSize": int(c["off"][-1] + c["plen"][-1]) if n else 0,
