@@ -6,6 +6,7 @@
  * tests rely on that to compare against the official runtime.
  */
 #include "lanetrace/encode.h"
+#include "lanetrace/detail.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,17 @@
 #define TAG_ADDRESS 0x10         /* .address = 2 */
 #define TAG_FUNCTION_ID 0x78     /* .function_id = 15 */
 #define TAG_UNWOUND_0 0x80       /* FunctionReturn.unwound = 16: 80 01 */
+#define TAG_REGISTERS 0x1a       /* argument_registers / return_registers = 3, len */
+#define TAG_STACK 0x22           /* FunctionCall.stack_shallow_copy = 4, len */
+#define TAG_DETAIL_0 0xb0        /* Event.detail = 22, varint: b0 01 */
+#define TAG_MAP_KEY 0x0a
+#define TAG_MAP_VALUE 0x10
+
+/* Register names in the order of lt_detail_record.regs (record.h). */
+static const char *const ENTRY_REGS[] = {"rdi", "rsi", "rdx", "rcx", "r8", "r9", "rsp", "r10"};
+static const char *const RETURN_REGS[] = {"rax", "rdx", "r2", "r3", "r4", "r5", "r6", "r7"};
+/* one map entry at most: tag 1 + len 1 + key 1+1+3 + value 1+10 */
+#define REG_ENTRY_BOUND 18u
 
 /* Worst case of everything but the inline symbol bytes: event_id 11,
  * thread_id 11, timestamp 2+11+6, payload header 1+5, symbol header 1+5,
@@ -39,20 +51,18 @@ typedef struct fn_entry {
     uint64_t calls;
 } fn_entry;
 
-/* Sequence holes remembered per thread, to tell a record that arrives after
- * higher numbers (another lane's drainer was slower) from a true duplicate.
- * Beyond this many, the lowest holes are forgotten and a late record for
- * them is counted as a duplicate. */
-#define MAX_HOLES 16
-
+/* Sequence holes are remembered per thread (up to LT_ENCODE_MAX_HOLES, see
+ * encode.h), to tell a record that arrives after higher numbers (another
+ * lane's drainer was slower) from a true duplicate. */
 typedef struct tid_entry {
     uint32_t tid;
     uint32_t used;
     uint64_t max_seq;
     uint64_t open_calls;
-    uint32_t nholes;
-    uint64_t hole_lo[MAX_HOLES]; /* ascending, disjoint, all below max_seq */
-    uint64_t hole_hi[MAX_HOLES];
+    uint64_t detail_max_seq; /* detail records: one lane per thread, so in order */
+    uint32_t nholes, hole_cap;
+    uint64_t *hole_lo; /* ascending, disjoint, all below max_seq; grown on demand */
+    uint64_t *hole_hi;
 } tid_entry;
 
 struct lt_encoder {
@@ -121,6 +131,11 @@ void lt_encoder_free(lt_encoder *e) {
         for (size_t i = 0; i < e->fn_cap; i++)
             free(e->fns[i].symbol);
     free(e->fns);
+    if (e->tids)
+        for (size_t i = 0; i < e->tid_cap; i++) {
+            free(e->tids[i].hole_lo);
+            free(e->tids[i].hole_hi);
+        }
     free(e->tids);
     free(e->others);
     free(e);
@@ -279,10 +294,33 @@ static inline void account(lt_encoder *e, tid_entry *t, fn_entry *f, int is_call
         e->st.max_ts_ns = ts;
 }
 
+/* Room for one more hole; 0 if the list is at its cap or cannot grow. */
+static int hole_room(tid_entry *t) {
+    if (t->nholes < t->hole_cap)
+        return 1;
+    if (t->hole_cap >= LT_ENCODE_MAX_HOLES)
+        return 0;
+    uint32_t cap = t->hole_cap ? t->hole_cap * 2 : 16;
+    if (cap > LT_ENCODE_MAX_HOLES)
+        cap = LT_ENCODE_MAX_HOLES;
+    uint64_t *lo = realloc(t->hole_lo, cap * sizeof *lo);
+    if (!lo)
+        return 0;
+    t->hole_lo = lo;
+    uint64_t *hi = realloc(t->hole_hi, cap * sizeof *hi);
+    if (!hi)
+        return 0;
+    t->hole_hi = hi;
+    t->hole_cap = cap;
+    return 1;
+}
+
 static void hole_insert(tid_entry *t, size_t at, uint64_t lo, uint64_t hi) {
-    if (t->nholes == MAX_HOLES) { /* forget the oldest (lowest) hole */
-        memmove(&t->hole_lo[0], &t->hole_lo[1], (MAX_HOLES - 1) * sizeof(uint64_t));
-        memmove(&t->hole_hi[0], &t->hole_hi[1], (MAX_HOLES - 1) * sizeof(uint64_t));
+    if (!hole_room(t)) { /* forget the oldest (lowest) hole */
+        if (!t->nholes)
+            return;
+        memmove(&t->hole_lo[0], &t->hole_lo[1], (t->nholes - 1) * sizeof(uint64_t));
+        memmove(&t->hole_hi[0], &t->hole_hi[1], (t->nholes - 1) * sizeof(uint64_t));
         t->nholes--;
         if (at == 0) /* the new hole itself is the lowest */
             return;
@@ -323,12 +361,16 @@ static int hole_take(tid_entry *t, uint64_t seq) {
 
 enum { SEQ_NEW, SEQ_DUPLICATE, SEQ_LATE };
 
-/* Sequence check; SEQ_NEW advances max_seq and records any gap. Late records
- * are not written either: a thread's events stay in sequence order in the
- * file, so they remain counted in gaps and are reported as late. */
+/* Sequence check; SEQ_NEW advances max_seq and records any gap. A late record
+ * (it fills a remembered hole) is written like a new one: readers sort a
+ * thread's events by sequence, and the hole is no longer a gap. */
 static inline int seq_accept(lt_encoder *e, tid_entry *t, uint64_t seq, uint64_t *gaps) {
-    if (seq <= t->max_seq)
-        return hole_take(t, seq) ? SEQ_LATE : SEQ_DUPLICATE;
+    if (seq <= t->max_seq) {
+        if (!hole_take(t, seq))
+            return SEQ_DUPLICATE;
+        e->st.gaps--;
+        return SEQ_LATE;
+    }
     uint64_t gap = seq - t->max_seq - 1;
     if (gap) {
         e->st.gaps += gap;
@@ -365,7 +407,6 @@ int64_t lt_encode_index(lt_encoder *e, const lt_index_record *recs, size_t count
         if (verdict == SEQ_LATE) {
             r.late++;
             e->st.late++;
-            continue;
         }
         fn_entry *f = fn_find(e, rec.func_id);
         int is_call = rec.kind == LT_KIND_ENTRY;
@@ -440,6 +481,140 @@ int64_t lt_encode_index(lt_encoder *e, const lt_index_record *recs, size_t count
         }
         r.events++;
     }
+    if (res)
+        *res = r;
+    return (int64_t)(p - out);
+}
+
+/* ---- detail records (flight recorder) ---------------------------------- */
+
+size_t lt_encode_detail_bound(const lt_encoder *e, size_t len) {
+    size_t n = len / LT_DETAIL_HEADER_SIZE + 1;
+    size_t per = FIXED_BOUND + 3 + 1 + 5 + LT_DETAIL_MAX_REGS * REG_ENTRY_BOUND +
+                 (e->inline_symbols ? e->max_symbol_len : 0);
+    return len + n * per;
+}
+
+static inline uint8_t *put_reg(uint8_t *p, const char *name, uint64_t v) {
+    size_t kl = strlen(name);
+    *p++ = TAG_REGISTERS;
+    *p++ = (uint8_t)(2 + kl + 1 + varint_size(v));
+    *p++ = TAG_MAP_KEY;
+    *p++ = (uint8_t)kl;
+    memcpy(p, name, kl);
+    p += kl;
+    *p++ = TAG_MAP_VALUE;
+    return put_varint(p, v);
+}
+
+static inline size_t reg_len(const char *name, uint64_t v) {
+    return 2 + (2 + strlen(name) + 1 + varint_size(v));
+}
+
+int64_t lt_encode_detail(lt_encoder *e, const uint8_t *buf, size_t len, const uint64_t *win,
+                         size_t nwin, int keep_all, uint8_t *out, size_t out_cap,
+                         lt_detail_result *res) {
+    lt_detail_result r = {0};
+    if (out_cap < lt_encode_detail_bound(e, len))
+        return -1;
+    uint8_t *p = out;
+    size_t off = 0;
+    lt_detail_record rec;
+    uint32_t size;
+    while ((size = lt_detail_at(buf, len, off, &rec)) != 0) {
+        const uint8_t *stack = buf + off + LT_DETAIL_HEADER_SIZE;
+        off += size;
+        if (!keep_all && !lt_detail_in_windows(rec.ts_ns, win, nwin)) {
+            r.discarded++;
+            continue;
+        }
+        tid_entry *t = tid_get(e, rec.tid);
+        if (!t)
+            break;
+        if (rec.seq <= t->detail_max_seq) {
+            r.duplicates++;
+            continue;
+        }
+        t->detail_max_seq = rec.seq;
+        fn_entry *f = fn_find(e, rec.func_id);
+        int is_call = rec.kind == LT_KIND_ENTRY;
+        const char *const *names = is_call ? ENTRY_REGS : RETURN_REGS;
+
+        uint64_t eid = e->st.next_event_id++;
+        uint64_t tidv = (uint64_t)(int64_t)(int32_t)rec.tid;
+        uint64_t secs = rec.ts_ns / 1000000000u;
+        uint64_t nanos = rec.ts_ns % 1000000000u;
+        uint64_t addr = f ? f->address : 0;
+        size_t symlen = (f && e->inline_symbols) ? f->symbol_len : 0;
+        size_t stack_len = is_call ? rec.stack_len : 0;
+
+        size_t ts_len = (secs ? 1 + varint_size(secs) : 0) + (nanos ? 1 + varint_size(nanos) : 0);
+        size_t regs_len = 0;
+        for (uint32_t i = 0; i < rec.reg_count; i++)
+            regs_len += reg_len(names[i], rec.regs[i]);
+        size_t pl_len = (symlen ? 1 + varint_size(symlen) + symlen : 0) +
+                        (addr ? 1 + varint_size(addr) : 0) + regs_len +
+                        (stack_len ? 1 + varint_size(stack_len) + stack_len : 0) +
+                        (rec.func_id ? 1 + varint_size(rec.func_id) : 0);
+        size_t ev_len = 1 + varint_size(eid) + (tidv ? 1 + varint_size(tidv) : 0) +
+                        1 + varint_size(ts_len) + ts_len +
+                        1 + varint_size(pl_len) + pl_len +
+                        2 + varint_size(rec.seq) + 3;
+
+        p = put_varint(p, ev_len);
+        *p++ = TAG_EVENT_ID;
+        p = put_varint(p, eid);
+        if (tidv) {
+            *p++ = TAG_THREAD_ID;
+            p = put_varint(p, tidv);
+        }
+        *p++ = TAG_TIMESTAMP;
+        p = put_varint(p, ts_len);
+        if (secs) {
+            *p++ = TAG_TS_SECONDS;
+            p = put_varint(p, secs);
+        }
+        if (nanos) {
+            *p++ = TAG_TS_NANOS;
+            p = put_varint(p, nanos);
+        }
+        *p++ = is_call ? TAG_CALL : TAG_RETURN;
+        p = put_varint(p, pl_len);
+        if (symlen) {
+            *p++ = TAG_SYMBOL;
+            p = put_varint(p, symlen);
+            memcpy(p, f->symbol, symlen);
+            p += symlen;
+        }
+        if (addr) {
+            *p++ = TAG_ADDRESS;
+            p = put_varint(p, addr);
+        }
+        for (uint32_t i = 0; i < rec.reg_count; i++)
+            p = put_reg(p, names[i], rec.regs[i]);
+        if (stack_len) {
+            *p++ = TAG_STACK;
+            p = put_varint(p, stack_len);
+            memcpy(p, stack, stack_len);
+            p += stack_len;
+        }
+        if (rec.func_id) {
+            *p++ = TAG_FUNCTION_ID;
+            p = put_varint(p, rec.func_id);
+        }
+        *p++ = TAG_SEQUENCE_0;
+        *p++ = 0x01;
+        p = put_varint(p, rec.seq);
+        *p++ = TAG_DETAIL_0;
+        *p++ = 0x01;
+        *p++ = 0x01;
+        r.kept++;
+    }
+    r.invalid_bytes = len - off;
+    e->st.detail_events += r.kept;
+    e->st.detail_discarded += r.discarded;
+    e->st.detail_duplicates += r.duplicates;
+    e->st.detail_invalid_bytes += r.invalid_bytes;
     if (res)
         *res = r;
     return (int64_t)(p - out);
@@ -523,7 +698,7 @@ static int scan_event(lt_encoder *e, const uint8_t *b, size_t len, uint64_t fram
     reader r = {b, b + len, 0};
     uint64_t eid = 0, tid = 0, secs = 0, nanos = 0, seq = 0, addr = 0;
     uint32_t fid = 0;
-    int payload = 0, unwound = 0;
+    int payload = 0, unwound = 0, detail = 0;
     while (r.p < r.end && !r.bad) {
         uint64_t key = rd_varint(&r);
         if (r.bad)
@@ -577,6 +752,8 @@ static int scan_event(lt_encoder *e, const uint8_t *b, size_t len, uint64_t fram
                 return -2;
         } else if (field == 20 && wt == 0) {
             seq = rd_varint(&r);
+        } else if (field == 22 && wt == 0) {
+            detail = rd_varint(&r) != 0;
         } else if (wt == 2 && (field == 10 || field == 11 || field == 14)) {
             payload = (int)field;
             rd_skip(&r, wt);
@@ -594,10 +771,16 @@ static int scan_event(lt_encoder *e, const uint8_t *b, size_t len, uint64_t fram
     tid_entry *t = tid_get(e, (uint32_t)tid);
     if (!t)
         return -2;
+    if (detail) { /* repeats a call of the index stream: not an event of its own */
+        e->st.detail_events++;
+        if (seq > t->detail_max_seq)
+            t->detail_max_seq = seq;
+        return 0;
+    }
     uint64_t gaps = 0;
     /* Foreign writers leave sequence unset; then there is nothing to track. */
-    if (seq)
-        seq_accept(e, t, seq, &gaps);
+    if (seq && seq_accept(e, t, seq, &gaps) == SEQ_LATE)
+        e->st.late++;
     account(e, t, fid ? fn_find(e, fid) : NULL, payload == 12, unwound,
             secs * 1000000000u + nanos);
     return 0;

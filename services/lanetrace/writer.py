@@ -10,7 +10,8 @@ after a SIGKILL, and also after any failed write, so an error can never leave
 the memory state ahead of the file.
 
 Raw index records are encoded in C (native/src/encode.c); Python only moves
-whole batches.
+whole batches. Flight-recorder detail records are encoded there too, filtered
+by the target's windows (docs/internals.md, "Flight recorder").
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import types
 import orjson
 import zmq
 
-from lanetrace import atf
+from lanetrace import atf, flightrec
 from lanetrace import atf_v4_pb2 as pb
 from lanetrace._native import ffi, lib
 from lanetrace.bus import Bus
@@ -36,7 +37,8 @@ from lanetrace.bus import Bus
 log = logging.getLogger("lanetrace.writer")
 
 RECORD_SIZE = 32
-KINDS = ("target_start", "functions", "index", "target_end", "ping")
+KINDS = ("target_start", "functions", "index", "detail", "window", "threads", "signal",
+         "target_end", "ping")
 SYNC_INTERVAL_S = 1.0
 MANIFEST_INTERVAL_S = 1.0
 # Drainers may still deliver a finished target's last batches; keep its file
@@ -72,6 +74,20 @@ def _field(header: dict, key: str, kind, default=..., lo=None, hi=None):
     if lo is not None and value < lo or hi is not None and value > hi:
         raise RequestError(f"header field {key!r} = {value} is out of range [{lo}, {hi}]")
     return value
+
+
+def _window(raw) -> dict:
+    if not isinstance(raw, dict):
+        raise RequestError(f"window must be an object, got {raw!r}")
+    start = _field(raw, "startNs", int, lo=0, hi=U64)
+    end = _field(raw, "endNs", int, lo=0, hi=U64)
+    if end < start:
+        raise RequestError(f"window endNs {end} is before startNs {start}")
+    w = {"startNs": start, "endNs": end, "trigger": _field(raw, "trigger", str, "")}
+    if _field(raw, "shortened", bool, False):
+        w["shortened"] = True
+        w["preRollLostUntilNs"] = _field(raw, "preRollLostUntilNs", int, 0, lo=0, hi=U64)
+    return w
 
 
 def _function_entry(raw) -> dict:
@@ -130,9 +146,19 @@ class Target:
         self.start: dict | None = None
         self.end: dict | None = None
         self.agent_drops: dict[str, int] = {}
+        self.drops_by_thread: list[dict] = []
+        # Flight recorder: merged windows, and each drainer instance's
+        # cumulative pre-roll counts (cumulative, so a resent request or a
+        # repeated report never counts twice).
+        self.windows: list[dict] = []
+        self.drainer_detail: dict[str, dict] = {}
+        self.flight: dict = {}
+        self.threads: dict[int, str] = {}
+        self.signals: set[tuple] = set()
         # Writer-side counts that events.bin cannot tell: restored from the
         # last manifest after a restart, added to the encoder's own.
-        self.base = {"duplicates": 0, "invalid_records": 0, "late": 0, "events_after_end": 0}
+        self.base = {"duplicates": 0, "invalid_records": 0, "events_after_end": 0,
+                     "detail_discarded": 0, "detail_duplicates": 0, "detail_invalid_bytes": 0}
         self.events_after_end = 0
         self.manifest_dirty = True
         self.unsynced = False
@@ -207,6 +233,8 @@ class Target:
             if d.source_line:
                 entry["sourceLine"] = d.source_line
             self.functions[d.function_id] = entry
+        elif which == "signal_delivery":
+            self.signals.add((ev.thread_id, atf.timestamp_ns(ev), ev.signal_delivery.number))
         elif which == "trace_end":
             te = ev.trace_end
             self.end = {"exitCode": te.exit_code, "signal": te.signal,
@@ -221,8 +249,17 @@ class Target:
         wd = old.get("writerDrops") or {}
         self.base["duplicates"] = int(wd.get("duplicate", 0))
         self.base["invalid_records"] = int(wd.get("invalid_record", 0))
-        self.base["late"] = int(wd.get("late", 0))
         self.base["events_after_end"] = int(old.get("eventsAfterEnd", 0))
+        self.drops_by_thread = list(old.get("dropsByThread") or [])
+        self.windows = flightrec.merge_windows(old.get("windows") or [])
+        self.threads = {int(t["threadId"]): t["name"] for t in old.get("threads") or []}
+        fr = old.get("flightRecorder") or {}
+        self.flight = dict(fr.get("config") or {})
+        self.drainer_detail = {k: dict(v) for k, v in (fr.get("drainers") or {}).items()}
+        wdd = fr.get("writer") or {}
+        self.base["detail_discarded"] = int(wdd.get("discarded", 0))
+        self.base["detail_duplicates"] = int(wdd.get("duplicates", 0))
+        self.base["detail_invalid_bytes"] = int(wdd.get("invalidBytes", 0))
 
     def close(self) -> None:
         with self.lock:
@@ -294,13 +331,60 @@ class Target:
         if n < 0:
             raise RuntimeError("encode buffer smaller than lt_encode_bound")
         self._append(ffi.buffer(buf, n))
-        handled = res.events + res.duplicates + res.invalid_records + res.late
+        handled = res.events + res.duplicates + res.invalid_records  # late ones are events
         if handled != count:
             raise MemoryError(f"encoder ran out of memory after {handled} of {count} records")
         if self.end is not None:
             self.events_after_end += res.events
         return res.events, res.duplicates, res.gaps, res.unknown_function, \
             res.invalid_records, res.late, n
+
+    def append_detail(self, payload, keep_all: bool, out: "OutBuffer"):
+        """Persist the detail records of ``payload`` that lie in a window."""
+        need = lib.lt_encode_detail_bound(self.enc, len(payload))
+        buf = out.get(need)
+        bounds = flightrec.flat_bounds(self.windows)
+        win = ffi.new("uint64_t[]", bounds or [0])
+        res = ffi.new("lt_detail_result *")
+        src = ffi.from_buffer(payload)
+        try:
+            n = lib.lt_encode_detail(self.enc, ffi.cast("const uint8_t *", src), len(payload),
+                                     win, len(bounds) // 2, 1 if keep_all else 0, buf, need, res)
+        finally:
+            ffi.release(src)
+        if n < 0:
+            raise RuntimeError("encode buffer smaller than lt_encode_detail_bound")
+        self._append(ffi.buffer(buf, n))
+        return res.kept, res.discarded, res.duplicates, res.invalid_bytes, n
+
+    def add_windows(self, windows: list[dict]) -> bool:
+        for w in windows:  # drainers know function ids only
+            w["trigger"] = ", ".join(self._label(x) for x in w["trigger"].split(", ") if x)
+        merged = flightrec.merge_windows(self.windows + windows)
+        if merged == self.windows:
+            return False
+        self.windows = merged
+        self.manifest_dirty = True
+        return True
+
+    def _label(self, label: str) -> str:
+        fid = label[len("symbol#"):] if label.startswith("symbol#") else ""
+        name = self.functions.get(int(fid), {}).get("name") if fid.isdigit() else None
+        return f"symbol={name}" if name else label
+
+    def write_signal(self, sig: dict) -> bool:
+        key = (sig["tid"], sig["tsNs"], sig["number"])
+        if key in self.signals:
+            return False  # a resend
+        ev = _ns_event(self._take_ids(1), sig["tsNs"])
+        ev.thread_id = sig["tid"]
+        ev.signal_delivery.number = sig["number"]
+        ev.signal_delivery.name = sig["name"]
+        for name, value in sig["registers"].items():
+            ev.signal_delivery.registers[name] = value
+        self._append(atf.frame(ev.SerializeToString()))
+        self.signals.add(key)
+        return True
 
     def write_end(self, end: dict) -> None:
         ev = _ns_event(self._take_ids(1), end["endNs"])
@@ -346,7 +430,7 @@ class Target:
             time_end = max(st.max_ts_ns if have_ts else 0, start.get("startNs", 0))
         duplicates = st.duplicates + self.base["duplicates"]
         invalid = st.invalid_records + self.base["invalid_records"]
-        late = st.late + self.base["late"]
+        detail = self.detail_counts(st)
         return {
             "formatVersion": atf.FORMAT_VERSION,
             "os": "linux",
@@ -372,19 +456,42 @@ class Target:
             "returnCount": st.returns,
             "unwoundCount": st.unwound,
             "drops": dict(self.agent_drops),
-            # late: seq inside an earlier gap of its thread, arriving after higher
-            # numbers; not written (per-thread order), so it stays in seqGaps too
-            "writerDrops": {"duplicate": duplicates, "invalid_record": invalid, "late": late},
+            "dropsByThread": self.drops_by_thread,
+            "writerDrops": {"duplicate": duplicates, "invalid_record": invalid},
+            # written although they arrived after higher numbers of their
+            # thread (another lane's drainer was slower): not drops
+            "lateRecords": st.late,
             "writerDuplicates": duplicates,
             "seqGaps": st.gaps,
             "unknownFunctions": st.unknown_function,
             "eventsAfterEnd": self.events_after_end + self.base["events_after_end"],
             "inlineSymbols": self.inline_symbols,
-            "windows": [],
+            "windows": self.windows,
+            "windowsShortened": sum(1 for w in self.windows if w.get("shortened")),
+            "detailEvents": st.detail_events,
+            "detailKept": detail["kept"],
+            "detailDiscarded": detail["discarded"],
+            "flightRecorder": detail["report"],
+            "threads": [{"threadId": tid, "name": name} for tid, name in sorted(self.threads.items())],
             "modules": sorted({f["module"] for f in self.functions.values() if f["module"]}),
             "topFunctions": self.top_functions(),
             "complete": self.end is not None,
         }
+
+    def detail_counts(self, st) -> dict:
+        """Detail records kept and discarded: the writer's own (outside every
+        window when they arrived) plus what the drainers discarded from their
+        pre-roll buffers (aged out, or over the budget)."""
+        wd = {"discarded": st.detail_discarded + self.base["detail_discarded"],
+              "duplicates": st.detail_duplicates + self.base["detail_duplicates"],
+              "invalidBytes": st.detail_invalid_bytes + self.base["detail_invalid_bytes"]}
+        aged = sum(int(d.get("discarded", 0)) for d in self.drainer_detail.values())
+        budget = sum(int(d.get("budget", 0)) for d in self.drainer_detail.values())
+        lost = sum(int(d.get("lost", 0)) for d in self.drainer_detail.values())
+        return {"kept": st.detail_events, "discarded": wd["discarded"] + aged + budget,
+                "report": {"config": self.flight, "writer": wd, "drainers": self.drainer_detail,
+                           "discardedAged": aged, "discardedBudget": budget,
+                           "discardedWriter": wd["discarded"], "lostUnsent": lost}}
 
     def write_manifest(self, session: str) -> None:
         atf.write_json_atomic(os.path.join(self.dir, atf.MANIFEST_FILE), self.manifest(session))
@@ -445,9 +552,17 @@ class Syncer(threading.Thread):
 class Metrics:
     def __init__(self):
         self.c = dict(batches=0, records=0, events=0, bytes=0, duplicates=0, gaps=0,
-                      unknownFunctions=0, invalidRecords=0, late=0, requests=0, nacks=0)
+                      unknownFunctions=0, invalidRecords=0, late=0, requests=0, nacks=0,
+                      detailEvents=0, detailDiscarded=0, detailDuplicates=0)
         self._last = dict(self.c)
         self._last_t = time.monotonic()
+        self.lanes: dict[tuple[int, str], list[int]] = {}  # (pid, lane) -> [events, bytes]
+        self._last_lanes: dict[tuple[int, str], list[int]] = {}
+
+    def lane(self, pid: int, lane: str, events: int, nbytes: int) -> None:
+        c = self.lanes.setdefault((pid, lane), [0, 0])
+        c[0] += events
+        c[1] += nbytes
 
     def snapshot(self) -> dict:
         now = time.monotonic()
@@ -455,8 +570,21 @@ class Metrics:
         out = dict(self.c)
         out["eventsPerSec"] = (self.c["events"] - self._last["events"]) / dt
         out["bytesPerSec"] = (self.c["bytes"] - self._last["bytes"]) / dt
+        by_target: dict[str, dict] = {}
+        for (pid, lane), (events, nbytes) in self.lanes.items():
+            last = self._last_lanes.get((pid, lane), [0, 0])
+            by_target.setdefault(str(pid), {})[lane] = {
+                "events": events, "bytes": nbytes, "eventsPerSec": (events - last[0]) / dt,
+                "bytesPerSec": (nbytes - last[1]) / dt}
+        out["byTarget"] = by_target
         self._last, self._last_t = dict(self.c), now
+        self._last_lanes = {k: list(v) for k, v in self.lanes.items()}
         return out
+
+    def forget(self, pid: int) -> None:
+        for key in [k for k in self.lanes if k[0] == pid]:
+            self.lanes.pop(key, None)
+            self._last_lanes.pop(key, None)
 
 
 class Writer:
@@ -530,11 +658,14 @@ class Writer:
         start = {"executablePath": _field(h, "executablePath", str, ""), "args": args,
                  "attached": _field(h, "attached", bool, False), "sessionId": session,
                  "startNs": _field(h, "startNs", int, time.monotonic_ns(), lo=0, hi=U64)}
+        flight = _field(h, "flightRecorder", dict, {})
         t = self.targets.get(pid)
         if t is None:
             t = self._open(pid)
             if t.size:
                 log.info("pid %d: reopened %s (%d bytes)", pid, t.dir, t.size)
+        if flight:
+            t.flight = flight
         if t.start is not None:
             if t.end is not None and t.start["startNs"] != start["startNs"]:
                 raise RequestError(
@@ -577,8 +708,77 @@ class Writer:
         m["unknownFunctions"] += unknown
         m["invalidRecords"] += invalid
         m["late"] += late
+        self.metrics.lane(pid, "index", events, nbytes)
         if invalid:
             log.warning("pid %d: dropped %d invalid records (bad kind or seq 0)", pid, invalid)
+
+    def on_detail(self, h: dict, payload) -> None:
+        pid = _field(h, "pid", int, lo=1, hi=I32[1])
+        nbytes = _field(h, "bytes", int, 0, lo=0)
+        windows = [_window(w) for w in _field(h, "windows", list, [])]
+        keep_all = _field(h, "full", bool, False)
+        counts = _field(h, "counts", dict, {})
+        instance = _field(h, "instance", str, "")
+        if payload is None:
+            payload = b""
+        if len(payload) != nbytes:
+            raise RequestError(f"detail payload is {len(payload)} bytes, header says {nbytes}")
+        t = self._existing(pid)
+        if windows:
+            t.add_windows(windows)
+        if instance and counts:
+            for k, v in counts.items():
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise RequestError(f"counts[{k!r}] must be a non-negative integer, got {v!r}")
+            old = t.drainer_detail.get(instance, {})
+            # cumulative per drainer instance: keep the larger of each
+            t.drainer_detail[instance] = {k: max(int(old.get(k, 0)), v) for k, v in counts.items()}
+            t.manifest_dirty = True
+        if not payload:
+            return
+        kept, discarded, dups, invalid, n = self._guarded(
+            t, lambda: t.append_detail(payload, keep_all, self.out))
+        m = self.metrics.c
+        m["detailEvents"] += kept
+        m["detailDiscarded"] += discarded
+        m["detailDuplicates"] += dups
+        m["bytes"] += n
+        self.metrics.lane(pid, "detail", kept, n)
+        if invalid:
+            log.warning("pid %d: %d malformed bytes at the end of a detail batch", pid, invalid)
+
+    def on_window(self, h: dict) -> None:
+        pid = _field(h, "pid", int, lo=1, hi=I32[1])
+        t = self._existing(pid)
+        if t.add_windows([_window(h)]):
+            self._guarded(t, lambda: t.write_manifest(self.session))
+
+    def on_threads(self, h: dict) -> None:
+        pid = _field(h, "pid", int, lo=1, hi=I32[1])
+        raw = _field(h, "threads", list)
+        names = {}
+        for entry in raw:
+            if not isinstance(entry, dict):
+                raise RequestError(f"threads entry must be an object, got {entry!r}")
+            names[_field(entry, "threadId", int, lo=0, hi=U32)] = _field(entry, "name", str)
+        t = self._existing(pid)
+        if any(t.threads.get(tid) != name for tid, name in names.items()):
+            t.threads.update(names)
+            # acked means durable: names live only in the manifest
+            self._guarded(t, lambda: t.write_manifest(self.session))
+
+    def on_signal(self, h: dict) -> None:
+        pid = _field(h, "pid", int, lo=1, hi=I32[1])
+        regs = _field(h, "registers", dict, {})
+        for k, v in regs.items():
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= U64:
+                raise RequestError(f"registers[{k!r}] must be an unsigned 64-bit integer, got {v!r}")
+        sig = {"tid": _field(h, "tid", int, 0, lo=0, hi=I32[1]),
+               "tsNs": _field(h, "tsNs", int, lo=0, hi=U64),
+               "number": _field(h, "number", int, lo=0, hi=I32[1]),
+               "name": _field(h, "name", str, ""), "registers": regs}
+        t = self._existing(pid)
+        self._guarded(t, lambda: t.write_signal(sig))
 
     def on_target_end(self, h: dict) -> None:
         pid = _field(h, "pid", int, lo=1, hi=I32[1])
@@ -586,6 +786,9 @@ class Writer:
         for k, v in drops.items():
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise RequestError(f"drops[{k!r}] must be a non-negative integer, got {v!r}")
+        by_thread = _field(h, "dropsByThread", list, [])
+        if not all(isinstance(d, dict) for d in by_thread):
+            raise RequestError("dropsByThread must be a list of objects")
         t = self._existing(pid)
         st = t.stats()
         default_end = max(st.max_ts_ns if st.min_ts_ns != U64 else 0, t.start["startNs"])
@@ -595,6 +798,7 @@ class Writer:
                "endNs": _field(h, "endNs", int, default_end, lo=0, hi=U64)}
         if t.end is None:
             t.agent_drops = dict(drops)
+            t.drops_by_thread = by_thread
             self._guarded(t, lambda: (t.write_end(end), t.sync()))
         try:
             t.write_manifest(self.session)
@@ -636,6 +840,14 @@ class Writer:
             self.metrics.c["requests"] += 1
             if kind == "index":
                 self.on_index(header, payload)
+            elif kind == "detail":
+                self.on_detail(header, payload)
+            elif kind == "window":
+                self.on_window(header)
+            elif kind == "threads":
+                self.on_threads(header)
+            elif kind == "signal":
+                self.on_signal(header)
             elif kind == "functions":
                 self.on_functions(header)
             elif kind == "target_start":
@@ -664,6 +876,7 @@ class Writer:
                 if t.end is not None and now - t.last_append > ENDED_CLOSE_AFTER_S:
                     t.sync()
                     self._drop(t)  # finished and quiet; a late request reopens it
+                    self.metrics.forget(t.pid)
             except OSError as exc:
                 log.error("pid %d: cannot write manifest: %s", t.pid, exc)
         # Bus.heartbeat() rate-limits on its own clock and could skip a tick.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 
@@ -170,3 +171,17 @@ def calls_and_returns(events):
 
 def manifest(trace_dir: str) -> dict:
     return atf.read_manifest(trace_dir)
+
+
+ENTRY_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9", "rsp")
+RETURN_REGS = ("rax", "rdx")
+
+
+def detail_record(ts: int, seq: int, tid: int, fid: int, kind: int, regs=(),
+                  stack: bytes = b"") -> bytes:
+    """One lt_detail_record (record.h): 104-byte header with reg_count = the
+    number of regs given, then the stack copy zero-padded to 8 bytes."""
+    padded = stack + b"\0" * (-len(stack) % 8)
+    values = list(regs) + [0] * (8 - len(regs))
+    return struct.pack("<QQIIHHI8QII", ts, seq, tid, fid, kind, len(regs), 104 + len(padded),
+                       *values, len(stack), 0) + padded

@@ -42,7 +42,7 @@ class Encoder:
 def reference(rows, functions, inline, first_id, max_seq):
     """The same records encoded with the protobuf runtime; the dedup rule is
     the writer's contract: a (tid, seq) at or below the thread's max is late
-    if it was never seen (skipped, the gap stays) or else a duplicate; seq 0
+    if it was never seen (written, the gap closes) or else a duplicate; seq 0
     and unknown kinds are invalid."""
     out, eid, dups, gaps, invalid, unknown, late = [], first_id, 0, 0, 0, 0, 0
     missing = max_seq.setdefault("missing", set())
@@ -51,15 +51,15 @@ def reference(rows, functions, inline, first_id, max_seq):
             invalid += 1
             continue
         if seq <= max_seq.get(tid, 0):
-            if (tid, seq) in missing:
-                missing.discard((tid, seq))
-                late += 1
-            else:
+            if (tid, seq) not in missing:
                 dups += 1
-            continue
-        gaps += seq - max_seq.get(tid, 0) - 1
-        missing.update((tid, s) for s in range(max_seq.get(tid, 0) + 1, seq))
-        max_seq[tid] = seq
+                continue
+            missing.discard((tid, seq))
+            late += 1
+        else:
+            gaps += seq - max_seq.get(tid, 0) - 1
+            missing.update((tid, s) for s in range(max_seq.get(tid, 0) + 1, seq))
+            max_seq[tid] = seq
         ev = pb.Event(event_id=eid, thread_id=tid - (1 << 32) if tid >= 1 << 31 else tid,
                       sequence=seq, depth=depth)
         eid += 1
@@ -227,19 +227,31 @@ def test_schema__event_wire_numbers__then_match_architecture_table():
                                                                pb.FunctionReturn))
 
 
-def test_encoder__late_record_inside_gap__then_dropped_as_late_not_duplicate():
+def test_encoder__late_record_inside_gap__then_written_as_late_not_duplicate():
     enc = Encoder(False)
     rows = [(10, 1, 5, 1, 1, 0), (20, 5, 5, 1, 2, 0)]  # seq 2..4 still missing
     enc.encode(rows)
-    _, res = enc.encode([(15, 3, 5, 1, 1, 0), (16, 3, 5, 1, 1, 0), (17, 5, 5, 1, 1, 0)])
-    assert (res.events, res.late, res.duplicates) == (0, 1, 2)
+    out, res = enc.encode([(15, 3, 5, 1, 1, 0), (16, 3, 5, 1, 1, 0), (17, 5, 5, 1, 1, 0)])
+    assert (res.events, res.late, res.duplicates) == (1, 1, 2)
+    assert [e.sequence for e in _frames(out)] == [3]
     s = enc.stats()
-    assert (s["gaps"], s["late"], s["duplicates"]) == (3, 1, 2)
+    assert (s["gaps"], s["late"], s["duplicates"]) == (2, 1, 2)
 
 
 def test_encoder__more_gaps_than_remembered__then_oldest_late_counts_as_duplicate():
     enc = Encoder(False)
-    enc.encode([(i, 2 * i, 9, 1, 1, 0) for i in range(1, 19)])  # holes at 1, 3, ..., 35
-    _, res = enc.encode([(0, 1, 9, 1, 1, 0), (0, 3, 9, 1, 1, 0), (0, 35, 9, 1, 1, 0)])
-    # 18 holes, 16 remembered: seq 1 and 3 were forgotten
-    assert (res.late, res.duplicates) == (1, 2)
+    n = lib.LT_ENCODE_MAX_HOLES + 2
+    enc.encode([(i, 2 * i, 9, 1, 1, 0) for i in range(1, n + 1)])  # holes at 1, 3, 5, ...
+    _, res = enc.encode([(0, 1, 9, 1, 1, 0), (0, 3, 9, 1, 1, 0), (0, 5, 9, 1, 1, 0),
+                         (0, 2 * n - 1, 9, 1, 1, 0)])
+    # n holes, MAX remembered: seq 1 and 3 were forgotten
+    assert (res.late, res.duplicates) == (2, 2)
+
+
+def _frames(data: bytes) -> list:
+    out = []
+    for _, pos, length in atf.scan_frames(data):
+        ev = pb.Event()
+        ev.ParseFromString(data[pos:pos + length])
+        out.append(ev)
+    return out

@@ -149,7 +149,7 @@ def test_writer__sequence_gaps__then_counted_and_reported(writer, client):
     assert len(calls_and_returns(read_frames(writer.trace_dir(PID)))) == 5
 
 
-def test_writer__slower_lane_delivers_lower_seqs_later__then_counted_late_not_duplicate(
+def test_writer__slower_lane_delivers_lower_seqs_later__then_late_written_and_only_resend_dropped(
         writer, client):
     client.ok("target_start", start_header(PID))
     client.ok("functions", functions_header(PID))
@@ -160,11 +160,35 @@ def test_writer__slower_lane_delivers_lower_seqs_later__then_counted_late_not_du
     client.ok("index", {"pid": PID, "drainer": 1, "count": 4}, records(call_pairs(6, 5, 2)))
     client.ok("index", {"pid": PID, "drainer": 1, "count": 4}, records(call_pairs(6, 1, 2)))
     client.ok("target_end", end_header(PID, drops={}))
+    # file order keeps the late records where they arrived; readers sort by seq
     assert [e.sequence for e in calls_and_returns(read_frames(writer.trace_dir(PID)))] == \
-        [1, 2, 3, 4, 9, 10, 11, 12]
+        [1, 2, 3, 4, 9, 10, 11, 12, 5, 6, 7, 8]
     m = manifest(writer.trace_dir(PID))
-    assert m["writerDrops"] == {"duplicate": 4, "invalid_record": 0, "late": 4}
-    assert m["seqGaps"] == 4  # == agent drops (none) + the writer's late drops
+    assert m["writerDrops"] == {"duplicate": 4, "invalid_record": 0}
+    assert m["lateRecords"] == 4
+    assert m["seqGaps"] == 0  # the late records filled the gap
+    assert m["callCount"] == m["returnCount"] == 6
+
+
+def test_writer__late_records_then_sigkill_and_restart__then_counts_rebuilt_from_file(tmp_path):
+    w = WriterProcess(tmp_path)
+    c = Client(w.endpoint)
+    try:
+        c.ok("target_start", start_header(PID))
+        c.ok("functions", functions_header(PID))
+        c.ok("index", {"pid": PID, "count": 4}, records(call_pairs(6, 1, 1) + call_pairs(6, 5, 1)))
+        c.ok("index", {"pid": PID, "count": 2}, records(call_pairs(6, 3, 1)))
+        w.kill()
+        w.start()
+        c.ok("index", {"pid": PID, "count": 2}, records(call_pairs(6, 3, 1)))  # a resend
+        c.ok("target_end", end_header(PID, drops={}))
+        m = manifest(w.trace_dir(PID))
+        assert (m["lateRecords"], m["seqGaps"], m["writerDrops"]["duplicate"]) == (2, 0, 2)
+        assert sorted(e.sequence for e in calls_and_returns(read_frames(w.trace_dir(PID)))) == \
+            list(range(1, 7))
+    finally:
+        c.close()
+        w.close()
 
 
 def test_writer__unknown_function_id__then_event_kept_and_counted(writer, client):
@@ -339,7 +363,7 @@ def test_writer__invalid_records_in_batch__then_skipped_counted_rest_written(wri
     client.ok("target_end", end_header(PID))
     assert [e.sequence for e in calls_and_returns(read_frames(writer.trace_dir(PID)))] == [1, 3]
     m = manifest(writer.trace_dir(PID))
-    assert m["writerDrops"] == {"duplicate": 0, "invalid_record": 2, "late": 0}
+    assert m["writerDrops"] == {"duplicate": 0, "invalid_record": 2}
     assert m["seqGaps"] == 1  # seq 2 carried a bad kind: it never reached the trace
 
 

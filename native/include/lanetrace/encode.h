@@ -49,7 +49,11 @@ typedef struct lt_encode_stats {
     uint64_t functions;        /* defined function ids */
     uint64_t min_ts_ns;        /* UINT64_MAX while no call/return was seen */
     uint64_t max_ts_ns;
-    uint64_t late;             /* records dropped: seq inside an earlier gap (still a gap) */
+    uint64_t late;             /* records written late: seq filled an earlier gap */
+    uint64_t detail_events;    /* flight-recorder detail events in the file */
+    uint64_t detail_discarded; /* detail records outside every window, not written */
+    uint64_t detail_duplicates;
+    uint64_t detail_invalid_bytes; /* malformed tails of detail payloads */
 } lt_encode_stats;
 
 /* Per-call result of lt_encode_index(). */
@@ -61,6 +65,18 @@ typedef struct lt_batch_result {
     uint64_t invalid_records;
     uint64_t late;
 } lt_batch_result;
+
+/* Per-call result of lt_encode_detail(). */
+typedef struct lt_detail_result {
+    uint64_t kept;          /* written as Events with detail = true */
+    uint64_t discarded;     /* outside every window */
+    uint64_t duplicates;    /* (tid, seq) at or below the thread's last detail seq */
+    uint64_t invalid_bytes; /* malformed tail, not written */
+} lt_detail_result;
+
+/* Sequence holes remembered per thread. Beyond this many, the lowest holes
+ * are forgotten and a late record for them counts as a duplicate. */
+#define LT_ENCODE_MAX_HOLES 4096
 
 lt_encoder *lt_encoder_new(int inline_symbols);
 void lt_encoder_free(lt_encoder *enc);
@@ -78,12 +94,27 @@ uint64_t lt_encoder_take_event_ids(lt_encoder *enc, uint64_t n);
 size_t lt_encode_bound(const lt_encoder *enc, size_t count);
 
 /* Encode `count` records into `out` as framed Events. Duplicates (seq not
- * above the thread's max), late records (seq inside a remembered gap of
- * their thread) and invalid records are skipped and counted.
+ * above the thread's max and not in a remembered gap) and invalid records
+ * are skipped and counted; late records (seq inside a remembered gap of
+ * their thread) are written and counted.
  * Returns the number of bytes written, or -1 if out_cap < lt_encode_bound()
  * (nothing changed then). `res` may be NULL. */
 int64_t lt_encode_index(lt_encoder *enc, const lt_index_record *recs, size_t count,
                         uint8_t *out, size_t out_cap, lt_batch_result *res);
+
+/* Upper bound of the bytes lt_encode_detail() writes for `len` payload bytes. */
+size_t lt_encode_detail_bound(const lt_encoder *enc, size_t len);
+
+/* Encode a stream of lt_detail_record (record.h) as framed Events with
+ * detail = true, keeping only records whose ts lies in one of the nwin
+ * closed windows win[2i]..win[2i+1] (sorted, disjoint), or all of them with
+ * keep_all. Records at or below their thread's last detail seq are
+ * duplicates (a resent request) and skipped. Parsing stops at the first
+ * malformed record. Returns bytes written, or -1 if out_cap is below
+ * lt_encode_detail_bound() (nothing changed then). */
+int64_t lt_encode_detail(lt_encoder *enc, const uint8_t *buf, size_t len, const uint64_t *win,
+                         size_t nwin, int keep_all, uint8_t *out, size_t out_cap,
+                         lt_detail_result *res);
 
 /* Rebuild state from an existing events.bin image (fresh encoder expected).
  * Sets *valid_len to the end of the last whole frame (a torn tail after it
