@@ -24,6 +24,9 @@
  *   g_free_lock   acquire/release spinlock around the thread free list and
  *                 the stub allocator (rare paths only).
  *   g_ignored[]   release by lt_ignore_thread | acquire in thread init.
+ *   desc.trigger,
+ *   g_trig_fid[]  relaxed flags: a stale read adds or misses one mark around
+ *                 the moment setTriggers runs.
  */
 #define _GNU_SOURCE
 #include "lanetrace/shm.h"
@@ -81,8 +84,17 @@ typedef struct lt_thread {
 typedef struct lt_desc {
     void *orig; /* from replaceFast; written before the hook goes live */
     uint32_t fid;
-    uint32_t pad;
+    _Atomic uint8_t trigger; /* relaxed: ENTRY appends a mark (setTriggers) */
+    uint8_t pad[3];
 } lt_desc;
+
+/* where a detail record's registers come from */
+enum { SRC_NONE, SRC_TRAMP_ENTRY, SRC_TRAMP_EXIT, SRC_VALS_ENTRY, SRC_VALS_EXIT };
+
+/* Trigger flags of the Interceptor-fallback functions, by function id (the
+ * replaceFast path keeps its flag in the descriptor). Relaxed bytes. */
+#define LT_TRIG_FIDS (1u << 20)
+static _Atomic uint8_t g_trig_fid[LT_TRIG_FIDS / 8];
 
 extern void lt_entry_tramp(void) HIDDEN;
 extern void lt_exit_tramp(void) HIDDEN;
@@ -274,31 +286,91 @@ static inline lt_thread *self(void)
 /* ------------------------------------------------------------------ */
 /* recording                                                           */
 
-static inline void emit(lt_thread *t, uint32_t fid, uint16_t kind, uint32_t depth)
+static inline int on_stack(const lt_thread *t, uint64_t a) { return a - t->stk_lo < t->stk_hi - t->stk_lo; }
+
+static inline void write_index(lt_producer *p, uint64_t ts, uint32_t fid, uint16_t kind, uint16_t d)
+{
+    lt_index_record *r = &p->ring[p->fill];
+    r->ts_ns = ts;
+    r->seq = ++p->seq;
+    r->tid = p->tid;
+    r->func_id = fid;
+    r->kind = kind;
+    r->depth = d;
+    r->flags = 0;
+    p->fill++;
+    /* pairs with the drainer's acquire of fill: record bytes visible */
+    atomic_store_explicit(&p->slot->lane[LT_LANE_INDEX].fill[p->ring_idx], p->fill, memory_order_release);
+}
+
+/* Everything but "per-thread lane, room in the ring, detail off": ring
+ * swaps, the periodic check, other modes, the detail lane, drops. */
+static __attribute__((noinline)) void emit_slow(lt_thread *t, uint64_t ts, uint32_t fid, uint16_t kind,
+                                                uint16_t d, const uint64_t *regs, int src)
 {
     lt_producer *p = &t->prod;
-    uint64_t ts = lt_now_ns();
-    uint16_t d = (uint16_t)(depth > 0xffff ? 0xffff : depth);
-    lt_ctl *c = p->ctl;
-    /* fast path: per-thread mode, room in the active ring (mode/fallback are
-     * relaxed selectors, see shm.h) */
-    if (likely(p->ring && p->fill < p->cap &&
-               atomic_load_explicit(&c->registry_mode, RLX) == LT_MODE_PER_THREAD_ONLY &&
-               !atomic_load_explicit(&c->shard_fallback[p->shard], RLX))) {
-        lt_index_record *r = &p->ring[p->fill];
-        r->ts_ns = ts;
-        r->seq = ++p->seq;
-        r->tid = p->tid;
-        r->func_id = fid;
-        r->kind = kind;
-        r->depth = d;
-        r->flags = 0;
-        p->fill++;
-        /* pairs with the drainer's acquire of fill: record bytes visible */
-        atomic_store_explicit(&p->slot->fill[p->ring_idx], p->fill, memory_order_release);
+    if (p->countdown == 0)
+        lt_prod_refresh(p, ts);
+    if (!(p->route & LT_ROUTE_DETAIL) || src == SRC_NONE) {
+        lt_prod_write(p, ts, fid, kind, d, NULL);
         return;
     }
-    lt_prod_emit(p, ts, fid, kind, d); /* ring swap, other modes, drops */
+    uint64_t v[7];
+    lt_detail_src ds = {v, 0, 0, NULL};
+    uint64_t sp = 0;
+    switch (src) {
+    case SRC_TRAMP_ENTRY: /* r11 r10 r9 r8 rdi rsi rdx rcx rax | stub | ret */
+        sp = (uint64_t)&regs[LT_REG_RET];
+        v[0] = regs[4], v[1] = regs[5], v[2] = regs[6], v[3] = regs[7];
+        v[4] = regs[3], v[5] = regs[2], v[6] = sp;
+        ds.nregs = 7;
+        break;
+    case SRC_TRAMP_EXIT:
+        v[0] = regs[8], v[1] = regs[6];
+        ds.nregs = 2;
+        break;
+    case SRC_VALS_ENTRY: /* rdi rsi rdx rcx r8 r9 rsp */
+        for (int i = 0; i < 7; i++)
+            v[i] = regs[i];
+        sp = regs[6];
+        ds.nregs = 7;
+        break;
+    default: /* SRC_VALS_EXIT: rax rdx */
+        v[0] = regs[0], v[1] = regs[1];
+        ds.nregs = 2;
+        break;
+    }
+    if (sp && p->stack_bytes) {
+        uint32_t len = p->stack_bytes;
+        /* never read past the top of the thread's stack mapping */
+        if (on_stack(t, sp) && sp + len > t->stk_hi)
+            len = (uint32_t)(t->stk_hi - sp);
+        ds.stack = (const uint8_t *)sp;
+        ds.stack_len = len;
+    }
+    if (p->route == (LT_ROUTE_LANE | LT_ROUTE_DETAIL) && p->ring && p->fill < p->cap) {
+        /* the usual case with the detail lane on: index record inline */
+        write_index(p, ts, fid, kind, d);
+        lt_prod_detail(p, ts, fid, kind, &ds);
+        return;
+    }
+    lt_prod_write(p, ts, fid, kind, d, &ds);
+}
+
+static inline void emit(lt_thread *t, uint64_t ts, uint32_t fid, uint16_t kind, uint32_t depth,
+                        const uint64_t *regs, int src)
+{
+    lt_producer *p = &t->prod;
+    uint16_t d = (uint16_t)(depth > 0xffff ? 0xffff : depth);
+    /* fast path: no check due, per-thread lane only, detail off, room in
+     * the active ring. The route is the thread's cached view of mode,
+     * fallback and detail switch (refreshed every LT_CHECK_EVENTS events
+     * and at ring swaps), so detail off costs nothing here. */
+    if (likely(--p->countdown != 0 && p->route == LT_ROUTE_LANE && p->ring && p->fill < p->cap)) {
+        write_index(p, ts, fid, kind, d);
+        return;
+    }
+    emit_slow(t, ts, fid, kind, d, regs, src);
 }
 
 /* A record that is not written still takes its seq: gaps == drops. */
@@ -313,12 +385,10 @@ static void pop_unwound(lt_thread *t)
 {
     lt_frame *f = &t->frames[--t->depth];
     if (atomic_load_explicit(&g_recording, RLX) && f->epoch == t->epoch) {
-        emit(t, f->fid, LT_KIND_RETURN_UNWOUND, t->depth);
+        emit(t, lt_now_ns(), f->fid, LT_KIND_RETURN_UNWOUND, t->depth, NULL, SRC_NONE);
         ctl_count(LT_CTR_UNWOUND);
     }
 }
-
-static inline int on_stack(const lt_thread *t, uint64_t a) { return a - t->stk_lo < t->stk_hi - t->stk_lo; }
 
 /* A new call whose return address lives at `slot`: frames whose slot is
  * below it were longjmp'd over. A frame at the same slot is the caller of
@@ -396,7 +466,10 @@ HIDDEN void *lt_on_entry(lt_desc *d, uint64_t *regs)
         t->guard = 0;
         return d->orig;
     }
-    emit(t, d->fid, LT_KIND_ENTRY, t->depth);
+    uint64_t ts = lt_now_ns();
+    emit(t, ts, d->fid, LT_KIND_ENTRY, t->depth, regs, SRC_TRAMP_ENTRY);
+    if (unlikely(atomic_load_explicit(&d->trigger, RLX)))
+        lt_mark_add(g_ctl, ts, LT_MARK_SYMBOL, d->fid, t->tid);
     lt_frame *f = &t->frames[t->depth++];
     f->ret = regs[LT_REG_RET];
     f->slot = slot;
@@ -429,7 +502,7 @@ HIDDEN uint64_t lt_on_exit(uint64_t *regs, uint64_t sp)
     uint64_t ret = f->ret;
     if (likely(atomic_load_explicit(&g_recording, RLX)) && f->epoch == t->epoch &&
         t->state == T_ACTIVE)
-        emit(t, f->fid, LT_KIND_RETURN, t->depth);
+        emit(t, lt_now_ns(), f->fid, LT_KIND_RETURN, t->depth, regs, SRC_TRAMP_EXIT);
     t->guard = g;
     return ret;
 }
@@ -437,7 +510,14 @@ HIDDEN uint64_t lt_on_exit(uint64_t *regs, uint64_t sp)
 /* ------------------------------------------------------------------ */
 /* Interceptor.attach fallback (called from the CModule glue)          */
 
-EXPORT void lt_cm_enter(uint32_t fid, uint64_t sp)
+static inline int fid_trigger(uint32_t fid)
+{
+    return fid < LT_TRIG_FIDS && (atomic_load_explicit(&g_trig_fid[fid >> 3], RLX) >> (fid & 7)) & 1;
+}
+
+/* rdi..r9: the argument registers at entry, for the detail lane */
+EXPORT void lt_cm_enter(uint32_t fid, uint64_t sp, uint64_t rdi, uint64_t rsi, uint64_t rdx,
+                        uint64_t rcx, uint64_t r8, uint64_t r9)
 {
     lt_thread *t = self();
     if (t->state == T_PAUSED && atomic_load_explicit(&g_recording, RLX)) {
@@ -457,7 +537,11 @@ EXPORT void lt_cm_enter(uint32_t fid, uint64_t sp)
         t->guard = 0;
         return;
     }
-    emit(t, fid, LT_KIND_ENTRY, t->depth);
+    uint64_t ts = lt_now_ns();
+    uint64_t vals[7] = {rdi, rsi, rdx, rcx, r8, r9, sp};
+    emit(t, ts, fid, LT_KIND_ENTRY, t->depth, vals, SRC_VALS_ENTRY);
+    if (unlikely(fid_trigger(fid)))
+        lt_mark_add(g_ctl, ts, LT_MARK_SYMBOL, fid, t->tid);
     lt_frame *f = &t->frames[t->depth++];
     f->ret = cur_ret; /* not used to return: Frida owns this return */
     f->slot = sp;
@@ -467,7 +551,7 @@ EXPORT void lt_cm_enter(uint32_t fid, uint64_t sp)
     t->guard = 0;
 }
 
-EXPORT void lt_cm_leave(uint32_t fid)
+EXPORT void lt_cm_leave(uint32_t fid, uint64_t rax, uint64_t rdx)
 {
     lt_thread *t = tls_self;
     if (!t || t->state != T_ACTIVE || t->guard)
@@ -488,7 +572,10 @@ EXPORT void lt_cm_leave(uint32_t fid)
     lt_frame *f = &t->frames[i - 1];
     t->depth = i - 1;
     if (atomic_load_explicit(&g_recording, RLX) && f->epoch == t->epoch)
-        emit(t, fid, LT_KIND_RETURN, t->depth);
+    {
+        uint64_t vals[2] = {rax, rdx};
+        emit(t, lt_now_ns(), fid, LT_KIND_RETURN, t->depth, vals, SRC_VALS_EXIT);
+    }
     t->guard = 0;
 }
 
@@ -527,6 +614,7 @@ EXPORT void *lt_make_stub(uint32_t fid)
     spin_unlock();
     d->orig = NULL;
     d->fid = fid;
+    atomic_store_explicit(&d->trigger, 0, RLX);
     uint64_t da = (uint64_t)d, ta = (uint64_t)&lt_entry_tramp;
     uint8_t code[STUB_SIZE] = {
         0xf3, 0x0f, 0x1e, 0xfa,             /* endbr64 */
@@ -558,6 +646,29 @@ static lt_desc *stub_desc(void *stub)
 /* Set the original-function pointer (agent.js writes it directly instead:
  * a NativeFunction call would commit the Interceptor transaction early). */
 EXPORT void lt_set_orig(void *stub, void *orig) { stub_desc(stub)->orig = orig; }
+
+/* Flag function `fid` as a trigger (or not): its ENTRY appends a mark.
+ * stub: its replaceFast stub, or NULL for an Interceptor-fallback function. */
+EXPORT void lt_set_trigger(void *stub, uint32_t fid, uint32_t on)
+{
+    if (stub)
+        atomic_store_explicit(&stub_desc(stub)->trigger, on ? 1 : 0, RLX);
+    if (fid < LT_TRIG_FIDS) {
+        if (on)
+            atomic_fetch_or_explicit(&g_trig_fid[fid >> 3], (uint8_t)(1u << (fid & 7)), RLX);
+        else
+            atomic_fetch_and_explicit(&g_trig_fid[fid >> 3], (uint8_t)~(1u << (fid & 7)), RLX);
+    }
+}
+
+/* A mark from the agent's JS side (crash from the lifecycle script,
+ * manual). Returns 0, -ENOSPC when the mark array is full, -1 before init. */
+EXPORT int lt_add_mark(uint32_t kind, uint32_t fid, uint32_t tid)
+{
+    if (!g_ctl)
+        return -1;
+    return lt_mark_add(g_ctl, lt_now_ns(), kind, fid, tid);
+}
 
 /* ------------------------------------------------------------------ */
 /* lifecycle, called from agent.js on the Frida JS thread               */

@@ -102,7 +102,8 @@ class Drainer:
         # starts from zero without the writer mistaking it for a resend
         self.instance = f"{self.name}:{os.getpid()}:{time.monotonic_ns()}"
         self.bus = Bus(run_dir, self.name)
-        self.pipe = Pipeline(run_dir.writer, self.name, depth=PIPELINE_DEPTH)
+        self.pipe = Pipeline(run_dir.writer, self.name, depth=PIPELINE_DEPTH,
+                             on_wait=self.beat_while_blocked)
         self.targets: dict[int, Target] = {}
         self.stopping = False
         self._last_scan = 0.0
@@ -280,6 +281,15 @@ class Drainer:
             self.bus.publish("target.drained", {"pid": target.pid, "shard": self.shard_index,
                                                 "records": target.records})
             target.announced_drained = now
+
+    def beat_while_blocked(self) -> None:
+        """Blocked on a restarting writer, this drainer is still alive: its
+        shard must not look stale, or the agent would move its threads to the
+        small global lane, which no drainer can empty while the writer is down."""
+        now_ns = time.monotonic_ns()
+        for target in self.targets.values():
+            target.segment.heartbeat(self.shard_index, now_ns)
+        self.publish_liveness()
 
     def publish_liveness(self) -> None:
         if not self.bus.heartbeat(shard=self.shard_index, targets=len(self.targets)):

@@ -24,9 +24,11 @@ import orjson
 from lanetrace import atf
 from lanetrace.bus import Bus, receive
 from lanetrace.datachannel import WriterClient, WriterRejected, WriterUnavailable
+from lanetrace.flightctl import FlightControl, TriggerError
 from lanetrace.rundir import RunDir
 from lanetrace.selection import Selection
 from lanetrace.shm import TargetSegment
+from lanetrace.threadnames import ThreadNames
 
 log = logging.getLogger("lanetrace.injector")
 
@@ -90,6 +92,8 @@ class Injector:
         self.targets: list[Target] = []
         self.stop_requested = threading.Event()
         self.shards = int(spec.get("drainers", 2))
+        self.flight = FlightControl(spec)
+        self.thread_names = ThreadNames()
         self._source_cache: dict[str, dict] = {}
 
     # ---- pipeline readiness -------------------------------------------------
@@ -168,8 +172,17 @@ class Injector:
             raise TargetError(f"not permitted to run {argv[0]}: {exc}") from None
         target = Target(pid=pid, spawned=True, argv=argv)
         self.targets.append(target)
+        follow = bool(self.spec.get("followChildren"))
         try:
             self.instrument(target, attached=False)
+            if follow:  # --follow-children (lanetrace.children)
+                from lanetrace.children import follow_target
+                follow_target(self, target)
+        except TargetError as exc:
+            from lanetrace.children import untraced_root
+            if not (follow and untraced_root(self, target, exc)):
+                self._kill(target.pid, signal.SIGKILL)
+                raise
         except BaseException:
             self._kill(target.pid, signal.SIGKILL)
             raise
@@ -197,10 +210,14 @@ class Injector:
         target.segment = TargetSegment.create(
             self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
             ring_bytes=int(self.spec.get("ringBytes", 65536)),
-            rings_per_lane=int(self.spec.get("ringsPerLane", 8)))
-        target.segment.set_mode("PER_THREAD_ONLY")
+            rings_per_lane=int(self.spec.get("ringsPerLane", 8)), **self.flight.segment_kwargs())
+        # Targets start in GLOBAL_ONLY (the segment's initial mode): nothing is
+        # lost before the drainers beat; the agent then moves through
+        # DUAL_WRITE to PER_THREAD_ONLY by itself.
+        self.flight.configure(target.segment)
         self.run_dir.register_target(pid, {"pid": pid, "shm": target.segment.name,
-                                           "shards": self.shards})
+                                           "shards": self.shards,
+                                           "flight": self.flight.registration(target.start_ns)})
 
         target.lifecycle = target.session.create_script(read_agent_source("lifecycle.js"))
         target.lifecycle.on("message", lambda m, d: self.on_lifecycle_message(target, m))
@@ -223,12 +240,17 @@ class Injector:
                             "(stripped?); name functions with -i MODULE!FUNCTION")
         if problems:
             raise TargetError("; ".join(problems))
+        try:
+            self.flight.arm(pid, agent, functions)
+        except TriggerError as exc:
+            raise TargetError(str(exc)) from None
 
         executable = modules[0]["path"] if modules else (target.argv[0] if target.argv else "")
         self.writer.request("target_start", {
             "sessionId": self.session_id, "pid": pid, "executablePath": executable,
             "args": target.argv, "attached": attached, "startNs": target.start_ns,
             "traceDir": os.path.join(self.spec["traceRoot"], self.session_id, target.trace_dir_name),
+            "flightRecorder": self.flight.describe(),
         })
         self.publish_functions(target, functions)
         target.hooks = agent.install()
@@ -258,8 +280,13 @@ class Injector:
         if payload.get("type") == "exit" and target.exit_code is None:
             target.exit_code = int(payload["code"])
         elif payload.get("type") == "crash":
-            target.crash = payload
+            target.crash = {k: v for k, v in payload.items() if k != "registers"}
             target.signal = int(payload.get("signal") or 0)
+            try:  # before the exit-ack below: the process dies right after it
+                with self.callback_writer_lock:
+                    self.flight.on_crash(target, payload, self._writer_for_current_thread())
+            except Exception as exc:  # the crash itself is still reported
+                log.error("pid %d: recording the crash failed: %s", target.pid, exc)
         elif message.get("type") == "error":
             log.error("lifecycle script in pid %d: %s", target.pid, message.get("stack"))
         if target.lifecycle is not None and payload.get("type") in ("exit", "crash"):
@@ -323,11 +350,14 @@ class Injector:
         if len(drained) < self.shards:
             target.error = (f"shards {sorted(set(range(self.shards)) - drained)} were not "
                             f"drained within {DRAIN_TIMEOUT_S:.0f}s")
+        self.flight_tick(target)
         drops = segment.drops()
         self.writer.request("target_end", {
             "pid": target.pid, "exitCode": target.exit_code if target.exit_code is not None else 0,
             "signal": target.signal, "detached": target.detached,
             "endNs": target.end_ns or time.monotonic_ns(), "drops": drops,
+            "dropsByThread": segment.drops_by_thread(),
+            "control": self._control_counters(target, segment),
         })
         self.run_dir.unregister_target(target.pid)
         segment.unlink()
@@ -349,6 +379,10 @@ class Injector:
                 if self.stop_requested.is_set() or (deadline and time.monotonic() >= deadline):
                     break
                 self.bus.heartbeat(targets=len(self.targets))
+                for target in self.targets:
+                    self.flight_tick(target)
+                if getattr(self, "children", None) is not None:  # --follow-children
+                    self.children.pump()
                 time.sleep(0.05)
         except TargetError as exc:
             result["error"] = str(exc)
@@ -372,6 +406,16 @@ class Injector:
                 result["targets"].append(self._target_result(target))
         return result
 
+    def flight_tick(self, target: Target) -> None:
+        """Flight-recorder marks and thread names, from the main loop."""
+        if target.segment is None:
+            return
+        self.flight.tick(target, self.writer)
+        if self.thread_names.due(target.pid):
+            names = self.thread_names.poll(target.pid)
+            if names:
+                self.writer.request("threads", {"pid": target.pid, "threads": names})
+
     def _target_result(self, target: Target) -> dict:
         trace_dir = os.path.join(self.spec["traceRoot"], self.session_id, target.trace_dir_name)
         return {
@@ -380,7 +424,16 @@ class Injector:
             "detached": target.detached, "endReason": target.end_reason,
             "traceDir": trace_dir, "functions": len(target.functions), "hooks": target.hooks,
             "error": target.error, "startNs": target.start_ns, "endNs": target.end_ns,
+            "parentPid": getattr(target, "parent_pid", None),
+            "control": getattr(target, "control", None),
         }
+
+    @staticmethod
+    def _control_counters(target: Target, segment: TargetSegment) -> dict:
+        """Mode transitions and fallback events (watchdog/agent), for the manifest."""
+        from lanetrace.control import control_counters
+        target.control = control_counters(segment)
+        return target.control
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -40,7 +40,8 @@ class _InFlight:
 
 class Pipeline:
     def __init__(self, endpoint: str, client_name: str, depth: int = 4,
-                 resend_after_s: float = 3.0, ctx: zmq.Context | None = None):
+                 resend_after_s: float = 3.0, ctx: zmq.Context | None = None,
+                 on_wait: Callable[[], None] | None = None):
         if depth < 1:
             raise ValueError("depth must be at least 1")
         self.endpoint = endpoint
@@ -52,6 +53,9 @@ class Pipeline:
         self._pending: deque[_InFlight] = deque()
         self._by_id: dict[str, _InFlight] = {}
         self.resends = 0
+        # Called while blocked on acks: a client waiting for a restarting
+        # writer is alive and must keep saying so (heartbeats).
+        self.on_wait = on_wait
         self._connect()
 
     def _connect(self) -> None:
@@ -74,6 +78,8 @@ class Pipeline:
         request then counts as completed)."""
         while len(self._pending) >= self.depth:
             self.poll(100)
+            if self.on_wait is not None:
+                self.on_wait()
         msg_id = self._prefix + str(next(self._ids))
         frames = [kind.encode(), orjson.dumps(dict(header, msgId=msg_id))]
         if payload is not None:
@@ -134,6 +140,8 @@ class Pipeline:
             if deadline is not None and time.monotonic() > deadline:
                 return False
             self.poll(100)
+            if self.on_wait is not None:
+                self.on_wait()
         return True
 
     def close(self) -> None:

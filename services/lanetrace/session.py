@@ -122,6 +122,18 @@ stderr_logfile_maxbytes=0
 """)
         programs.append("injector")
     sections.append(f"[group:{GROUP}]\nprograms={','.join(programs)}\n")
+    # The watchdog (lanetrace.watchdog): a drainer's exit puts its shard into
+    # fallback at once; its restarted successor's fresh heartbeat ends it.
+    sections.append(f"""[eventlistener:watchdog]
+command={_python_cmd('lanetrace.watchdog', '--run-dir', rd.path, '--group', GROUP)}
+events=PROCESS_STATE,TICK_5
+priority=5
+autorestart=true
+startsecs=1
+stopsignal=TERM
+buffer_size=1024
+stderr_logfile={logs}/watchdog.log
+""")
     return "\n".join(sections)
 
 

@@ -5,9 +5,20 @@ The layout, ownership rules and memory ordering live in
 
 * the injector ``create()``s a segment per target, sets the mode, marks the
   target exited, reads drop counters for the manifest;
-* each drainer ``open()``s it and drains its ``shard(k)``: ``collect()`` copies
-  new committed records out in C (one memcpy per ring span), ``commit()``
-  returns what the writer acked to the producers;
+* each drainer ``open()``s it and drains its ``shard(k)``: ``collect_batch()``
+  copies new committed index records out in C (one memcpy per ring span, plus
+  a share of the global lane) and names the batch with a token;
+  ``commit(token)`` returns what the writer acked up to that batch to the
+  producers (several batches may be in flight); ``collect_detail()`` copies
+  the detail lane out and gives its rings back at once (the pre-roll buffer
+  lives in the drainer);
+* the flight recorder: ``set_detail()`` switches the detail lane,
+  ``add_mark()`` / ``marks()`` are the trigger marks, the agent's
+  ``setTriggers`` RPC flags functions whose ENTRY appends a mark;
+* registry modes: ``set_mode()``, ``set_shard_fallback()``, and
+  ``mode_policy()`` for the agent's own mode machine (it advances
+  GLOBAL_ONLY -> DUAL_WRITE -> PER_THREAD_ONLY once every drainer heartbeat
+  is fresh, and falls back per shard when one goes stale);
 * ``lanetrace gc`` uses ``list_segments()`` / ``remove_stale_segments()``.
 """
 from __future__ import annotations
@@ -18,6 +29,9 @@ import re
 from lanetrace._native import ffi, lib
 
 RECORD_SIZE = 32
+DETAIL_HEADER_SIZE = 104
+DETAIL_MAX_STACK = 512
+MAX_MARKS = 16384
 SHM_DIR = "/dev/shm"
 MAX_SHARDS = 16
 
@@ -26,12 +40,21 @@ MODE_NAMES = {v: k for k, v in MODES.items()}
 
 # index == LT_DROP_* in shm.h
 DROP_REASONS = ("no_slot", "pool_exhausted", "depth_overflow", "global_full",
-                "thread_exiting", "alloc_failed")
+                "thread_exiting", "alloc_failed", "detail_pool_exhausted",
+                "detail_no_slot", "detail_overwritten", "marks_overflow")
+# reasons of the detail lane (the others are index-lane reasons)
+DETAIL_DROP_REASONS = ("detail_pool_exhausted", "detail_no_slot", "detail_overwritten")
+MARK_KINDS = {"symbol": 1, "crash": 2, "time": 3, "manual": 4}
+MARK_KIND_NAMES = {v: k for k, v in MARK_KINDS.items()}
+LANE_NAMES = ("index", "detail")
+FALLBACK_NAMES = ("off", "watchdog", "agent")
 # index == LT_CTR_* in shm.h
 COUNTER_NAMES = ("mode_transitions", "fallback_events", "threads_registered",
                  "threads_retired", "slots_freed", "rings_submitted",
                  "reentrant_skips", "ignored_threads", "global_records",
-                 "unwound_frames")
+                 "unwound_frames", "fallback_clears", "detail_records",
+                 "detail_rings_overwritten", "marks", "drop_log_overflow",
+                 "agent_fallbacks")
 
 _SESSION_RE = re.compile(r"^[A-Za-z0-9._]+(?:-[A-Za-z0-9._]+)*$")
 _NAME_RE = re.compile(r"^/?lanetrace-(?P<session>.+)-(?P<pid>\d+)-lanes$")
@@ -67,23 +90,33 @@ class TargetSegment:
             "ring_bytes": info.ring_bytes, "rings_per_lane": info.rings_per_lane,
             "global_records": info.global_records, "size": info.total_size,
             "created_ns": info.created_ns, "creator_pid": info.creator_pid,
+            "detail_ring_bytes": info.detail_ring_bytes,
+            "detail_rings_per_lane": info.detail_rings_per_lane,
         }
 
     # -- lifecycle -------------------------------------------------------
     @classmethod
     def create(cls, session_id: str, pid: int, slots: int = 64, shards: int = 1,
                ring_bytes: int = 65536, rings_per_lane: int = 8,
-               global_records: int = 16384) -> "TargetSegment":
+               global_records: int = 16384, detail_ring_bytes: int = 65536,
+               detail_rings_per_lane: int = 4) -> "TargetSegment":
+        """Create the segment of target ``pid``. It starts in GLOBAL_ONLY with
+        the agent's mode machine on and the detail lane off. The detail rings
+        (slots * detail_rings_per_lane * detail_ring_bytes) take memory only
+        once the detail lane is used."""
         if not isinstance(session_id, str) or not _SESSION_RE.match(session_id) or len(session_id) > 63:
             raise SegmentError(f"invalid session id {session_id!r}: use letters, digits, '.', '_', '-' (max 63)")
         for k, v in (("slots", slots), ("shards", shards), ("ring_bytes", ring_bytes),
-                     ("rings_per_lane", rings_per_lane), ("global_records", global_records), ("pid", pid)):
+                     ("rings_per_lane", rings_per_lane), ("global_records", global_records), ("pid", pid),
+                     ("detail_ring_bytes", detail_ring_bytes),
+                     ("detail_rings_per_lane", detail_rings_per_lane)):
             if not isinstance(v, int) or v <= 0:
                 raise SegmentError(f"invalid {k}={v!r}: must be a positive integer")
         name = segment_name(session_id, pid)
         cfg = ffi.new("lt_shm_config *", {
             "slot_count": slots, "shard_count": shards, "ring_bytes": ring_bytes,
-            "rings_per_lane": rings_per_lane, "global_records": global_records})
+            "rings_per_lane": rings_per_lane, "global_records": global_records,
+            "detail_ring_bytes": detail_ring_bytes, "detail_rings_per_lane": detail_rings_per_lane})
         m = ffi.new("lt_shm_map *")
         err = ffi.new("char[512]")
         rc = lib.lt_shm_create(name.encode(), cfg, pid, session_id.encode(), m, err, 512)
@@ -150,6 +183,89 @@ class TargetSegment:
     def shard_fallback(self) -> list[bool]:
         return [bool(lib.lt_shm_shard_fallback(self._map, k)) for k in range(self.config["shards"])]
 
+    def shard_fallback_sources(self) -> list[str]:
+        """Per shard: "off", "watchdog" (set_shard_fallback) or "agent" (the
+        agent saw the shard's heartbeat go stale)."""
+        return [FALLBACK_NAMES[lib.lt_shm_shard_fallback(self._map, k)]
+                for k in range(self.config["shards"])]
+
+    def mode_policy(self, stale_ms: float | None = None, auto: bool | None = None) -> dict:
+        """The agent's own mode machine. ``auto``: whether the agent advances
+        GLOBAL_ONLY -> DUAL_WRITE -> PER_THREAD_ONLY by itself (once every
+        shard's heartbeat is fresh) and falls back per shard when a heartbeat
+        that existed is older than ``stale_ms``. Without arguments it only
+        reports; returns {"auto", "staleMs", "modeSinceNs"}."""
+        cur = ffi.new("uint64_t[3]")
+        lib.lt_shm_policy(self._map, cur)
+        if stale_ms is not None or auto is not None:
+            if stale_ms is not None and (not isinstance(stale_ms, (int, float)) or stale_ms <= 0):
+                raise SegmentError(f"invalid stale_ms={stale_ms!r}: must be a positive number")
+            lib.lt_shm_set_policy(self._map, int(cur[0]) if auto is None else (1 if auto else 0),
+                                  0 if stale_ms is None else int(stale_ms * 1e6))
+            lib.lt_shm_policy(self._map, cur)
+        return {"auto": bool(cur[0]), "staleMs": cur[1] / 1e6, "modeSinceNs": int(cur[2])}
+
+    # -- flight recorder ---------------------------------------------------
+    def set_detail(self, enabled: bool, stack_bytes: int = 128) -> None:
+        """Switch the detail lane (registers + a stack copy per ENTRY/RETURN).
+        Threads pick the change up at their next periodic check (at most
+        1024 events or one ring later); off costs the hot path nothing."""
+        if not isinstance(stack_bytes, int) or not 0 <= stack_bytes <= DETAIL_MAX_STACK:
+            raise SegmentError(f"invalid stack_bytes={stack_bytes!r}: 0..{DETAIL_MAX_STACK}")
+        lib.lt_shm_set_detail(self._map, 1 if enabled else 0, stack_bytes)
+
+    @property
+    def detail(self) -> dict:
+        out = ffi.new("uint32_t[2]")
+        lib.lt_shm_detail(self._map, out)
+        return {"enabled": bool(out[0]), "stackBytes": int(out[1])}
+
+    def add_mark(self, ts_ns: int, kind: str, function_id: int = 0, tid: int = 0) -> bool:
+        """Append a trigger mark. Returns False when the mark array is full
+        (counted in drops()["marks_overflow"])."""
+        if kind not in MARK_KINDS:
+            raise SegmentError(f"unknown mark kind {kind!r}: one of {', '.join(MARK_KINDS)}")
+        for k, v in (("ts_ns", ts_ns), ("function_id", function_id), ("tid", tid)):
+            if not isinstance(v, int) or v < 0:
+                raise SegmentError(f"invalid {k}={v!r}: must be a non-negative integer")
+        return lib.lt_shm_add_mark(self._map, ts_ns, MARK_KINDS[kind], function_id, tid) == 0
+
+    def marks(self, start: int = 0) -> list[dict]:
+        """Marks in the order they were appended, from index ``start``:
+        [{tsNs, kind, functionId, tid}]. The array holds MAX_MARKS marks for
+        the target's life (more are counted in drops()["marks_overflow"]);
+        a reader that polls can continue at start + len(previous result)
+        without missing one (a mark still being written ends the list)."""
+        if not isinstance(start, int) or start < 0:
+            raise SegmentError(f"invalid start={start!r}")
+        out = []
+        while True:
+            rows = ffi.new("lt_mark_row[]", 4096)
+            n = lib.lt_shm_marks(self._map, start, rows, 4096)
+            out += [{"tsNs": int(r.ts_ns), "kind": MARK_KIND_NAMES.get(r.kind, str(r.kind)),
+                     "functionId": int(r.func_id), "tid": int(r.tid)} for r in (rows[i] for i in range(n))]
+            if n < 4096:
+                return out
+            start += n
+
+    def drops_by_thread(self) -> list[dict]:
+        """Exact drops per thread and lane: [{tid, lane, reason, count}],
+        sorted. Drops that could not be attributed (drop log full, or no
+        thread: thread_exiting, alloc_failed, marks_overflow) appear only in
+        drops()."""
+        rows = ffi.new("lt_drop_row[]", 4096)
+        n = lib.lt_shm_drop_log(self._map, rows, 4096)
+        agg: dict[tuple, int] = {}
+        for i in range(n):
+            r = rows[i]
+            if not r.count:
+                continue
+            key = (int(r.tid), LANE_NAMES[r.lane] if r.lane < 2 else str(r.lane),
+                   DROP_REASONS[r.reason] if r.reason < len(DROP_REASONS) else str(r.reason))
+            agg[key] = agg.get(key, 0) + int(r.count)
+        return [{"tid": t, "lane": l, "reason": why, "count": c}
+                for (t, l, why), c in sorted(agg.items())]
+
     def heartbeat(self, shard: int, ns: int | None = None) -> None:
         self._check_shard(shard)
         lib.lt_shm_heartbeat_set(self._map, shard, ns or 0)
@@ -169,7 +285,7 @@ class TargetSegment:
         return lib.lt_shm_agent_state(self._map)
 
     def drops(self) -> dict[str, int]:
-        out = ffi.new("uint64_t[8]")
+        out = ffi.new("uint64_t[16]")
         lib.lt_shm_drops(self._map, out)
         return {name: int(out[i]) for i, name in enumerate(DROP_REASONS)}
 
@@ -224,20 +340,58 @@ class Shard:
             raise SegmentError(f"shard {self.index} of {self.segment.name} is closed")
         return self._d
 
-    def collect(self, max_bytes: int = 4 << 20) -> bytes:
-        """New committed records (a multiple of 32 bytes); never blocks."""
-        if max_bytes < RECORD_SIZE:
-            raise SegmentError(f"max_bytes={max_bytes} is smaller than one record ({RECORD_SIZE})")
-        d = self._drain()
+    def _buffer(self, max_bytes: int):
         if self._buf_size < max_bytes:
             self._buf = ffi.new("char[]", max_bytes)
             self._buf_size = max_bytes
-        n = lib.lt_drain_collect(d, self._buf, max_bytes)
-        return ffi.buffer(self._buf, n)[:]
+        return self._buf
 
-    def commit(self) -> int:
-        """Everything collected so far is acked by the writer. Returns slots freed."""
-        return lib.lt_drain_commit(self._drain())
+    def collect_batch(self, max_bytes: int = 4 << 20) -> tuple[bytes, int]:
+        """New committed index records (a multiple of 32 bytes: this shard's
+        per-thread lanes, then a share of the global lane); never blocks.
+        Returns (data, token); commit(token) once the writer acked it. An
+        empty batch gets token 0 (committing it does nothing; what it moved
+        rides with the newest batch in flight, or is applied at once)."""
+        if max_bytes < RECORD_SIZE:
+            raise SegmentError(f"max_bytes={max_bytes} is smaller than one record ({RECORD_SIZE})")
+        d = self._drain()
+        buf = self._buffer(max_bytes)
+        tok = ffi.new("uint64_t *")
+        n = lib.lt_drain_collect_batch(d, buf, max_bytes, tok)
+        return ffi.buffer(buf, n)[:], int(tok[0])
+
+    def collect(self, max_bytes: int = 4 << 20) -> bytes:
+        """collect_batch() without the token (commit() then acks everything)."""
+        return self.collect_batch(max_bytes)[0]
+
+    def commit(self, token: int | None = None) -> int:
+        """Batches up to and including ``token`` (None: everything collected
+        so far) are acked by the writer: their rings go back to the
+        producers, retired slots are freed, global cells released. Returns
+        the number of slots freed."""
+        d = self._drain()
+        if token is None:
+            return lib.lt_drain_commit(d)
+        if not isinstance(token, int) or token < 0:
+            raise SegmentError(f"invalid token {token!r}")
+        return lib.lt_drain_commit_upto(d, token)
+
+    @property
+    def pending_batches(self) -> int:
+        """Batches collected and not yet committed."""
+        return int(lib.lt_drain_pending(self._drain()))
+
+    def collect_detail(self, max_bytes: int = 8 << 20) -> bytes:
+        """Concatenated lt_detail_record (whole records): filled detail rings
+        and the published part of active ones. The rings go back to the
+        producers right away, so the caller holds the only copy."""
+        ring = self.segment.config["detail_ring_bytes"]
+        if max_bytes < ring:
+            raise SegmentError(f"max_bytes={max_bytes} is smaller than one detail ring ({ring})")
+        d = self._drain()
+        buf = self._buffer(max_bytes)
+        n = lib.lt_drain_collect_detail(d, buf, max_bytes)
+        return ffi.buffer(buf, n)[:]
 
     def idle_and_complete(self) -> bool:
         return bool(lib.lt_drain_idle_complete(self._drain()))
@@ -309,3 +463,24 @@ def parse_records(data: bytes):
     dt = np.dtype([("ts_ns", "<u8"), ("seq", "<u8"), ("tid", "<u4"), ("func_id", "<u4"),
                    ("kind", "<u2"), ("depth", "<u2"), ("flags", "<u4")])
     return np.frombuffer(data, dtype=dt)
+
+
+def parse_detail(data: bytes) -> list[dict]:
+    """Decode collected detail bytes (tests, tools): [{tsNs, seq, tid,
+    functionId, kind, regs: [..reg_count], stack: bytes}]."""
+    import struct
+    out = []
+    off = 0
+    hdr = struct.Struct("<QQIIHHI8QII")
+    while off + DETAIL_HEADER_SIZE <= len(data):
+        (ts, seq, tid, fid, kind, nregs, size, *rest) = hdr.unpack_from(data, off)
+        regs, stack_len = rest[:8], rest[8]
+        if size < DETAIL_HEADER_SIZE or off + size > len(data):
+            raise ValueError(f"corrupt detail record at offset {off}: size {size}")
+        stack = data[off + DETAIL_HEADER_SIZE: off + DETAIL_HEADER_SIZE + stack_len]
+        out.append({"tsNs": ts, "seq": seq, "tid": tid, "functionId": fid, "kind": kind,
+                    "regs": list(regs[:nregs]), "stack": bytes(stack), "size": size})
+        off += size
+    if off != len(data):
+        raise ValueError(f"trailing {len(data) - off} bytes after the last detail record")
+    return out

@@ -147,6 +147,7 @@ class Target:
         self.end: dict | None = None
         self.agent_drops: dict[str, int] = {}
         self.drops_by_thread: list[dict] = []
+        self.control: dict = {}  # registry-mode counters from target_end
         # Flight recorder: merged windows, and each drainer instance's
         # cumulative pre-roll counts (cumulative, so a resent request or a
         # repeated report never counts twice).
@@ -251,6 +252,7 @@ class Target:
         self.base["invalid_records"] = int(wd.get("invalid_record", 0))
         self.base["events_after_end"] = int(old.get("eventsAfterEnd", 0))
         self.drops_by_thread = list(old.get("dropsByThread") or [])
+        self.control = dict(old.get("registryModes") or {})
         self.windows = flightrec.merge_windows(old.get("windows") or [])
         self.threads = {int(t["threadId"]): t["name"] for t in old.get("threads") or []}
         fr = old.get("flightRecorder") or {}
@@ -457,6 +459,7 @@ class Target:
             "unwoundCount": st.unwound,
             "drops": dict(self.agent_drops),
             "dropsByThread": self.drops_by_thread,
+            "registryModes": self.control,
             "writerDrops": {"duplicate": duplicates, "invalid_record": invalid},
             # written although they arrived after higher numbers of their
             # thread (another lane's drainer was slower): not drops
@@ -789,6 +792,8 @@ class Writer:
         by_thread = _field(h, "dropsByThread", list, [])
         if not all(isinstance(d, dict) for d in by_thread):
             raise RequestError("dropsByThread must be a list of objects")
+        # registry-mode history from the control block: {modeTransitions, fallbackEvents, finalMode}
+        control = _field(h, "control", dict, {})
         t = self._existing(pid)
         st = t.stats()
         default_end = max(st.max_ts_ns if st.min_ts_ns != U64 else 0, t.start["startNs"])
@@ -799,6 +804,7 @@ class Writer:
         if t.end is None:
             t.agent_drops = dict(drops)
             t.drops_by_thread = by_thread
+            t.control = control
             self._guarded(t, lambda: (t.write_end(end), t.sync()))
         try:
             t.write_manifest(self.session)

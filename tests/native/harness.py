@@ -18,11 +18,17 @@ ENTRY, RETURN, UNWOUND = 1, 2, 3
 
 
 class Drainers:
-    """One thread per shard: collect -> ("writer acked") -> commit."""
+    """One thread per shard: collect_batch -> ("writer acked") -> commit,
+    and collect_detail. heartbeat: write the shard's heartbeat every pass
+    (like the real drainer) unless the shard is in `silent`."""
 
-    def __init__(self, seg):
+    def __init__(self, seg, heartbeat=False):
         self.seg = seg
         self.chunks = collections.defaultdict(list)
+        self.detail = collections.defaultdict(list)
+        self.heartbeat = heartbeat
+        self.silent = set()  # shards that stop beating (a "stuck" drainer)
+        self.paused = set()  # shards that stop draining (and beating)
         self.stop = threading.Event()
         self.errors = []
         self.threads = [threading.Thread(target=self._run, args=(seg.shard(k),), daemon=True)
@@ -33,11 +39,19 @@ class Drainers:
     def _run(self, shard):
         try:
             while True:
-                data = shard.collect(1 << 20)
+                if shard.index in self.paused and not self.stop.is_set():
+                    time.sleep(0.001)
+                    continue
+                if self.heartbeat and shard.index not in self.silent:
+                    self.seg.heartbeat(shard.index)
+                data, token = shard.collect_batch(1 << 20)
                 if data:
                     self.chunks[shard.index].append(data)
-                shard.commit()
-                if not data:
+                shard.commit(token)
+                detail = shard.collect_detail(max(1 << 20, self.seg.config["detail_ring_bytes"]))
+                if detail:
+                    self.detail[shard.index].append(detail)
+                if not data and not detail:
                     if self.stop.is_set() and shard.idle_and_complete():
                         return
                     time.sleep(0.0005)
@@ -65,13 +79,18 @@ class Drainers:
         assert not any(t.is_alive() for t in self.threads), "drainer did not reach idle_and_complete"
         return b"".join(b"".join(v) for v in self.chunks.values())
 
+    def detail_bytes(self):
+        return b"".join(b"".join(v) for v in self.detail.values())
+
 
 class Traced:
     """A target under the agent: spawn (frida.spawn) or attach (Popen + attach)."""
 
     def __init__(self, session_id, argv, *, attach=False, selection=None, slots=64, shards=2,
                  ring_bytes=65536, rings_per_lane=8, pass_fds=(), stdin=None, _wait_line=None,
-                 mode="PER_THREAD_ONLY", global_records=16384):
+                 mode="PER_THREAD_ONLY", global_records=16384, detail_ring_bytes=65536,
+                 detail_rings_per_lane=4, detail=None, triggers=None, heartbeat=False,
+                 before_install=None):
         self.functions = {}
         self.messages = []
         self.output = []
@@ -94,7 +113,11 @@ class Traced:
             self.device.on("output", self._on_output)
         self.seg = TargetSegment.create(session_id, self.pid, slots=slots, shards=shards,
                                         ring_bytes=ring_bytes, rings_per_lane=rings_per_lane,
-                                        global_records=global_records)
+                                        global_records=global_records,
+                                        detail_ring_bytes=detail_ring_bytes,
+                                        detail_rings_per_lane=detail_rings_per_lane)
+        if detail is not None:  # stack bytes
+            self.seg.set_detail(True, detail)
         self.session = self.device.attach(self.pid)
         self.session.on("detached", lambda *a: self.detached.set())
         with open(AGENT_JS) as f:
@@ -106,10 +129,16 @@ class Traced:
         self.plan = self.api.plan(selection or {})
         for fn in self.plan["functions"]:
             self.functions[fn["id"]] = fn
-        # the injector sets the mode before hooks go live (mode machine: later issue)
-        self.seg.set_mode(mode)
-        self.drainers = Drainers(self.seg)
+        # the mode before hooks go live (None: leave it to the agent's mode machine)
+        if mode is not None:
+            self.seg.set_mode(mode)
+        self.drainers = Drainers(self.seg, heartbeat=heartbeat)
+        if before_install is not None:
+            before_install(self)
         self.install = self.api.install()
+        if triggers is not None:
+            ids = [fid for fid, fn in self.functions.items() if fn["name"] in triggers]
+            self.triggers = self.api.set_triggers({"functionIds": ids})
 
     def _on_output(self, pid, fd, data):
         if pid == self.pid and data:

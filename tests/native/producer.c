@@ -1,8 +1,11 @@
 /* Test producer for the shared-memory lanes: links native/src/shm.c (the very
  * producer code the agent uses) and plays a multi-threaded target.
- *   producer NAME TOTAL_THREADS MAX_ALIVE EVENTS_PER_THREAD [TID_BASE] [noretire]
+ *   producer NAME TOTAL_THREADS MAX_ALIVE EVENTS_PER_THREAD [TID_BASE] [noretire] [detail]
  * Threads run in waves of MAX_ALIVE (created, then joined). Thread i uses the
- * synthetic tid TID_BASE+i and func ids 1..7. Prints "ok" at the end. */
+ * synthetic tid TID_BASE+i and func ids 1..7. Prints "ok" at the end.
+ * detail: every event also carries detail data derived from its seq (regs
+ * seq, tid, ~seq; a 24-byte stack of seq's bytes), so a reader can tell a
+ * torn or misplaced record from a good one. */
 #define _GNU_SOURCE
 #include "lanetrace/shm.h"
 #include <pthread.h>
@@ -12,7 +15,7 @@
 
 static lt_shm_map g_map;
 static unsigned g_events, g_tid_base;
-static int g_retire = 1;
+static int g_retire = 1, g_detail;
 
 static void *worker(void *arg)
 {
@@ -23,8 +26,17 @@ static void *worker(void *arg)
     uint16_t depth = 0;
     for (unsigned e = 0; e < g_events; e++) {
         int entry = (e % 2) == 0;
-        lt_prod_emit(&p, lt_now_ns(), 1 + (idx + e / 2) % 7,
-                     entry ? LT_KIND_ENTRY : LT_KIND_RETURN, depth);
+        if (g_detail) {
+            uint64_t seq = p.seq + 1;
+            uint64_t regs[3] = {seq, g_tid_base + idx, ~seq};
+            uint64_t stack[3] = {seq, seq * 3, seq * 5};
+            lt_detail_src ds = {regs, 3, sizeof stack, (const uint8_t *)stack};
+            lt_prod_emit_detail(&p, lt_now_ns(), 1 + (idx + e / 2) % 7,
+                                entry ? LT_KIND_ENTRY : LT_KIND_RETURN, depth, &ds);
+        } else {
+            lt_prod_emit(&p, lt_now_ns(), 1 + (idx + e / 2) % 7,
+                         entry ? LT_KIND_ENTRY : LT_KIND_RETURN, depth);
+        }
     }
     if (g_retire)
         lt_prod_retire(&p);
@@ -45,7 +57,12 @@ int main(int argc, char **argv)
     unsigned total = atoi(argv[2]), alive = atoi(argv[3]);
     g_events = atoi(argv[4]);
     g_tid_base = argc > 5 ? atoi(argv[5]) : 100000;
-    g_retire = !(argc > 6 && strcmp(argv[6], "noretire") == 0);
+    for (int i = 6; i < argc; i++) {
+        if (strcmp(argv[i], "noretire") == 0)
+            g_retire = 0;
+        else if (strcmp(argv[i], "detail") == 0)
+            g_detail = 1;
+    }
     pthread_t th[64];
     for (unsigned i = 0; i < total; i += alive) {
         unsigned n = total - i < alive ? total - i : alive;

@@ -4,6 +4,10 @@
  * many short-lived threads.
  *
  *   target WAIT_FD THREADS CALLS [churn TOTAL ALIVE] [dlopen PATH] [spin]
+ *          [add N] [phases FD]
+ * add N: main calls add(i, 1000 + i) for i in 0..N-1 (detail-lane checks).
+ * phases FD: after everything else, for every byte read from FD main runs
+ * CALLS work() calls and prints "phase done"; EOF ends it.
  * It first reads one byte from WAIT_FD when WAIT_FD >= 0 (an attach test
  * hooks first, then lets it go), prints "result ..." lines the test checks,
  * and exits 0 only if every float/vector result is bit-exact. */
@@ -42,6 +46,7 @@ __attribute__((target("avx"))) NOINLINE __m256d vadd(__m256d a, __m256d b) { ret
 typedef struct { long a, b, c, d; } big;
 NOINLINE big bigret(long x) { big r = {x, x + 1, x + 2, x + 3}; return r; }
 NOINLINE int tiny(void) { return 7; }
+NOINLINE int add(int a, int b) { sink += a; sink ^= b; return a + b; }
 /* a sibling call between two hooked functions (compiled as jmp) */
 NOINLINE long tail_target(long x) { sink += x; return x * 7; }
 __attribute__((optimize("optimize-sibling-calls"))) NOINLINE long tail_caller(long x)
@@ -160,6 +165,7 @@ int main(int argc, char **argv)
     int threads = atoi(argv[2]);
     calls_per_thread = atol(argv[3]);
     int churn_total = 0, churn_alive = 0, spin = 0, deep_n = 0, hold_fd = -1, prestart = 0, signals = 0, do_fork = 0;
+    int add_n = 0, phases_fd = -1;
     const char *dl = NULL;
     for (int i = 4; i < argc; i++) {
         if (!strcmp(argv[i], "churn")) { churn_total = atoi(argv[i + 1]); churn_alive = atoi(argv[i + 2]); i += 2; }
@@ -170,6 +176,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "fork")) do_fork = 1;
         else if (!strcmp(argv[i], "deep")) deep_n = atoi(argv[++i]);
         else if (!strcmp(argv[i], "hold")) hold_fd = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "add")) add_n = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "phases")) phases_fd = atoi(argv[++i]);
     }
     pthread_t th[64];
     if (prestart) {
@@ -231,6 +239,23 @@ int main(int argc, char **argv)
         long s = 0;
         for (int i = 0; i < 10; i++) s += plug(i);
         printf("result plugin %ld\n", s);
+    }
+    if (add_n) {
+        long s = 0;
+        for (int i = 0; i < add_n; i++)
+            s += add(i, 1000 + i);
+        printf("result add %ld\n", s);
+    }
+    if (phases_fd >= 0) {
+        char c;
+        printf("phases ready\n");
+        fflush(stdout);
+        while (read(phases_fd, &c, 1) == 1) {
+            for (long i = 0; i < calls_per_thread; i++)
+                work(i);
+            printf("phase done\n");
+            fflush(stdout);
+        }
     }
     (void)spin;
     printf("failures %d\n", failures);

@@ -5,44 +5,98 @@
  * Segment layout (all positions are byte offsets from the segment base; the
  * segment holds no absolute pointers, every process materializes its own):
  *
- *   [lt_ctl]            control block, 4 KiB aligned
- *   [lt_slot x N]       thread registry; one lane (queues, ring fills) per slot
- *   [rings]             N * rings_per_lane * ring_bytes of lt_index_record
+ *   [lt_ctl]            control block incl. mark array, 4 KiB aligned
+ *   [lt_slot x N]       thread registry; an index lane and a detail lane per slot
+ *   [index rings]       N * rings_per_lane * ring_bytes of lt_index_record
  *   [lt_global]         global multi-producer lane header + cells
+ *   [drop log]          LT_DROP_LOG_ENTRIES x lt_drop_entry (per-thread drops)
+ *   [detail rings]      N * detail_rings_per_lane * detail_ring_bytes, last so
+ *                       the agent can prefault everything before it and leave
+ *                       the detail rings untouched while the lane is off
  *
  * Ownership:
  *   - Config fields of lt_ctl are written once by the creator (injector)
  *     before registry_ready is published; everybody else only reads them.
+ *   - Runtime policy fields (detail_on, stack_bytes, auto_mode, stale_ns) are
+ *     written by the injector/CLI at any time; producers re-read them at their
+ *     periodic check (every LT_CHECK_EVENTS events and at each ring swap).
+ *   - registry_mode and shard_fallback[] are written by the injector/watchdog
+ *     (lt_shm_set_*) and by the agent's own policy (auto_mode): every writer
+ *     uses CAS/exchange so that each transition is counted exactly once.
+ *     shard_fallback[k] = 1 set by the watchdog, 2 set by the agent itself;
+ *     the agent only clears the flags it set.
  *   - A slot is owned by the thread that CASed it FREE->ACTIVE until it
- *     stores RETIRING (at thread exit; its partial ring stays active and
+ *     stores RETIRING (at thread exit; its partial rings stay active and
  *     published). A RETIRING slot is either taken over by a new thread
- *     (CAS RETIRING->ACTIVE; it continues the same lane, so slot reuse never
+ *     (CAS RETIRING->ACTIVE; it continues the same lanes, so slot reuse never
  *     waits for a drainer) or, once everything was collected and acked, by
  *     the drainer of shard (slot % shard_count): CAS RETIRING->RESETTING,
- *     check the generation did not move (no takeover+retire in between),
- *     reset the lane, store FREE.
- *   - Inside a lane: the producer owns `active`, `submit_tail`, `free_head`,
- *     the fill of its active ring and the ring bytes of its active ring; the
+ *     check the generation did not move (no takeover+retire in between) and
+ *     the detail lane is empty, reset the lanes, store FREE.
+ *   - Index lane: the producer owns `active`, `submit_tail`, `free_head`,
+ *     the fill of its active ring and the bytes of its active ring; the
  *     drainer owns `submit_head`, `free_tail`, `ack_ring/ack_off` and every
- *     ring between submit and free.  A ring index is in exactly one place at
- *     a time (active, submit queue, free queue), so neither SPSC queue can
- *     overflow its rings_per_lane entries and no capacity check is needed.
+ *     ring between submit and free. A ring index is in exactly one place at
+ *     a time (active, submit queue, free queue, held by the drainer), so
+ *     neither SPSC queue can overflow its rings_per_lane entries.
+ *   - Detail lane: same, except that `submit_head` is advanced by CAS by
+ *     both sides: the drainer claims the oldest submitted ring to copy it
+ *     (and frees it right after the memcpy, no writer ack), and a producer
+ *     that finds no free ring claims ("steals") the oldest submitted ring
+ *     and overwrites it (flight recorder: the oldest undrained detail data
+ *     goes first; its records are counted as detail_overwritten).
+ *     `dpos` is the drainer's read position in a partially read ring
+ *     (tag:30 | ring:8 | off:26, see LT_DPOS_*); every steal bumps the tag,
+ *     so a drainer copy of the active ring that raced with a steal fails its
+ *     CAS on dpos and is discarded (never delivered torn or twice).
+ *   - Backpressure (a producer never blocks): a detail lane without a free
+ *     ring overwrites its oldest undrained ring (detail_overwritten) and
+ *     drops the new record only if every ring is in the drainer's hands
+ *     (detail_pool_exhausted). An index lane without a free ring drops the
+ *     new record (pool_exhausted): its older rings may already be on their
+ *     way to the writer and cannot be taken back. Every drop is counted per
+ *     thread and lane in the drop log; index seq gaps == index drops.
+ *   - Routing: a producer caches mode, its shard's fallback flag and the
+ *     detail switch as `route`, re-read at its periodic check (every
+ *     LT_CHECK_EVENTS events and at each index ring swap), where it also
+ *     runs the agent's mode machine (auto_mode). So the hot path reads no
+ *     control-block field at all, and detail off costs nothing there.
  *   - lt_shard_state[k] belongs to the drainer of shard k.
+ *   - Marks: appended by anyone (agent triggers, injector) via fetch_add on
+ *     mark_claim; entry i is owned by whoever claimed i.
+ *   - Drop log: entry i is owned by whoever claimed it via drop_log_claim
+ *     (key fields written once); counts are added by any producer.
  *
  * Memory ordering (every atomic and its pairing):
  *   ctl.registry_ready   release by creator after init | acquire by open()
- *   ctl.registry_mode,
- *   ctl.shard_fallback   relaxed: they only select which lane a record goes
- *                        to; no data is published through them. registry_epoch
- *                        is bumped (release) after a change so a reader that
- *                        acquires the epoch sees the new mode.
+ *   ctl.registry_mode    release CAS/exchange by writers (after mode_since_ns)
+ *                        | acquire by the agent's policy check (sees a
+ *                        mode_since_ns at least as new as the mode). Producers
+ *                        only use it to select a lane; no data is published
+ *                        through it.
+ *   ctl.shard_fallback,
+ *   ctl.detail_on,
+ *   ctl.stack_bytes      relaxed values; registry_epoch is bumped (release)
+ *                        after every change, and a producer re-reads them
+ *                        after an acquire load of the epoch.
+ *   ctl.registry_epoch   release fetch_add by every writer of the selectors
+ *                        above | acquire by producers (periodic check).
+ *   ctl.mode_since_ns,
+ *   ctl.fallback_since_ns  relaxed; ordered by the mode/fallback CAS above.
  *   ctl.heartbeat_ns[k]  relaxed: freshness hint only.
+ *   ctl.auto_mode, ctl.stale_ns  relaxed config knobs.
  *   ctl.target_exited    release by injector | acquire by drainers.
- *   ctl.counters/drops,
- *   slot.drops           relaxed: statistics, no ordering needed.
+ *   ctl.counters/drops   relaxed: statistics, no ordering needed.
+ *   ctl.mark_claim       relaxed fetch_add (claims an index, no data);
+ *   mark.ready           release by the claimer after the mark fields |
+ *                        acquire by readers (lt_shm_marks).
+ *   ctl.drop_log_claim   relaxed fetch_add (claims an index);
+ *   drop_entry.ready     release by the claimer after tid/lane/reason |
+ *                        acquire by readers before the key fields.
+ *   drop_entry.count     relaxed fetch_add: statistics.
  *   slot.state           claim CAS (FREE|RETIRING)->ACTIVE acquire: pairs with
  *                        the drainer's release store of FREE after it reset the
- *                        lane, or the previous owner's release of RETIRING
+ *                        lanes, or the previous owner's release of RETIRING
  *                        (lane state, fills). Release store of RETIRING by the
  *                        producer pairs with the drainer's acquire load / CAS
  *                        (final fills, submits, generation visible).
@@ -52,7 +106,7 @@
  *                        the owner whose RETIRING it sees); re-read after the
  *                        drainer's acquire CAS RETIRING->RESETTING, which pairs
  *                        with the last owner's RETIRING release.
- *   ring fill[r]         release store by producer after writing record bytes
+ *   lane.fill[r]         release store by producer after writing record bytes
  *                        | acquire load by drainer before copying them.
  *   lane.submit_tail     release by producer after submit_q[] entry and final
  *                        fill | acquire by drainer.
@@ -64,14 +118,19 @@
  *                        only there, never twice.
  *   lane.free_tail       release by drainer after it finished reading the ring
  *                        and wrote free_q[] | acquire by producer.
- *   lane.submit_head,
- *   lane.free_head       relaxed: only their owner reads them for its own
- *                        bookkeeping (no capacity checks, see above).
+ *   lane.submit_head     index lane: relaxed, drainer-owned. Detail lane:
+ *                        acq_rel CAS by drainer (claim before copy) and
+ *                        producer (steal); the CAS winner owns the ring.
+ *   lane.free_head       relaxed: only the producer reads it.
+ *   lane.dpos            acq_rel CAS by drainer (after copying, from the
+ *                        value it loaded before copying) and by the stealing
+ *                        producer (tag+1 before it rewrites the stolen ring);
+ *                        the drainer loads it (acquire) before active/fill.
  *   global cell.seq      Vyukov bounded MPMC: producer release after writing
  *                        the record | drainer acquire; drainer release-CAS
  *                        pos+1 -> pos+capacity after the writer acked (CAS so a
  *                        stale claim never moves a reused cell) | producer
- *                        acquire. A shard records its claim [lo, hi) in
+ *                        acquire. A shard records each claim [lo, hi) in
  *                        lt_shard_state before the deq_pos CAS, so a restarted
  *                        drainer re-collects it.
  *   global enq_pos/deq_pos  relaxed CAS; the cell sequence carries the data.
@@ -94,34 +153,52 @@
 #endif
 
 #define LT_SHM_MAGIC 0x31454e414c544cull /* "LTLANE1" */
-#define LT_SHM_VERSION 1u
+#define LT_SHM_VERSION 2u
 #define LT_MAX_SHARDS 16u
 #define LT_MAX_RINGS_PER_LANE 64u
 #define LT_RING_NONE 0xffffffffu
+#define LT_MAX_MARKS 16384u    /* 512 KiB; append-only for the target's life */
+#define LT_DROP_LOG_ENTRIES 4096u
+#define LT_GL_CLAIMS 6u          /* global-lane claims a shard may hold unacked */
+#define LT_CHECK_EVENTS 1024u    /* a producer's periodic policy/epoch check */
+#define LT_DEFAULT_STALE_NS 500000000ull
 
 /* registry_mode */
 #define LT_MODE_GLOBAL_ONLY 0u
 #define LT_MODE_DUAL_WRITE 1u
 #define LT_MODE_PER_THREAD_ONLY 2u
 
+/* shard_fallback[k] values */
+#define LT_FALLBACK_OFF 0u
+#define LT_FALLBACK_WATCHDOG 1u
+#define LT_FALLBACK_AGENT 2u
+
 /* slot.state */
 #define LT_SLOT_FREE 0u
 #define LT_SLOT_ACTIVE 1u
 #define LT_SLOT_RETIRING 2u  /* owner exited; data may still wait for the drainer */
-#define LT_SLOT_RESETTING 3u /* drainer owns it while resetting the lane */
+#define LT_SLOT_RESETTING 3u /* drainer owns it while resetting the lanes */
 
-/* drop reasons (index into drops[]) */
+/* lanes */
+#define LT_LANE_INDEX 0u
+#define LT_LANE_DETAIL 1u
+
+/* drop reasons (index into drops[]); the lane is implied by the reason */
 #define LT_DROP_NO_SLOT 0        /* more threads alive than registry slots */
-#define LT_DROP_POOL_EXHAUSTED 1 /* every ring of the lane waits for the drainer */
+#define LT_DROP_POOL_EXHAUSTED 1 /* every ring of the index lane waits for the drainer */
 #define LT_DROP_DEPTH_OVERFLOW 2 /* shadow stack full: ENTRY not recorded, return not hooked */
 #define LT_DROP_GLOBAL_FULL 3    /* global lane full (GLOBAL_ONLY / fallback) */
 #define LT_DROP_THREAD_EXITING 4 /* event after the thread's slot was retired */
 #define LT_DROP_ALLOC_FAILED 5   /* per-thread state could not be allocated */
-#define LT_DROP_MAX 8
+#define LT_DROP_DETAIL_POOL_EXHAUSTED 6 /* detail: no free ring and none to overwrite (all held by the drainer) */
+#define LT_DROP_DETAIL_NO_SLOT 7        /* detail: thread has no registry slot */
+#define LT_DROP_DETAIL_OVERWRITTEN 8    /* detail: oldest undrained ring overwritten */
+#define LT_DROP_MARKS_OVERFLOW 9        /* mark array full (not a record drop) */
+#define LT_DROP_MAX 16
 
 /* control-block counters (index into counters[]) */
 #define LT_CTR_MODE_TRANSITIONS 0
-#define LT_CTR_FALLBACK_EVENTS 1
+#define LT_CTR_FALLBACK_EVENTS 1    /* shard fallback flag switched on */
 #define LT_CTR_THREADS_REGISTERED 2 /* successful slot claims */
 #define LT_CTR_THREADS_RETIRED 3    /* slots marked RETIRING */
 #define LT_CTR_SLOTS_FREED 4        /* slots reset to FREE by drainers */
@@ -130,7 +207,33 @@
 #define LT_CTR_IGNORED_THREADS 7    /* Frida/agent threads that passed through */
 #define LT_CTR_GLOBAL_RECORDS 8     /* records written to the global lane */
 #define LT_CTR_UNWOUND 9            /* frames closed by RETURN_UNWOUND */
+#define LT_CTR_FALLBACK_CLEARS 10   /* shard fallback flag switched off */
+#define LT_CTR_DETAIL_RECORDS 11    /* detail records written (added at each check,
+                                       ring swap and thread exit, not per record) */
+#define LT_CTR_DETAIL_RINGS_STOLEN 12 /* detail rings overwritten by their producer */
+#define LT_CTR_MARKS 13             /* marks appended (incl. overflowed) */
+#define LT_CTR_DROP_LOG_OVERFLOW 14 /* drops counted only in ctl.drops (log full) */
+#define LT_CTR_AGENT_FALLBACKS 15   /* of FALLBACK_EVENTS: set by the agent itself */
 #define LT_CTR_MAX 16
+
+/* mark kinds */
+#define LT_MARK_SYMBOL 1u
+#define LT_MARK_CRASH 2u
+#define LT_MARK_TIME 3u
+#define LT_MARK_MANUAL 4u
+
+/* producer route bits (process-local cache of mode/fallback/detail) */
+#define LT_ROUTE_LANE 1u
+#define LT_ROUTE_GLOBAL 2u
+#define LT_ROUTE_DETAIL 4u
+
+/* dpos: tag (30 bits) | ring (8 bits, 0xff = none) | off (26 bits) */
+#define LT_DPOS_NONE_RING 0xffu
+#define LT_DPOS_MAKE(tag, ring, off) \
+    ((((uint64_t)(tag) & 0x3fffffffu) << 34) | (((uint64_t)(ring) & 0xffu) << 26) | ((uint64_t)(off) & 0x3ffffffu))
+#define LT_DPOS_TAG(v) ((uint32_t)((v) >> 34))
+#define LT_DPOS_RING(v) ((uint32_t)(((v) >> 26) & 0xffu))
+#define LT_DPOS_OFF(v) ((uint32_t)((v) & 0x3ffffffu))
 
 /* Config chosen by the injector (0 = default). */
 typedef struct lt_shm_config {
@@ -139,15 +242,37 @@ typedef struct lt_shm_config {
     uint32_t ring_bytes;     /* default 65536, multiple of 32, >= 1024 */
     uint32_t rings_per_lane; /* default 8, 2..LT_MAX_RINGS_PER_LANE */
     uint32_t global_records; /* default 16384, power of two */
+    uint32_t detail_ring_bytes;     /* default 65536, multiple of 8, 4096..64MiB */
+    uint32_t detail_rings_per_lane; /* default 4, 2..LT_MAX_RINGS_PER_LANE */
 } lt_shm_config;
 
-/* Drainer-owned (shard k) progress on the global lane: cells [lo, hi) were
- * claimed by this shard and are released back to producers at commit. */
+/* Drainer-owned (shard k) progress on the global lane: cells [lo, hi) of
+ * each claim were taken by this shard and are released back to producers at
+ * commit (lo advances). A claim entry is free when lo == hi. */
 typedef struct lt_shard_state {
-    uint64_t gl_claim_lo;
-    uint64_t gl_claim_hi;
-    uint64_t reserved[6];
+    uint64_t gl_lo[LT_GL_CLAIMS];
+    uint64_t gl_hi[LT_GL_CLAIMS];
+    uint64_t reserved[4];
 } lt_shard_state;
+
+typedef struct lt_mark {
+    uint64_t ts_ns;
+    uint32_t func_id;
+    uint32_t tid;
+    uint16_t kind; /* LT_MARK_* */
+    uint16_t pad;
+    LT_ATOMIC(uint32_t) ready;
+    uint64_t reserved;
+} lt_mark;
+
+typedef struct lt_drop_entry {
+    LT_ATOMIC(uint64_t) count;
+    LT_ATOMIC(uint32_t) ready;
+    uint32_t tid;
+    uint16_t lane;
+    uint16_t reason;
+    uint32_t pad;
+} lt_drop_entry;
 
 typedef struct lt_ctl {
     uint64_t magic;
@@ -162,7 +287,9 @@ typedef struct lt_ctl {
     uint32_t rings_per_lane, global_records;
     uint64_t slots_off, slot_stride, rings_off, global_off;
     uint64_t created_ns;
-    uint8_t pad0[64];
+    uint32_t detail_ring_bytes, detail_rings_per_lane;
+    uint64_t drings_off, drop_log_off;
+    uint8_t pad0[40];
 
     LT_ATOMIC(uint32_t) registry_ready;
     LT_ATOMIC(uint32_t) registry_mode;
@@ -170,28 +297,30 @@ typedef struct lt_ctl {
     LT_ATOMIC(uint32_t) target_exited;
     LT_ATOMIC(uint32_t) agent_state; /* 0 none, 1 attached, 2 detached (info) */
     LT_ATOMIC(uint32_t) shard_fallback[LT_MAX_SHARDS];
-    uint8_t pad1[56];
+    LT_ATOMIC(uint32_t) detail_on;
+    LT_ATOMIC(uint32_t) stack_bytes;
+    LT_ATOMIC(uint32_t) auto_mode; /* agent advances modes / falls back by itself */
+    LT_ATOMIC(uint32_t) mark_claim;
+    LT_ATOMIC(uint64_t) stale_ns;  /* heartbeat older than this = stale */
+    LT_ATOMIC(uint64_t) mode_since_ns;
+    LT_ATOMIC(uint32_t) drop_log_claim;
+    uint8_t pad1[20];
     LT_ATOMIC(uint64_t) heartbeat_ns[LT_MAX_SHARDS];
+    LT_ATOMIC(uint64_t) fallback_since_ns[LT_MAX_SHARDS];
     LT_ATOMIC(uint64_t) counters[LT_CTR_MAX];
-    LT_ATOMIC(uint64_t) drops[LT_DROP_MAX]; /* drops not attributable to a slot */
+    LT_ATOMIC(uint64_t) drops[LT_DROP_MAX]; /* drops not in the drop log */
     lt_shard_state shard[LT_MAX_SHARDS];
+    lt_mark marks[LT_MAX_MARKS];
 } lt_ctl;
 
-typedef struct lt_slot {
-    /* registry line: state handoff between producer and drainer */
-    LT_ATOMIC(uint32_t) state;
-    LT_ATOMIC(uint32_t) tid;
-    LT_ATOMIC(uint64_t) generation; /* +1 each time the slot is freed */
-    /* cumulative over every thread that used this slot, so sums never shrink */
-    LT_ATOMIC(uint64_t) drops[LT_DROP_MAX];
-    LT_ATOMIC(uint64_t) last_seq; /* producer's seq at its last ring submit (diagnostics) */
-    uint8_t pad0[24];
+typedef struct lt_lane {
     /* producer-written line */
     LT_ATOMIC(uint32_t) active;
     uint32_t pad1;
     LT_ATOMIC(uint64_t) submit_tail;
     LT_ATOMIC(uint64_t) free_head;
-    uint8_t pad2[40];
+    LT_ATOMIC(uint64_t) dpos; /* detail lane only (see above) */
+    uint8_t pad2[32];
     /* drainer-written line */
     LT_ATOMIC(uint64_t) submit_head;
     LT_ATOMIC(uint64_t) free_tail;
@@ -200,7 +329,17 @@ typedef struct lt_slot {
     uint8_t pad3[40];
     uint32_t submit_q[LT_MAX_RINGS_PER_LANE];
     uint32_t free_q[LT_MAX_RINGS_PER_LANE];
-    LT_ATOMIC(uint32_t) fill[LT_MAX_RINGS_PER_LANE];
+    LT_ATOMIC(uint32_t) fill[LT_MAX_RINGS_PER_LANE]; /* index: records; detail: bytes */
+} lt_lane;
+
+typedef struct lt_slot {
+    /* registry line: state handoff between producer and drainer */
+    LT_ATOMIC(uint32_t) state;
+    LT_ATOMIC(uint32_t) tid;
+    LT_ATOMIC(uint64_t) generation; /* +1 by each new owner */
+    LT_ATOMIC(uint64_t) last_seq;   /* producer's seq at its last ring submit (diagnostics) */
+    uint8_t pad0[40];
+    lt_lane lane[2]; /* LT_LANE_INDEX, LT_LANE_DETAIL */
 } lt_slot;
 
 typedef struct lt_global_cell {
@@ -228,8 +367,9 @@ typedef struct lt_shm_map {
 int lt_shm_create(const char *name, const lt_shm_config *cfg, uint32_t target_pid,
                   const char *session, lt_shm_map *out, char *err, size_t errlen);
 int lt_shm_open(const char *name, lt_shm_map *out, char *err, size_t errlen);
-/* populate: prefault the whole mapping (the agent does, so the traced
- * program takes no page faults on its first pass through each ring) */
+/* populate: prefault the mapping up to the detail rings (the agent does, so
+ * the traced program takes no page faults on its first pass through each
+ * index ring; detail rings are faulted in only if the lane is used) */
 int lt_shm_open_ex(const char *name, lt_shm_map *out, char *err, size_t errlen, int populate);
 void lt_shm_close(lt_shm_map *m);
 int lt_shm_unlink(const char *name);
@@ -240,7 +380,18 @@ typedef struct lt_shm_info {
     char session[64];
     uint32_t slot_count, shard_count, ring_bytes, rings_per_lane, global_records;
     uint64_t total_size, created_ns;
+    uint32_t detail_ring_bytes, detail_rings_per_lane;
 } lt_shm_info;
+
+/* Plain rows for cffi readers. */
+typedef struct lt_mark_row {
+    uint64_t ts_ns;
+    uint32_t func_id, tid, kind;
+} lt_mark_row;
+typedef struct lt_drop_row {
+    uint64_t count;
+    uint32_t tid, lane, reason;
+} lt_drop_row;
 
 /* control-block accessors (shm.c); orderings as documented above */
 void lt_shm_info_get(const lt_shm_map *m, lt_shm_info *out);
@@ -255,9 +406,22 @@ void lt_shm_mark_exited(const lt_shm_map *m);
 uint32_t lt_shm_target_exited(const lt_shm_map *m);
 void lt_shm_set_agent_state(const lt_shm_map *m, uint32_t st);
 uint32_t lt_shm_agent_state(const lt_shm_map *m);
-void lt_shm_drops(const lt_shm_map *m, uint64_t out[LT_DROP_MAX]);   /* slots + control */
+void lt_shm_drops(const lt_shm_map *m, uint64_t out[LT_DROP_MAX]);   /* drop log + control */
 void lt_shm_counters(const lt_shm_map *m, uint64_t out[LT_CTR_MAX]);
 void lt_shm_slot_census(const lt_shm_map *m, uint32_t out[4]); /* FREE, ACTIVE, RETIRING, RESETTING */
+/* detail lane switch; stack_bytes 0..LT_DETAIL_MAX_STACK. -EINVAL otherwise */
+int lt_shm_set_detail(const lt_shm_map *m, uint32_t on, uint32_t stack_bytes);
+void lt_shm_detail(const lt_shm_map *m, uint32_t out[2]); /* on, stack_bytes */
+/* agent policy: auto (0/1), stale_ns (0 = keep) */
+void lt_shm_set_policy(const lt_shm_map *m, uint32_t auto_mode, uint64_t stale_ns);
+void lt_shm_policy(const lt_shm_map *m, uint64_t out[3]); /* auto, stale_ns, mode_since_ns */
+/* marks: 0, or -ENOSPC when the array is full (counted as marks_overflow) */
+int lt_shm_add_mark(const lt_shm_map *m, uint64_t ts, uint32_t kind, uint32_t func_id, uint32_t tid);
+/* marks [start, ...) in append order, at most max; stops before the first
+ * claimed-but-unwritten mark, so a reader that continues at start+n misses
+ * nothing */
+uint32_t lt_shm_marks(const lt_shm_map *m, uint32_t start, lt_mark_row *out, uint32_t max);
+uint32_t lt_shm_drop_log(const lt_shm_map *m, lt_drop_row *out, uint32_t max);
 
 static inline lt_ctl *lt_ctl_of(const lt_shm_map *m) { return (lt_ctl *)m->base; }
 static inline lt_slot *lt_slot_at(lt_ctl *c, uint32_t i)
@@ -269,40 +433,87 @@ static inline lt_index_record *lt_ring_at(lt_ctl *c, uint32_t slot, uint32_t rin
     return (lt_index_record *)((char *)c + c->rings_off +
                                ((uint64_t)slot * c->rings_per_lane + ring) * c->ring_bytes);
 }
+static inline uint8_t *lt_dring_at(lt_ctl *c, uint32_t slot, uint32_t ring)
+{
+    return (uint8_t *)c + c->drings_off +
+           ((uint64_t)slot * c->detail_rings_per_lane + ring) * c->detail_ring_bytes;
+}
 static inline lt_global *lt_global_of(lt_ctl *c) { return (lt_global *)((char *)c + c->global_off); }
 static inline lt_global_cell *lt_global_cells(lt_ctl *c)
 {
     return (lt_global_cell *)((char *)lt_global_of(c) + 128);
 }
+static inline lt_drop_entry *lt_drop_log(lt_ctl *c)
+{
+    return (lt_drop_entry *)((char *)c + c->drop_log_off);
+}
 
-/* Drainer resets a retired lane (all rings free, queues empty). Also used at create. */
+/* Drainer resets a retired slot's lanes (all rings free, queues empty). Also used at create. */
 void lt_lane_reset(lt_ctl *c, uint32_t slot);
+/* 1 when the detail lane of the slot holds nothing uncollected */
+int lt_detail_lane_empty(lt_ctl *c, uint32_t slot);
+/* Add n drops of (lane, reason) for thread tid: drop log, or ctl.drops when
+ * the log is full. cache (may be NULL) remembers the entry (index + 1). */
+void lt_drop_add(lt_ctl *c, uint32_t tid, uint32_t lane, uint32_t reason, uint64_t n, uint16_t *cache);
+int lt_mark_add(lt_ctl *c, uint64_t ts, uint32_t kind, uint32_t func_id, uint32_t tid);
 
 /* ---- producer side (shm.c, also linked into the agent) ----
- * A producer is one thread's process-local handle on its slot. Not shared. */
+ * A producer is one thread's process-local handle on its slot. Not shared.
+ * The first 64 bytes are what the agent's fast path touches. */
 typedef struct lt_producer {
     lt_ctl *ctl;
     lt_slot *slot;            /* NULL: no slot (claim failed or not yet tried) */
-    lt_index_record *ring;    /* active ring bytes, NULL if none */
-    uint32_t slot_idx;
+    lt_index_record *ring;    /* active index ring bytes, NULL if none */
     uint32_t ring_idx;
     uint32_t fill;
     uint32_t cap;
     uint32_t tid;
-    uint32_t retired;
-    uint32_t shard;           /* slot_idx % shard_count, cached */
-    uint32_t pad;
+    uint32_t route;           /* LT_ROUTE_* as of the last check */
+    uint32_t countdown;       /* events until the next check */
     uint64_t seq;             /* last seq handed out */
-    uint64_t no_slot_epoch;   /* SLOTS_FREED value at the last failed claim */
+    uint32_t slot_idx;
+    uint32_t shard;           /* slot_idx % shard_count, cached */
+    /* cold */
+    uint32_t retired;
+    uint32_t stack_bytes;     /* detail stack copy length as of the last check */
+    uint64_t no_slot_epoch;   /* SLOTS_FREED+RETIRED value at the last failed claim */
+    uint64_t epoch_seen;
+    uint8_t *dring;           /* active detail ring, NULL if none */
+    uint32_t dring_idx;
+    uint32_t dfill;           /* bytes */
+    uint32_t dcap;            /* bytes */
+    uint32_t dcount;          /* detail records not yet added to the counter */
+    uint16_t dlog[2][LT_DROP_MAX]; /* drop-log entry + 1 per (lane, reason) */
 } lt_producer;
+
+/* What a detail record carries besides the index fields. */
+typedef struct lt_detail_src {
+    const uint64_t *regs;  /* ENTRY: rdi rsi rdx rcx r8 r9 rsp; RETURN: rax rdx */
+    uint32_t nregs;
+    uint32_t stack_len;    /* bytes to copy from `stack` (clamped to 512) */
+    const uint8_t *stack;
+} lt_detail_src;
 
 /* Try to claim a slot; 0 on success, -1 when all slots are taken (retry later). */
 int lt_prod_claim(lt_producer *p, lt_ctl *c, uint32_t tid);
-/* Append one record (takes the next seq). Never blocks; drops are counted. */
+/* Append one record (takes the next seq). Never blocks; drops are counted.
+ * Runs the periodic check when due. */
 void lt_prod_emit(lt_producer *p, uint64_t ts, uint32_t func_id, uint16_t kind, uint16_t depth);
-/* Count a drop of one record (its seq is consumed by the caller). */
+/* Same with detail data (used when the detail lane is on; ds may be NULL). */
+void lt_prod_emit_detail(lt_producer *p, uint64_t ts, uint32_t func_id, uint16_t kind, uint16_t depth,
+                         const lt_detail_src *ds);
+/* The agent's slow path: the caller already decremented countdown. */
+void lt_prod_write(lt_producer *p, uint64_t ts, uint32_t func_id, uint16_t kind, uint16_t depth,
+                   const lt_detail_src *ds);
+/* Detail record for the index record just written (seq = p->seq); the
+ * agent's inline path with the detail lane on. */
+void lt_prod_detail(lt_producer *p, uint64_t ts, uint32_t func_id, uint16_t kind, const lt_detail_src *ds);
+/* Periodic check: agent policy (auto mode, heartbeat fallback), epoch,
+ * route. Called when countdown reaches 0 and at ring swaps. */
+void lt_prod_refresh(lt_producer *p, uint64_t now);
+/* Count a drop of one index record (its seq is consumed by the caller). */
 void lt_prod_drop(lt_producer *p, int reason);
-/* Thread exit: publish the partial ring, mark the slot RETIRING. */
+/* Thread exit: publish the partial rings, mark the slot RETIRING. */
 void lt_prod_retire(lt_producer *p);
 /* Global lane enqueue; returns 0 or -1 when full. */
 int lt_global_push(lt_ctl *c, const lt_index_record *r);
@@ -314,12 +525,23 @@ uint64_t lt_now_ns(void);
 typedef struct lt_drain lt_drain;
 lt_drain *lt_drain_open(lt_shm_map *m, uint32_t shard);
 void lt_drain_free(lt_drain *d);
-/* Copy new committed records (whole 32-byte records) into buf; never blocks. */
+/* Copy new committed index records (whole 32-byte records, per-thread lanes
+ * of this shard, then claimed cells of the global lane) into buf; never
+ * blocks. Every call is a batch: *token (may be NULL) identifies it. */
+size_t lt_drain_collect_batch(lt_drain *d, void *buf, size_t max_bytes, uint64_t *token);
 size_t lt_drain_collect(lt_drain *d, void *buf, size_t max_bytes);
-/* Everything collected so far is acked: return rings, free retired slots,
- * release global cells. Returns the number of slots freed. */
+/* Batches up to and including `token` are acked: return their rings, free
+ * retired slots, release global cells. Returns the number of slots freed. */
+int lt_drain_commit_upto(lt_drain *d, uint64_t token);
+/* Everything collected so far is acked. */
 int lt_drain_commit(lt_drain *d);
+/* Detail lane: copy whole records of filled rings (and the published part
+ * of active ones) and give the rings back at once. max_bytes must be >=
+ * detail_ring_bytes to make progress on a full ring. */
+size_t lt_drain_collect_detail(lt_drain *d, void *buf, size_t max_bytes);
 /* 1 when the target exited and nothing is left to collect or commit. */
 int lt_drain_idle_complete(lt_drain *d);
+/* batches collected and not yet committed */
+uint32_t lt_drain_pending(lt_drain *d);
 
 #endif /* LANETRACE_SHM_H */

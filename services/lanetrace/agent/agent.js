@@ -14,6 +14,12 @@
  *   plan({include, exclude, includeModules, excludeModules})
  *       -> {functions:[{id, module, modulePath, name, address, size}], skipped:[{name, reason}]}
  *   install() -> {replaced, attached, failed:[{name, reason}]}
+ *   setTriggers({functionIds:[...]}) -> {set, unknown:[...]}
+ *       ENTRY of these functions appends a mark {ts, "symbol", fid, tid} to
+ *       the control block (a flag byte in the hook descriptor, checked by
+ *       the native hook path; no JS per event). Replaces the previous set;
+ *       functions installed later (dlopen) get their flag at install.
+ *   addMark({kind, functionId?, tid?}) -> {ok}   kind: crash | manual | time
  *   detach(); stats()
  * Later dlopen()s: matching functions are first announced with
  *   send({type:'functions', seq, module, functions:[...]})
@@ -102,7 +108,10 @@ const st = {
   seq: 0,
   detached: false,
   dlopenErrors: [],
+  triggers: new Set(),       // function ids flagged as triggers
 };
+
+const MARK_KINDS = { symbol: 1, crash: 2, time: 3, manual: 4 };
 
 function globToRegExp(glob) {
   let re = '^';
@@ -255,7 +264,7 @@ function installPending() {
       try {
         const orig = Interceptor.replaceFast(target, stub);
         stub.add(STUB_DESC_OFFSET).readPointer().writePointer(orig);
-        st.installed.push({ fn, kind: 'replaced' });
+        st.installed.push({ fn, kind: 'replaced', stub });
         res.replaced++;
         return;
       } catch (e) {
@@ -265,7 +274,7 @@ function installPending() {
     try {
       if (cm === null) throw new Error(`CModule glue unavailable: ${cmError}`);
       const listener = Interceptor.attach(target, { onEnter: cm.on_enter, onLeave: cm.on_leave }, ptr(fn.id));
-      st.installed.push({ fn, kind: 'attached', listener });
+      st.installed.push({ fn, kind: 'attached', listener, stub: null });
       res.attached++;
     } catch (e) {
       const f = { name: `${fn.module}!${fn.name}`, reason: `replaceFast: ${whyFast}; attach: ${e.message}` };
@@ -274,6 +283,9 @@ function installPending() {
     }
   });
   Interceptor.flush();
+  // triggers chosen before these functions existed
+  for (const h of st.installed.slice(st.installed.length - res.replaced - res.attached))
+    if (st.triggers.has(h.fn.id)) st.nf.setTrigger(h.stub || NULL, h.fn.id, 1);
   return res;
 }
 
@@ -328,6 +340,8 @@ function init(opts) {
     ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
     detach: new NativeFunction(e('lt_detach'), 'void', []),
     stats: new NativeFunction(e('lt_agent_stats'), 'void', ['pointer']),
+    setTrigger: new NativeFunction(e('lt_set_trigger'), 'void', ['pointer', 'uint32', 'uint32']),
+    addMark: new NativeFunction(e('lt_add_mark'), 'int', ['uint32', 'uint32', 'uint32']),
   };
   // Frida's threads are cloaked from enumerateThreads: ignore all others
   const visible = Process.enumerateThreads().map(t => t.id);
@@ -384,6 +398,38 @@ function detach() {
   return { reverted };
 }
 
+function setTriggers(opts) {
+  if (st.lib === null) throw new Error('setTriggers: call init first');
+  const ids = (opts && opts.functionIds) || [];
+  if (!Array.isArray(ids) || ids.some(x => !Number.isInteger(x) || x <= 0))
+    throw new Error('setTriggers: functionIds must be a list of positive function ids');
+  const want = new Set(ids);
+  const known = new Set();
+  for (const fn of st.byAddress.values()) known.add(fn.id);
+  const unknown = ids.filter(x => !known.has(x));
+  const byId = new Map(st.installed.map(h => [h.fn.id, h]));
+  for (const id of st.triggers) {
+    if (want.has(id)) continue;
+    const h = byId.get(id);
+    st.nf.setTrigger(h && h.stub ? h.stub : NULL, id, 0);
+  }
+  let set = 0;
+  for (const id of want) {
+    const h = byId.get(id);
+    if (h !== undefined) { st.nf.setTrigger(h.stub || NULL, id, 1); set++; }
+  }
+  st.triggers = want;
+  return { set, pending: want.size - set - unknown.length, unknown };
+}
+
+function addMark(opts) {
+  if (st.lib === null) throw new Error('addMark: call init first');
+  const kind = MARK_KINDS[opts && opts.kind];
+  if (kind === undefined) throw new Error(`addMark: unknown kind ${JSON.stringify(opts && opts.kind)}`);
+  const tid = opts.tid === undefined ? Process.getCurrentThreadId() : opts.tid;
+  return { ok: st.nf.addMark(kind, opts.functionId || 0, tid) === 0 };
+}
+
 function stats() {
   const out = Memory.alloc(8 * 8);
   st.nf.stats(out);
@@ -395,11 +441,11 @@ function stats() {
     replaced: st.installed.filter(h => h.kind === 'replaced').length,
     attached: st.installed.filter(h => h.kind === 'attached').length,
     failed: st.failed.length, skipped: st.skippedTotal, dlopenErrors: st.dlopenErrors.slice(-10),
-    detached: st.detached,
+    detached: st.detached, triggers: Array.from(st.triggers),
   };
 }
 
 rpc.exports = {
-  init, plan, install, detach, stats,
+  init, plan, install, detach, stats, setTriggers, addMark,
   dispose() { try { detach(); } catch (e) { } },
 };

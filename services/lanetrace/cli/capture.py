@@ -14,8 +14,9 @@ import time
 import orjson
 
 from lanetrace import atf
-from lanetrace.cli import CliError
+from lanetrace.cli import CliError, flightopts
 from lanetrace.cli.maintenance import remove_session_segments
+from lanetrace.cli.status import StatusLine
 from lanetrace.rundir import RunDir, default_run_dir, new_session_id
 from lanetrace.selection import Selection, SelectionError
 from lanetrace.session import SessionConfig, SessionError, Supervisor, remove_run_dir
@@ -63,6 +64,10 @@ def _add_capture_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inline-symbols", action="store_true",
                    help="also write the symbol string into every call and return event")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--follow-children", action="store_true",
+                   help="also trace the processes the target forks and execs, each in its "
+                        "own pid_<pid> trace (session.json records the process tree)")
+    flightopts.add_flight_options(p)
 
 
 def _positive_float(text: str) -> float:
@@ -163,6 +168,7 @@ def cmd_attach(args) -> int:
 
 def capture(args, target_spec: dict) -> int:
     selection = _selection(args)
+    flight = flightopts.flight_spec(args)
     session_id = new_session_id()
     trace_root = prepare_output(args.output, session_id)
     session_dir = os.path.join(trace_root, session_id)
@@ -170,7 +176,8 @@ def capture(args, target_spec: dict) -> int:
     spec = {
         "sessionId": session_id, "traceRoot": trace_root, "drainers": args.drainers,
         "selection": selection.to_agent(), "duration": args.duration, "slots": args.slots,
-        "ringBytes": args.ring_kb * 1024, "ringsPerLane": args.rings_per_lane, **target_spec,
+        "ringBytes": args.ring_kb * 1024, "ringsPerLane": args.rings_per_lane,
+        "flight": flight, "followChildren": args.follow_children, **target_spec,
     }
     spec_path = run_dir.file("spec.json")
     with open(spec_path, "wb") as f:
@@ -196,9 +203,13 @@ def capture(args, target_spec: dict) -> int:
     old_term = signal.signal(signal.SIGTERM, on_interrupt)
     result = None
     failed = True
+    status = None
     try:
         supervisor.start()
-        supervisor.wait_until_exited("injector")
+        if flightopts.describe(flight):
+            print(flightopts.describe(flight), file=sys.stderr)
+        status = StatusLine(run_dir.broker_sub)
+        supervisor.wait_until_exited("injector", on_tick=status.tick)
         result_path = run_dir.file("result.json")
         if os.path.exists(result_path):
             with open(result_path, "rb") as f:
@@ -207,6 +218,8 @@ def capture(args, target_spec: dict) -> int:
     except SessionError as exc:
         raise CliError(str(exc), status=1) from None
     finally:
+        if status is not None:
+            status.close()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
         supervisor.shutdown()
@@ -229,6 +242,8 @@ def write_session_file(session_dir: str, spec: dict, result: dict, started: floa
         "options": {k: spec[k] for k in ("selection", "duration", "drainers", "slots",
                                          "ringBytes", "ringsPerLane")},
         "targets": result.get("targets", []), "error": result.get("error", ""),
+        "processTree": [{"pid": t["pid"], "parentPid": t.get("parentPid")}
+                        for t in result.get("targets", [])],
     }
     atf.write_json_atomic(os.path.join(session_dir, "session.json"), session)
 
@@ -247,6 +262,8 @@ def summarize(result: dict) -> dict:
         entry["events"] = manifest.get("eventCount", 0)
         entry["threads"] = manifest.get("threadCount", 0)
         entry["drops"] = {k: v for k, v in (manifest.get("drops") or {}).items() if v}
+        entry["dropsByThread"] = manifest.get("dropsByThread") or []
+        entry["flight"] = flightopts.summary_lines(manifest)
         entry["topFunctions"] = (manifest.get("topFunctions") or [])[:10]
         targets.append(entry)
     return {"sessionId": result["sessionId"], "traceRoot": result["traceRoot"], "targets": targets}
@@ -269,6 +286,11 @@ def print_summary(summary: dict, as_json: bool) -> None:
         print(f"  pid {t['pid']} ({t['program']}): {how}", file=out)
         print(f"    events recorded: {t['events']} on {t['threads']} threads; drops: {drops}",
               file=out)
+        for d in t.get("dropsByThread", [])[:10]:
+            print(f"      dropped on tid {d.get('tid')} ({d.get('lane')} lane, "
+                  f"{d.get('reason')}): {d.get('count')}", file=out)
+        for line in t.get("flight", []):
+            print(line, file=out)
         print(f"    trace: {t['traceDir']}", file=out)
         if t["error"]:
             print(f"    problem: {t['error']}", file=out)

@@ -1,0 +1,103 @@
+"""The Procfile as honcho/foreman would run it (each line's command, from
+the repository root, no supervisord), and ``lanetrace run --follow-children``."""
+import json
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import REPO, example, run_lanetrace
+from daemon.daemonkit import free_port, lanetrace, wait_for
+from e2e.tracecheck import Trace, count_mismatches, load_expectation
+
+
+def _procfile_commands(run_dir: str) -> dict[str, list[str]]:
+    from lanetrace.control import DEFAULT_DAEMON_DIR
+    out = {}
+    with open(os.path.join(REPO, "Procfile")) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, command = line.partition(":")
+            assert sep and name.isidentifier(), f"not a Procfile line: {line!r}"
+            out[name] = shlex.split(command.replace(DEFAULT_DAEMON_DIR, run_dir))
+    return out
+
+
+@pytest.mark.frida
+def test_procfile__every_command_started_like_honcho__then_the_daemon_traces_a_program(tmp_path):
+    run_dir = tempfile.mkdtemp(prefix="ltp-", dir="/tmp")
+    # What `lanetrace daemon start` would write; the launcher creates it otherwise.
+    from lanetrace.control import daemon_defaults, write_daemon_config
+    from lanetrace.rundir import RunDir
+    cfg = dict(daemon_defaults(), traceRoot=str(tmp_path / "traces"),
+               queryBind=f"127.0.0.1:{free_port()}")
+    write_daemon_config(RunDir(run_dir).create(), cfg)
+    commands = _procfile_commands(run_dir)
+    assert set(commands) == {"broker", "writer", "drainer0", "drainer1", "injector", "watchdog",
+                             "query"}
+    procs = {name: subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+             for name, argv in commands.items()}
+    try:
+        expect = tmp_path / "expect.json"
+        attach = wait_for(lambda: (lambda p: p if p.returncode == 0 else None)(
+            lanetrace(["ctl", "attach", "--run-dir", run_dir, "--json", "--timeout", "20", "--",
+                       example("tickboom"), "2", "1"], env={"LANETRACE_EXPECT": str(expect)})),
+            "the Procfile daemon to take a command", timeout=120)
+        pid = json.loads(attach.stdout)[0]["pid"]
+
+        def ended():
+            with open(os.path.join(cfg["traceRoot"], cfg["sessionId"], "session.json")) as f:
+                doc = json.load(f)
+            return [t for t in doc["targets"] if t["pid"] == pid and t["state"] == "ended"]
+        wait_for(ended, "the target's trace to be finished", timeout=120)
+        trace = Trace(os.path.join(cfg["traceRoot"], cfg["sessionId"], f"pid_{pid}"))
+        assert count_mismatches(trace, load_expectation(str(expect))) == []
+        status = lanetrace(["ctl", "status", "--run-dir", run_dir, "--json"])
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["processes"] == []  # no supervisord here
+        assert all(p.poll() is None for p in procs.values()), \
+            {n: p.returncode for n, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        import shutil
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.mark.frida
+def test_run_follow_children__shell_runs_two_programs__then_each_has_its_own_exact_trace(tmp_path):
+    out = tmp_path / "traces"
+    e1, e2 = tmp_path / "e1.json", tmp_path / "e2.json"
+    script = (f"LANETRACE_EXPECT={e1} {example('workers')} 2 100; "
+              f"LANETRACE_EXPECT={e2} {example('workers')} 1 50; exit 3")
+    proc = run_lanetrace(["run", "-o", str(out), "--follow-children",
+                          "-I", "workers", "-i", "libworkutil.so!lib_*", "-i", "libplugin.so!plugin_*",
+                          "--", "/bin/sh", "-c", script])
+    assert proc.returncode == 3, proc.stderr  # the root's exit status, as from a shell
+    session_dir = next(out.iterdir())
+    with open(session_dir / "session.json") as f:
+        session = json.load(f)
+    tree = {t["pid"]: t["parentPid"] for t in session["processTree"]}
+    root = [p for p, parent in tree.items() if parent is None]
+    assert len(root) == 1
+    children = sorted(p for p, parent in tree.items() if parent == root[0])
+    assert len(children) == 2
+    for expect_path in (e1, e2):
+        expect = load_expectation(str(expect_path))
+        assert expect["pid"] in children
+        trace = Trace(str(session_dir / f"pid_{expect['pid']}"))
+        assert count_mismatches(trace, expect) == []
+        assert trace.manifest["complete"] is True
