@@ -69,7 +69,7 @@ class ControlError(Exception):
 def daemon_defaults() -> dict:
     return {"sessionId": new_session_id(), "traceRoot": os.environ.get("LANETRACE_TRACE_ROOT")
             or DEFAULT_TRACE_ROOT, "queryBind": DEFAULT_QUERY_BIND, "slots": 64,
-            "ringBytes": 65536, "ringsPerLane": 8, "inlineSymbols": False,
+            "ringBytes": 256 * 1024, "ringsPerLane": 8, "inlineSymbols": False,
             "startedAt": time.time()}
 
 
@@ -771,7 +771,7 @@ def cmd_injector(args) -> int:
     cfg = load_daemon_config(run_dir)
     spec = {"sessionId": cfg["sessionId"], "traceRoot": cfg["traceRoot"], "drainers": args.shards,
             "selection": cfg.get("selection") or {}, "slots": cfg.get("slots", 64),
-            "ringBytes": cfg.get("ringBytes", 65536), "ringsPerLane": cfg.get("ringsPerLane", 8),
+            "ringBytes": cfg.get("ringBytes", 256 * 1024), "ringsPerLane": cfg.get("ringsPerLane", 8),
             "agentStaleMs": cfg.get("agentStaleMs", DEFAULT_AGENT_STALE_MS)}
     cls = _make_injector_class()
     injector = cls(run_dir, spec)

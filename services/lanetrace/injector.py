@@ -209,7 +209,7 @@ class Injector:
 
         target.segment = TargetSegment.create(
             self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
-            ring_bytes=int(self.spec.get("ringBytes", 65536)),
+            ring_bytes=int(self.spec.get("ringBytes", 256 * 1024)),
             rings_per_lane=int(self.spec.get("ringsPerLane", 8)), **self.flight.segment_kwargs())
         # Targets start in GLOBAL_ONLY (the segment's initial mode): nothing is
         # lost before the drainers beat; the agent then moves through

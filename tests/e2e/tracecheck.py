@@ -29,9 +29,15 @@ class Trace:
                     (event.sequence, atf.timestamp_ns(event), kind, name, event.depth))
             else:
                 self.other.append(event)
+        for events in self.by_thread.values():
+            events.sort()  # sequence order (see problems_with_order)
 
     def problems_with_order(self) -> list[str]:
-        """Per-thread sequence numbers contiguous and timestamps monotonic."""
+        """Per thread, in sequence order: sequence numbers contiguous (no
+        loss, no duplicate) and timestamps monotonic. Sequence order, not file
+        order: records that reach the writer late through another lane (the
+        GLOBAL_ONLY start, fallback) are appended when they arrive, and the
+        format tells readers to sort by (thread_id, sequence)."""
         problems = []
         for tid, events in self.by_thread.items():
             seqs = [e[0] for e in events]

@@ -57,9 +57,12 @@ def _add_capture_options(p: argparse.ArgumentParser) -> None:
                    help="drainer processes, one per registry shard (default 2)")
     p.add_argument("--slots", type=_int_range(1, 4096), default=64, metavar="N",
                    help="thread slots per target: threads alive at once (default 64)")
-    p.add_argument("--ring-kb", type=_int_range(4, 65536), default=64, metavar="KB",
-                   help="size of one ring in KiB (default 64)")
-    p.add_argument("--rings-per-lane", type=_int_range(2, 1024), default=8, metavar="N",
+    # 256 KiB rings x 8 = 2 MiB per busy thread: a burst of ~64k records (a few
+    # ms of a hot thread) fits before the first drained ring comes back.
+    # Shared memory is touched lazily, so idle slots cost nothing.
+    p.add_argument("--ring-kb", type=_int_range(4, 65536), default=256, metavar="KB",
+                   help="size of one ring in KiB (default 256)")
+    p.add_argument("--rings-per-lane", type=_int_range(2, 64), default=8, metavar="N",
                    help="rings in each thread's pool (default 8)")
     p.add_argument("--inline-symbols", action="store_true",
                    help="also write the symbol string into every call and return event")

@@ -48,10 +48,10 @@ def register(sub) -> None:
     start.add_argument("--query-replicas", type=_int_range(1, 64), default=1, metavar="N",
                        help="query server processes sharing the port (default 1)")
     start.add_argument("--slots", type=_int_range(1, 4096), default=64, metavar="N",
-                       help="thread slots per target (default 64)")
-    start.add_argument("--ring-kb", type=_int_range(4, 65536), default=64, metavar="KB",
-                       help="size of one ring in KiB (default 64)")
-    start.add_argument("--rings-per-lane", type=_int_range(2, 1024), default=8, metavar="N",
+                       help="thread slots per target (default 256)")
+    start.add_argument("--ring-kb", type=_int_range(4, 65536), default=256, metavar="KB",
+                       help="size of one ring in KiB (default 256)")
+    start.add_argument("--rings-per-lane", type=_int_range(2, 64), default=8, metavar="N",
                        help="rings in each thread's pool (default 8)")
     start.add_argument("--agent-stale-ms", type=_int_range(100, 600000), default=5000, metavar="MS",
                        help="a target's threads leave a shard whose drainer heartbeat is older "
