@@ -23,6 +23,7 @@ import orjson
 
 from lanetrace import atf
 from lanetrace.bus import Bus, receive
+from lanetrace.fridaguard import HANG_MESSAGE, HangGuard
 from lanetrace.datachannel import WriterClient, WriterRejected, WriterUnavailable
 from lanetrace.flightctl import FlightControl, TriggerError
 from lanetrace.rundir import RunDir
@@ -37,6 +38,7 @@ AGENT_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "liblanetra
 PIPELINE_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 120.0
 TERMINATE_GRACE_S = 2.0
+INJECT_TIMEOUT_S = 60.0
 
 
 class TargetError(Exception):
@@ -163,6 +165,21 @@ class Injector:
             self.start_attached(int(pid))
 
     def start_spawned(self, spawn: dict) -> None:
+        # A spawned target is ours to end: if Frida's injection never returns
+        # (lanetrace.fridaguard), the guard ends it and the user gets a clear
+        # error instead of a session that hangs forever.
+        guard = HangGuard(INJECT_TIMEOUT_S)
+        try:
+            with guard:
+                self._start_spawned(spawn)
+        except Exception:
+            if guard.fired:
+                raise TargetError(f"{HANG_MESSAGE} into {spawn['argv'][0]} within "
+                                  f"{INJECT_TIMEOUT_S:.0f}s (a rare hang inside Frida); "
+                                  "the target was ended, run again") from None
+            raise
+
+    def _start_spawned(self, spawn: dict) -> None:
         argv = spawn["argv"]
         try:
             pid = self.device.spawn(argv, envp=spawn.get("env"), cwd=spawn.get("cwd"))

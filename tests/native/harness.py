@@ -8,6 +8,8 @@ import time
 
 import frida
 
+from lanetrace.fridaguard import HangGuard
+
 from lanetrace.shm import TargetSegment, parse_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,9 +86,38 @@ class Drainers:
 
 
 class Traced:
-    """A target under the agent: spawn (frida.spawn) or attach (Popen + attach)."""
+    """A target under the agent: spawn (frida.spawn) or attach (Popen + attach).
 
-    def __init__(self, session_id, argv, *, attach=False, selection=None, slots=64, shards=2,
+    Frida's injection very rarely never returns (see lanetrace.fridaguard);
+    the set-up is then killed after SETUP_TIMEOUT_S and tried once more with
+    a fresh target, so a known Frida hang fails loudly instead of hanging."""
+
+    SETUP_TIMEOUT_S = 60
+
+    def __init__(self, *args, **kwargs):
+        for attempt in (1, 2):
+            guard = HangGuard(self.SETUP_TIMEOUT_S)
+            try:
+                with guard:
+                    self._start(*args, **kwargs)
+                return
+            except Exception:
+                drainers = getattr(self, "drainers", None)
+                if drainers is not None:
+                    try:
+                        drainers.finish()
+                    except Exception:  # the target was killed under it
+                        pass
+                    self.drainers = None
+                seg = getattr(self, "seg", None)
+                if seg is not None:
+                    seg.unlink()
+                    seg.close()
+                    self.seg = None
+                if not guard.fired or attempt == 2:
+                    raise
+
+    def _start(self, session_id, argv, *, attach=False, selection=None, slots=64, shards=2,
                  ring_bytes=65536, rings_per_lane=8, pass_fds=(), stdin=None, _wait_line=None,
                  mode="PER_THREAD_ONLY", global_records=16384, detail_ring_bytes=65536,
                  detail_rings_per_lane=4, detail=None, triggers=None, heartbeat=False,

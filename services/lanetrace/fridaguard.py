@@ -1,0 +1,76 @@
+"""A guard against Frida injections that never return.
+
+Rarely (seen a few times on loaded 2-core machines), Frida's spawn/attach
+machinery stops forever inside the target: the target waits on a ptrace-
+stopped helper child and the Python call that injected it never returns.
+Ending the target's process tree unblocks the call with an error, which the
+caller turns into a clear message (or, for a target it spawned itself, a
+retry) instead of hanging the whole session."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+HANG_MESSAGE = "Frida did not finish injecting"
+
+
+def descendants(pid: int) -> list[int]:
+    """pid's children, grandchildren, ... (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    for p in [*descendants(pid), pid]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class HangGuard:
+    """``with HangGuard(seconds, pid):`` kills pid's process tree if the block
+    is still running after ``seconds``; ``fired`` tells afterwards. Without a
+    pid it kills the processes this process spawned during the block: Frida's
+    local spawn forks the target from us, and the hang can come before the
+    spawn call has returned the pid. Never give the pid of a process the user
+    asked us to attach to: it is theirs."""
+
+    def __init__(self, seconds: float, pid: int | None = None):
+        self.pid = pid
+        self.fired = False
+        self._before: set[int] = set()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self.pid is not None:
+            kill_tree(self.pid)
+            return
+        for child in set(descendants(os.getpid())) - self._before:
+            kill_tree(child)
+
+    def __enter__(self) -> "HangGuard":
+        if self.pid is None:
+            self._before = set(descendants(os.getpid()))
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
