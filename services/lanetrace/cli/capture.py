@@ -15,6 +15,7 @@ import orjson
 
 from lanetrace import atf
 from lanetrace.cli import CliError, flightopts
+from lanetrace.cli.argtypes import int_range, positive_float
 from lanetrace.cli.maintenance import remove_session_segments
 from lanetrace.cli.status import StatusLine
 from lanetrace.rundir import RunDir, default_run_dir, new_session_id
@@ -51,18 +52,18 @@ def _add_capture_options(p: argparse.ArgumentParser) -> None:
                      help="hook nothing in modules matching this glob (repeatable)")
     p.add_argument("-o", "--output", default="traces", metavar="DIR",
                    help="trace root directory (default: ./traces)")
-    p.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+    p.add_argument("--duration", type=positive_float, metavar="SECONDS",
                    help="stop after this long: detach from attached targets, end spawned ones")
-    p.add_argument("--drainers", type=_int_range(1, 16), default=2, metavar="N",
+    p.add_argument("--drainers", type=int_range(1, 16), default=2, metavar="N",
                    help="drainer processes, one per registry shard (default 2)")
-    p.add_argument("--slots", type=_int_range(1, 4096), default=64, metavar="N",
+    p.add_argument("--slots", type=int_range(1, 4096), default=64, metavar="N",
                    help="thread slots per target: threads alive at once (default 64)")
     # 256 KiB rings x 8 = 2 MiB per busy thread: a burst of ~64k records (a few
     # ms of a hot thread) fits before the first drained ring comes back.
     # Shared memory is touched lazily, so idle slots cost nothing.
-    p.add_argument("--ring-kb", type=_int_range(4, 65536), default=256, metavar="KB",
+    p.add_argument("--ring-kb", type=int_range(4, 65536), default=256, metavar="KB",
                    help="size of one ring in KiB (default 256)")
-    p.add_argument("--rings-per-lane", type=_int_range(2, 64), default=8, metavar="N",
+    p.add_argument("--rings-per-lane", type=int_range(2, 64), default=8, metavar="N",
                    help="rings in each thread's pool (default 8)")
     p.add_argument("--inline-symbols", action="store_true",
                    help="also write the symbol string into every call and return event")
@@ -71,28 +72,6 @@ def _add_capture_options(p: argparse.ArgumentParser) -> None:
                    help="also trace the processes the target forks and execs, each in its "
                         "own pid_<pid> trace (session.json records the process tree)")
     flightopts.add_flight_options(p)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
-    return value
-
-
-def _int_range(lo: int, hi: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}: {value}")
-        return value
-    return parse
 
 
 def _selection(args) -> Selection:

@@ -8,6 +8,7 @@ import argparse
 
 from lanetrace import flightrec
 from lanetrace.cli import CliError
+from lanetrace.cli.argtypes import int_range
 
 
 def _seconds(text: str) -> float:
@@ -18,18 +19,6 @@ def _seconds(text: str) -> float:
     if not 0 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds: {text!r}")
     return value
-
-
-def _int_between(lo: int, hi: int, unit: str = ""):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}{unit}: {value}")
-        return value
-    return parse
 
 
 def add_flight_options(p: argparse.ArgumentParser) -> None:
@@ -46,11 +35,11 @@ def add_flight_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--post-roll-sec", type=_seconds, default=flightrec.DEFAULT_POST_ROLL_S,
                    metavar="S", help="detail kept after a trigger (default "
                    f"{flightrec.DEFAULT_POST_ROLL_S})")
-    g.add_argument("--stack-bytes", type=_int_between(0, flightrec.MAX_STACK_BYTES),
+    g.add_argument("--stack-bytes", type=int_range(0, flightrec.MAX_STACK_BYTES),
                    default=flightrec.DEFAULT_STACK_BYTES, metavar="N",
                    help="bytes of stack copied at each entry, 0-512 (default "
                    f"{flightrec.DEFAULT_STACK_BYTES})")
-    g.add_argument("--detail-buffer-mb", type=_int_between(1, 65536, " MiB"),
+    g.add_argument("--detail-buffer-mb", type=int_range(1, 65536, " MiB"),
                    default=flightrec.DEFAULT_BUFFER_MB, metavar="MB",
                    help="pre-roll memory per target in the drainers (default "
                    f"{flightrec.DEFAULT_BUFFER_MB})")
