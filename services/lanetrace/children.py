@@ -96,7 +96,7 @@ class ChildFollower:
             inj.instrument(target, attached=True)
         except TargetError as exc:
             log.info("child %d not traced (%s); following its children", child.pid, exc)
-            self._drop_target(target)
+            self.injector.discard_target(target)
             self._passthrough(child.pid)
             return
         self.enable(target)
@@ -113,29 +113,6 @@ class ChildFollower:
             return
         self.passthrough[pid] = session
         self.followed.add(pid)
-
-    def _drop_target(self, t) -> None:
-        """Undo a failed instrument of a child; its trace was never started."""
-        inj = self.injector
-        for obj in (t.agent, t.lifecycle):
-            try:
-                if obj is not None:
-                    obj.unload()
-            except Exception:
-                pass
-        try:
-            if t.session is not None:
-                t.session.detach()
-        except Exception:
-            pass
-        if t.segment is not None:
-            inj.run_dir.unregister_target(t.pid)
-            try:
-                t.segment.unlink()
-            finally:
-                t.segment.close()
-                t.segment = None
-        inj.targets[:] = [x for x in inj.targets if x is not t]
 
     def close(self) -> None:
         for session in self.passthrough.values():

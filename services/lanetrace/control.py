@@ -537,25 +537,7 @@ def _make_injector_class():
             """A target that failed half way: leave nothing of it behind."""
             if t.spawned:
                 self._kill(t.pid, signal.SIGKILL)
-            for obj in (t.agent, t.lifecycle):
-                try:
-                    if obj is not None:
-                        obj.unload()
-                except Exception:
-                    pass
-            try:
-                if t.session is not None:
-                    t.session.detach()
-            except Exception:
-                pass
-            if t.segment is not None:
-                self.run_dir.unregister_target(t.pid)
-                try:
-                    t.segment.unlink()
-                finally:
-                    t.segment.close()
-                    t.segment = None
-            self.targets = [x for x in self.targets if x is not t]
+            self.discard_target(t)
 
         # -- follow children -----------------------------------------------------
         def follow(self, target) -> None:

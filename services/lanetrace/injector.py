@@ -317,6 +317,30 @@ class Injector:
         target.end_ns = time.monotonic_ns()
         target.ended.set()
 
+    def discard_target(self, t: Target) -> None:
+        """Undo a target whose instrumentation failed half way: unload its
+        scripts, detach, remove its registration and segment, forget it. Its
+        trace was never started, so there is nothing to finalize."""
+        for obj in (t.agent, t.lifecycle):
+            try:
+                if obj is not None:
+                    obj.unload()
+            except Exception:  # the process may already be gone
+                pass
+        try:
+            if t.session is not None:
+                t.session.detach()
+        except Exception:
+            pass
+        if t.segment is not None:
+            self.run_dir.unregister_target(t.pid)
+            try:
+                t.segment.unlink()
+            finally:
+                t.segment.close()
+                t.segment = None
+        self.targets[:] = [x for x in self.targets if x is not t]
+
     # ---- stopping -----------------------------------------------------------
     def stop_target(self, target: Target) -> None:
         """Stop tracing: leave attached targets running, end spawned ones."""
