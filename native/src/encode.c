@@ -141,6 +141,70 @@ void lt_encoder_free(lt_encoder *e) {
     free(e);
 }
 
+/* Fields every call/return Event starts with (event_id, thread_id,
+ * timestamp), shared by the index and the detail encoders. */
+typedef struct ev_head {
+    uint64_t eid, tidv, secs, nanos;
+    size_t ts_len;
+} ev_head;
+
+static inline ev_head ev_head_of(uint64_t eid, uint32_t tid, uint64_t ts_ns) {
+    ev_head h;
+    h.eid = eid;
+    /* int32 thread_id: proto sign-extends negative values to 64 bits */
+    h.tidv = (uint64_t)(int64_t)(int32_t)tid;
+    h.secs = ts_ns / 1000000000u;
+    h.nanos = ts_ns % 1000000000u;
+    h.ts_len = (h.secs ? 1 + varint_size(h.secs) : 0) + (h.nanos ? 1 + varint_size(h.nanos) : 0);
+    return h;
+}
+
+static inline size_t ev_head_size(const ev_head *h) {
+    return 1 + varint_size(h->eid) + (h->tidv ? 1 + varint_size(h->tidv) : 0) +
+           1 + varint_size(h->ts_len) + h->ts_len;
+}
+
+static inline uint8_t *put_ev_head(uint8_t *p, const ev_head *h) {
+    *p++ = TAG_EVENT_ID;
+    p = put_varint(p, h->eid);
+    if (h->tidv) {
+        *p++ = TAG_THREAD_ID;
+        p = put_varint(p, h->tidv);
+    }
+    *p++ = TAG_TIMESTAMP;
+    p = put_varint(p, h->ts_len);
+    if (h->secs) {
+        *p++ = TAG_TS_SECONDS;
+        p = put_varint(p, h->secs);
+    }
+    if (h->nanos) {
+        *p++ = TAG_TS_NANOS;
+        p = put_varint(p, h->nanos);
+    }
+    return p;
+}
+
+/* The seed's symbol string (only with --inline-symbols) and the runtime
+ * address, first in both FunctionCall and FunctionReturn payloads. */
+static inline size_t symbol_address_size(size_t symlen, uint64_t addr) {
+    return (symlen ? 1 + varint_size(symlen) + symlen : 0) + (addr ? 1 + varint_size(addr) : 0);
+}
+
+static inline uint8_t *put_symbol_address(uint8_t *p, const fn_entry *f, size_t symlen,
+                                          uint64_t addr) {
+    if (symlen) {
+        *p++ = TAG_SYMBOL;
+        p = put_varint(p, symlen);
+        memcpy(p, f->symbol, symlen);
+        p += symlen;
+    }
+    if (addr) {
+        *p++ = TAG_ADDRESS;
+        p = put_varint(p, addr);
+    }
+    return p;
+}
+
 static fn_entry *fn_find(lt_encoder *e, uint32_t id) {
     if (e->last_fn && e->last_fn->id == id)
         return e->last_fn;
@@ -415,53 +479,22 @@ int64_t lt_encode_index(lt_encoder *e, const lt_index_record *recs, size_t count
             r.unknown_function++;
         account(e, t, f, is_call, unwound, rec.ts_ns);
 
-        uint64_t eid = e->st.next_event_id++;
-        /* int32 thread_id: proto sign-extends negative values to 64 bits */
-        uint64_t tidv = (uint64_t)(int64_t)(int32_t)rec.tid;
-        uint64_t secs = rec.ts_ns / 1000000000u;
-        uint64_t nanos = rec.ts_ns % 1000000000u;
+        ev_head h = ev_head_of(e->st.next_event_id++, rec.tid, rec.ts_ns);
         uint64_t addr = f ? f->address : 0;
         size_t symlen = (f && e->inline_symbols) ? f->symbol_len : 0;
 
-        size_t ts_len = (secs ? 1 + varint_size(secs) : 0) + (nanos ? 1 + varint_size(nanos) : 0);
-        size_t pl_len = (symlen ? 1 + varint_size(symlen) + symlen : 0) +
-                        (addr ? 1 + varint_size(addr) : 0) +
+        size_t pl_len = symbol_address_size(symlen, addr) +
                         (rec.func_id ? 1 + varint_size(rec.func_id) : 0) + (unwound ? 3 : 0);
-        size_t ev_len = 1 + varint_size(eid) + (tidv ? 1 + varint_size(tidv) : 0) +
-                        1 + varint_size(ts_len) + ts_len +
+        size_t ev_len = ev_head_size(&h) +
                         1 + varint_size(pl_len) + pl_len +
                         2 + varint_size(rec.seq) +
                         (rec.depth ? 2 + varint_size(rec.depth) : 0);
 
         p = put_varint(p, ev_len);
-        *p++ = TAG_EVENT_ID;
-        p = put_varint(p, eid);
-        if (tidv) {
-            *p++ = TAG_THREAD_ID;
-            p = put_varint(p, tidv);
-        }
-        *p++ = TAG_TIMESTAMP;
-        p = put_varint(p, ts_len);
-        if (secs) {
-            *p++ = TAG_TS_SECONDS;
-            p = put_varint(p, secs);
-        }
-        if (nanos) {
-            *p++ = TAG_TS_NANOS;
-            p = put_varint(p, nanos);
-        }
+        p = put_ev_head(p, &h);
         *p++ = is_call ? TAG_CALL : TAG_RETURN;
         p = put_varint(p, pl_len);
-        if (symlen) {
-            *p++ = TAG_SYMBOL;
-            p = put_varint(p, symlen);
-            memcpy(p, f->symbol, symlen);
-            p += symlen;
-        }
-        if (addr) {
-            *p++ = TAG_ADDRESS;
-            p = put_varint(p, addr);
-        }
+        p = put_symbol_address(p, f, symlen, addr);
         if (rec.func_id) {
             *p++ = TAG_FUNCTION_ID;
             p = put_varint(p, rec.func_id);
@@ -540,56 +573,26 @@ int64_t lt_encode_detail(lt_encoder *e, const uint8_t *buf, size_t len, const ui
         int is_call = rec.kind == LT_KIND_ENTRY;
         const char *const *names = is_call ? ENTRY_REGS : RETURN_REGS;
 
-        uint64_t eid = e->st.next_event_id++;
-        uint64_t tidv = (uint64_t)(int64_t)(int32_t)rec.tid;
-        uint64_t secs = rec.ts_ns / 1000000000u;
-        uint64_t nanos = rec.ts_ns % 1000000000u;
+        ev_head h = ev_head_of(e->st.next_event_id++, rec.tid, rec.ts_ns);
         uint64_t addr = f ? f->address : 0;
         size_t symlen = (f && e->inline_symbols) ? f->symbol_len : 0;
         size_t stack_len = is_call ? rec.stack_len : 0;
 
-        size_t ts_len = (secs ? 1 + varint_size(secs) : 0) + (nanos ? 1 + varint_size(nanos) : 0);
         size_t regs_len = 0;
         for (uint32_t i = 0; i < rec.reg_count; i++)
             regs_len += reg_len(names[i], rec.regs[i]);
-        size_t pl_len = (symlen ? 1 + varint_size(symlen) + symlen : 0) +
-                        (addr ? 1 + varint_size(addr) : 0) + regs_len +
+        size_t pl_len = symbol_address_size(symlen, addr) + regs_len +
                         (stack_len ? 1 + varint_size(stack_len) + stack_len : 0) +
                         (rec.func_id ? 1 + varint_size(rec.func_id) : 0);
-        size_t ev_len = 1 + varint_size(eid) + (tidv ? 1 + varint_size(tidv) : 0) +
-                        1 + varint_size(ts_len) + ts_len +
+        size_t ev_len = ev_head_size(&h) +
                         1 + varint_size(pl_len) + pl_len +
                         2 + varint_size(rec.seq) + 3;
 
         p = put_varint(p, ev_len);
-        *p++ = TAG_EVENT_ID;
-        p = put_varint(p, eid);
-        if (tidv) {
-            *p++ = TAG_THREAD_ID;
-            p = put_varint(p, tidv);
-        }
-        *p++ = TAG_TIMESTAMP;
-        p = put_varint(p, ts_len);
-        if (secs) {
-            *p++ = TAG_TS_SECONDS;
-            p = put_varint(p, secs);
-        }
-        if (nanos) {
-            *p++ = TAG_TS_NANOS;
-            p = put_varint(p, nanos);
-        }
+        p = put_ev_head(p, &h);
         *p++ = is_call ? TAG_CALL : TAG_RETURN;
         p = put_varint(p, pl_len);
-        if (symlen) {
-            *p++ = TAG_SYMBOL;
-            p = put_varint(p, symlen);
-            memcpy(p, f->symbol, symlen);
-            p += symlen;
-        }
-        if (addr) {
-            *p++ = TAG_ADDRESS;
-            p = put_varint(p, addr);
-        }
+        p = put_symbol_address(p, f, symlen, addr);
         for (uint32_t i = 0; i < rec.reg_count; i++)
             p = put_reg(p, names[i], rec.regs[i]);
         if (stack_len) {
