@@ -54,19 +54,7 @@ def _add_capture_options(p: argparse.ArgumentParser) -> None:
                    help="trace root directory (default: ./traces)")
     p.add_argument("--duration", type=positive_float, metavar="SECONDS",
                    help="stop after this long: detach from attached targets, end spawned ones")
-    p.add_argument("--drainers", type=int_range(1, 16), default=2, metavar="N",
-                   help="drainer processes, one per registry shard (default 2)")
-    p.add_argument("--slots", type=int_range(1, 4096), default=64, metavar="N",
-                   help="thread slots per target: threads alive at once (default 64)")
-    # 256 KiB rings x 8 = 2 MiB per busy thread: a burst of ~64k records (a few
-    # ms of a hot thread) fits before the first drained ring comes back.
-    # Shared memory is touched lazily, so idle slots cost nothing.
-    p.add_argument("--ring-kb", type=int_range(4, 65536), default=256, metavar="KB",
-                   help="size of one ring in KiB (default 256)")
-    p.add_argument("--rings-per-lane", type=int_range(2, 64), default=8, metavar="N",
-                   help="rings in each thread's pool (default 8)")
-    p.add_argument("--inline-symbols", action="store_true",
-                   help="also write the symbol string into every call and return event")
+    add_pipeline_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--follow-children", action="store_true",
                    help="also trace the processes the target forks and execs, each in its "
@@ -80,6 +68,23 @@ def _selection(args) -> Selection:
         return sel.validate()
     except SelectionError as exc:
         raise CliError(str(exc)) from None
+
+
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """Sizing of the capture pipeline, shared by run/attach and daemon start."""
+    p.add_argument("--drainers", type=int_range(1, 16), default=2, metavar="N",
+                   help="drainer processes, one per registry shard (default 2)")
+    p.add_argument("--slots", type=int_range(1, 4096), default=64, metavar="N",
+                   help="thread slots per target: threads alive at once (default 64)")
+    # 256 KiB rings x 8 = 2 MiB per busy thread: a burst of ~64k records (a few
+    # ms of a hot thread) fits before the first drained ring comes back.
+    # Shared memory is touched lazily, so idle slots cost nothing.
+    p.add_argument("--ring-kb", type=int_range(4, 65536), default=256, metavar="KB",
+                   help="size of one ring in KiB (default 256)")
+    p.add_argument("--rings-per-lane", type=int_range(2, 64), default=8, metavar="N",
+                   help="rings in each thread's pool (default 8)")
+    p.add_argument("--inline-symbols", action="store_true",
+                   help="also write the symbol string into every call and return event")
 
 
 def resolve_program(program: list[str]) -> list[str]:

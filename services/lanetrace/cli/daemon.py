@@ -27,6 +27,7 @@ import orjson
 
 from lanetrace.cli import CliError
 from lanetrace.cli.argtypes import int_range
+from lanetrace.cli.capture import add_pipeline_options
 from lanetrace.rundir import RunDir, new_session_id
 
 START_TIMEOUT_S = 60.0
@@ -42,23 +43,14 @@ def register(sub) -> None:
     _run_dir_option(start)
     start.add_argument("-o", "--output", default="traces", metavar="DIR",
                        help="trace root directory (default: ./traces)")
-    start.add_argument("--drainers", type=int_range(1, 16), default=2, metavar="N",
-                       help="drainer processes, one per registry shard (default 2)")
     start.add_argument("--query-bind", default="127.0.0.1:9090", metavar="HOST:PORT",
                        help="query server address (default 127.0.0.1:9090)")
     start.add_argument("--query-replicas", type=int_range(1, 64), default=1, metavar="N",
                        help="query server processes sharing the port (default 1)")
-    start.add_argument("--slots", type=int_range(1, 4096), default=64, metavar="N",
-                       help="thread slots per target (default 256)")
-    start.add_argument("--ring-kb", type=int_range(4, 65536), default=256, metavar="KB",
-                       help="size of one ring in KiB (default 256)")
-    start.add_argument("--rings-per-lane", type=int_range(2, 64), default=8, metavar="N",
-                       help="rings in each thread's pool (default 8)")
     start.add_argument("--agent-stale-ms", type=int_range(100, 600000), default=5000, metavar="MS",
                        help="a target's threads leave a shard whose drainer heartbeat is older "
                             "than this (the watchdog acts at once on a drainer exit; default 5000)")
-    start.add_argument("--inline-symbols", action="store_true",
-                       help="also write the symbol string into every call and return event")
+    add_pipeline_options(start)
     start.set_defaults(func=cmd_start)
     stop = dsub.add_parser("stop", help="stop the daemon (targets are detached or ended, "
                            "traces finalized)")
