@@ -2,25 +2,15 @@
 divergence of the call sequences)."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 import orjson
 
 from lanetrace import atf
 from lanetrace.cli import CliError
+from lanetrace.cli.argtypes import non_negative_int
 from lanetrace.export.diff import diff_traces
 from lanetrace.export.tracedir import TraceNotFound, resolve_trace
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -35,9 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("trace_b", metavar="TRACE_B", help="trace directory or id under --trace-root")
     p.add_argument("--trace-root", default="traces", help="root of trace ids (default: ./traces)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--context", type=_count, default=3,
+    p.add_argument("--context", type=non_negative_int(), default=3,
                    help="calls shown on each side of a divergence (default 3)")
-    p.add_argument("--top", type=_count, default=20,
+    p.add_argument("--top", type=non_negative_int(), default=20,
                    help="functions listed per ranking (default 20)")
     p.set_defaults(func=run)
 

@@ -4,20 +4,10 @@ from __future__ import annotations
 import sys
 
 from lanetrace.cli import CliError
+from lanetrace.cli.argtypes import non_negative_int
 from lanetrace.export.run import FORMATS, ExportError, ExportOptions, export_trace
 from lanetrace.export.tracedir import TraceNotFound, resolve_trace
 
-
-
-def _ns(text: str) -> int:
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer number of ns: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -36,10 +26,10 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output file ('-' for stdout); written atomically")
     p.add_argument("--trace-root", default="traces", help="root of trace ids (default: ./traces)")
-    p.add_argument("--time-start", type=_ns, metavar="NS",
+    p.add_argument("--time-start", type=non_negative_int("an integer number of ns"), metavar="NS",
                    help="export only from this CLOCK_MONOTONIC time (ns, inclusive); "
                    "slices crossing it are clipped and flagged clippedStart")
-    p.add_argument("--time-end", type=_ns, metavar="NS",
+    p.add_argument("--time-end", type=non_negative_int("an integer number of ns"), metavar="NS",
                    help="export only up to this time (ns, inclusive); slices crossing it "
                    "are clipped and flagged clippedEnd")
     p.add_argument("--split-mb", type=float, metavar="MB",
