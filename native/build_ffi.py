@@ -27,7 +27,7 @@ ffibuilder.set_source(
     sources=[os.path.relpath(p, os.path.dirname(HERE)) for p in sources],
     include_dirs=[os.path.relpath(INCLUDE, os.path.dirname(HERE))],
     extra_compile_args=["-std=gnu11", "-O2", "-g", "-Wall", "-Wno-unused-function"],
-    libraries=["rt"],
+    libraries=["rt", "dl"],
 )
 
 if __name__ == "__main__":

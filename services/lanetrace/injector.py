@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import frida
 import orjson
 
-from lanetrace import atf
+from lanetrace import atf, hooksafety
 from lanetrace.bus import Bus, receive
 from lanetrace.fridaguard import HANG_MESSAGE, HangGuard
 from lanetrace.datachannel import WriterClient, WriterRejected, WriterUnavailable
@@ -70,6 +70,9 @@ class Target:
     end_ns: int = 0
     error: str = ""
     hooks: dict = field(default_factory=dict)
+    # every planned batch (start, then each dlopen): functions, verdicts,
+    # install result, selection skips; target.hooks summarizes them all
+    hook_batches: list = field(default_factory=list)
     sent_signal: int = 0  # the signal we ended a spawned target with
 
     @property
@@ -250,7 +253,8 @@ class Injector:
         agent.init({"shmName": target.segment.name, "agentLibPath": AGENT_LIB,
                     "glueSource": glue})
         plan = agent.plan(self.selection.to_agent())
-        functions = plan["functions"]
+        planned = plan["functions"]
+        functions = traced_functions(planned)
         problems = self.selection.unmatched(functions, [m["name"] for m in modules])
         if not self.selection.include and not self.selection.include_modules and not functions:
             problems.append(f"the main executable of pid {pid} has no function symbols "
@@ -269,9 +273,13 @@ class Injector:
             "traceDir": os.path.join(self.spec["traceRoot"], self.session_id, target.trace_dir_name),
             "flightRecorder": self.flight.describe(),
         })
+        verdicts = hooksafety.decide(pid, plan.get("modules", []), planned)
         self.publish_functions(target, functions)
-        target.hooks = agent.install()
-        log.info("pid %d: %d functions hooked (%s)", pid, len(functions), target.hooks)
+        installed = agent.install({"verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+        self.record_hooks(target, functions, verdicts, installed, plan.get("skipped", []))
+        log.info("pid %d: %d functions planned: %d fast, %d fallback, %d skipped %s", pid,
+                 len(functions), target.hooks["fast"], target.hooks["fallback"],
+                 target.hooks["skipped"], target.hooks["skippedByReason"])
         self.bus.publish("target.started", {"pid": pid, "shm": target.segment.name,
                                             "functions": len(functions), "attached": attached})
 
@@ -283,14 +291,46 @@ class Injector:
         payload = message.get("payload") or {}
         if payload.get("type") == "functions":
             # A module loaded with dlopen: the writer must know the ids before
-            # the agent installs the hooks, so the agent waits for this ack.
+            # the agent installs the hooks, so the agent waits for this ack,
+            # which carries the safety verdicts.
+            planned = payload.get("functions", [])
+            functions = traced_functions(planned)
             try:
-                self.publish_functions(target, payload.get("functions", []))
+                verdicts = hooksafety.decide(target.pid, payload.get("modules", []), planned)
+            except Exception as exc:  # never patch what was not analysed
+                log.error("pid %d: hook safety analysis failed: %s", target.pid, exc)
+                verdicts = {f["id"]: hooksafety.Verdict("skip", hooksafety.UNREADABLE) for f in planned}
+            try:
+                self.publish_functions(target, functions)
             except (WriterUnavailable, WriterRejected) as exc:
                 log.error("pid %d: could not publish late functions: %s", target.pid, exc)
-            target.agent.post({"type": "functions-ack"})
+            target.hook_batches.append([functions, verdicts, {}, payload.get("skipped", [])])
+            target.agent.post({"type": "functions-ack",
+                               "verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+        elif payload.get("type") == "installed" and target.hook_batches:
+            target.hook_batches[-1][2] = payload
+            self._summarize_hooks(target)
         elif payload.get("type") == "log":
             log.info("agent in pid %d: %s", target.pid, payload.get("message"))
+
+    def record_hooks(self, target: Target, functions, verdicts, installed, skipped) -> None:
+        target.hook_batches.append([functions, verdicts, installed, skipped])
+        self._summarize_hooks(target)
+
+    @staticmethod
+    def _summarize_hooks(target: Target) -> None:
+        functions, verdicts, skipped = [], {}, []
+        installed = {"replaced": 0, "attached": 0, "failed": [], "demoted": {}}
+        for fns, vs, inst, sk in target.hook_batches:
+            functions += fns
+            verdicts.update(vs)
+            skipped += sk
+            installed["replaced"] += int(inst.get("replaced", 0))
+            installed["attached"] += int(inst.get("attached", 0))
+            installed["failed"] += inst.get("failed", [])
+            for r, n in (inst.get("demoted") or {}).items():
+                installed["demoted"][r] = installed["demoted"].get(r, 0) + n
+        target.hooks = hooksafety.summarize(functions, verdicts, installed, skipped)
 
     def on_lifecycle_message(self, target: Target, message: dict) -> None:
         payload = message.get("payload") or {}
@@ -399,6 +439,7 @@ class Injector:
             "endNs": target.end_ns or time.monotonic_ns(), "drops": drops,
             "dropsByThread": segment.drops_by_thread(),
             "control": self._control_counters(target, segment),
+            "hooks": target.hooks,
         })
         self.run_dir.unregister_target(target.pid)
         segment.unlink()
@@ -475,6 +516,12 @@ class Injector:
         from lanetrace.control import control_counters
         target.control = control_counters(segment)
         return target.control
+
+
+def traced_functions(planned: list[dict]) -> list[dict]:
+    """The planned functions that are traced: not those hooked only to keep
+    the shadow stack right (``role``: C++ throw and catch)."""
+    return [f for f in planned if not f.get("role")]
 
 
 def _cmdline(pid: int) -> list[str]:

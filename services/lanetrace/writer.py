@@ -148,6 +148,7 @@ class Target:
         self.agent_drops: dict[str, int] = {}
         self.drops_by_thread: list[dict] = []
         self.control: dict = {}  # registry-mode counters from target_end
+        self.hooks: dict = {}  # hook summary from target_end (hooksafety.summarize)
         # Flight recorder: merged windows, and each drainer instance's
         # cumulative pre-roll counts (cumulative, so a resent request or a
         # repeated report never counts twice).
@@ -253,6 +254,7 @@ class Target:
         self.base["events_after_end"] = int(old.get("eventsAfterEnd", 0))
         self.drops_by_thread = list(old.get("dropsByThread") or [])
         self.control = dict(old.get("registryModes") or {})
+        self.hooks = dict(old.get("hooks") or {})
         self.windows = flightrec.merge_windows(old.get("windows") or [])
         self.threads = {int(t["threadId"]): t["name"] for t in old.get("threads") or []}
         fr = old.get("flightRecorder") or {}
@@ -460,6 +462,7 @@ class Target:
             "drops": dict(self.agent_drops),
             "dropsByThread": self.drops_by_thread,
             "registryModes": self.control,
+            "hooks": self.hooks,
             "writerDrops": {"duplicate": duplicates, "invalid_record": invalid},
             # written although they arrived after higher numbers of their
             # thread (another lane's drainer was slower): not drops
@@ -794,6 +797,8 @@ class Writer:
             raise RequestError("dropsByThread must be a list of objects")
         # registry-mode history from the control block: {modeTransitions, fallbackEvents, finalMode}
         control = _field(h, "control", dict, {})
+        # how each selected function was hooked, or why not (hooksafety.summarize)
+        hooks = _field(h, "hooks", dict, {})
         t = self._existing(pid)
         st = t.stats()
         default_end = max(st.max_ts_ns if st.min_ts_ns != U64 else 0, t.start["startNs"])
@@ -805,6 +810,7 @@ class Writer:
             t.agent_drops = dict(drops)
             t.drops_by_thread = by_thread
             t.control = control
+            t.hooks = hooks
             self._guarded(t, lambda: (t.write_end(end), t.sync()))
         try:
             t.write_manifest(self.session)
