@@ -622,8 +622,9 @@ EXPORT void lt_cm_enter(uint32_t fid, uint64_t sp, uint64_t rdi, uint64_t rsi, u
     t->guard = 0;
 }
 
-/* sp: the stack pointer after the hooked function's ret (its return slot + 8) */
-EXPORT void lt_cm_leave(uint32_t fid, uint64_t sp, uint64_t rax, uint64_t rdx)
+/* slot: the hooked call's return slot (Frida's leave context reports the
+ * stack pointer as it was at entry) */
+EXPORT void lt_cm_leave(uint32_t fid, uint64_t slot, uint64_t rax, uint64_t rdx)
 {
     lt_thread *t = tls_self;
     if (!t || t->state != T_ACTIVE || t->guard)
@@ -631,7 +632,6 @@ EXPORT void lt_cm_leave(uint32_t fid, uint64_t sp, uint64_t rax, uint64_t rdx)
     t->guard = 1;
     /* find our frame by its return slot; frames above it were longjmp'd over.
      * No frame (its ENTRY was not recorded): nothing to close. */
-    uint64_t slot = sp - 8;
     uint32_t i = t->depth;
     while (i && !((t->frames[i - 1].flags & FRAME_CM) && t->frames[i - 1].fid == fid &&
                   t->frames[i - 1].slot == slot))

@@ -309,8 +309,6 @@ function glue() {
   st.cm = new CModule(src, {
     lt_cm_enter: st.lib.getExportByName('lt_cm_enter'),
     lt_cm_leave: st.lib.getExportByName('lt_cm_leave'),
-    lt_unwind_begin: st.lib.getExportByName('lt_unwind_begin'),
-    lt_unwind_caught: st.lib.getExportByName('lt_unwind_caught'),
   });
   return st.cm;
 }

@@ -11,7 +11,7 @@
 
 extern void lt_cm_enter (guint32 fid, guint64 sp, guint64 rdi, guint64 rsi,
     guint64 rdx, guint64 rcx, guint64 r8, guint64 r9);
-extern void lt_cm_leave (guint32 fid, guint64 sp, guint64 rax, guint64 rdx);
+extern void lt_cm_leave (guint32 fid, guint64 slot, guint64 rax, guint64 rdx);
 
 void
 on_enter (GumInvocationContext * ic)
@@ -28,6 +28,7 @@ on_leave (GumInvocationContext * ic)
 {
   GumCpuContext * c = ic->cpu_context;
 
+  /* Frida's leave context keeps the stack pointer of the entry: the slot */
   lt_cm_leave ((guint32) GPOINTER_TO_SIZE (
       gum_invocation_context_get_listener_function_data (ic)),
       (guint64) c->rsp, c->rax, c->rdx);
