@@ -91,6 +91,8 @@ typedef struct lt_desc {
     uint8_t role;            /* LT_ROLE_*: not traced, drives the shadow stack; set before the patch */
     uint8_t pad;
     uint8_t saved[8];        /* the site's bytes before the patch */
+    uint8_t *tramp;          /* short form: the jmp rel32 in the padding before the function */
+    uint8_t tsaved[8];       /* the padding's bytes before the patch */
 } lt_desc;
 
 /* Functions hooked for the shadow stack's sake, not traced: where C++
@@ -692,6 +694,7 @@ static lt_desc *desc_alloc(uint32_t fid)
     d->fid = fid;
     d->patched = 0;
     d->role = 0;
+    d->tramp = NULL;
     atomic_store_explicit(&d->trigger, 0, RLX);
     return d;
 }
@@ -790,16 +793,40 @@ static int make_writable(uint8_t *site, int on)
     return mprotect((void *)lo, hi - lo, PROT_READ | PROT_EXEC | (on ? PROT_WRITE : 0));
 }
 
+static void jmp32(uint8_t out[5], const uint8_t *from, const uint8_t *to)
+{
+    int64_t rel = (int64_t)((uint64_t)to - ((uint64_t)from + 5));
+    out[0] = 0xe9;
+    for (int i = 0; i < 4; i++)
+        out[1 + i] = (uint8_t)(rel >> (8 * i));
+}
+
+/* 2-byte code store: atomic for instruction fetch unless it straddles a
+ * cache line (hooksafety never asks for that). */
+static void write_code2(uint8_t *site, const uint8_t *code)
+{
+    __atomic_store_n((uint16_t *)site, (uint16_t)(code[0] | code[1] << 8), __ATOMIC_SEQ_CST);
+}
+
 /* Hook function `fid`: site = its entry (after endbr64), slot = its slot
  * (from lt_alloc_near), code = the relocated first `patch_len` bytes with
- * their jump back, expect = those bytes as analysed. Returns the stub (the
- * handle for lt_set_trigger and lt_revert) or NULL; *why: 1 the code changed
- * since it was analysed, 2 mprotect refused, 3 out of memory. */
+ * their jump back, expect = those bytes as analysed. The full form writes
+ * `jmp slot` at the site; the short form (tramp != NULL) writes `jmp slot`
+ * into the padding at tramp (tramp_expect: its bytes as analysed) and a
+ * 2-byte `jmp tramp` at the site. Returns the stub (the handle for
+ * lt_set_trigger and lt_revert) or NULL; *why: 1 the code changed since it
+ * was analysed, 2 mprotect refused, 3 out of memory. */
 EXPORT void *lt_install(uint32_t fid, uint32_t role, uint8_t *site, uint32_t patch_len, uint8_t *slot,
-                        const uint8_t *code, uint32_t code_len, const uint8_t *expect, int *why)
+                        const uint8_t *code, uint32_t code_len, const uint8_t *expect,
+                        uint8_t *tramp, const uint8_t *tramp_expect, int *why)
 {
     for (uint32_t i = 0; i < patch_len; i++)
         if (site[i] != expect[i]) {
+            *why = 1;
+            return NULL;
+        }
+    for (uint32_t i = 0; tramp && i < 5; i++)
+        if (tramp[i] != tramp_expect[i]) {
             *why = 1;
             return NULL;
         }
@@ -815,15 +842,25 @@ EXPORT void *lt_install(uint32_t fid, uint32_t role, uint8_t *site, uint32_t pat
     d->role = (uint8_t)role;
     d->site = site;
     __builtin_memcpy(d->saved, site, 8);
-    int64_t rel = (int64_t)((uint64_t)slot - ((uint64_t)site + 5));
-    uint8_t jmp[5] = {0xe9, (uint8_t)rel, (uint8_t)(rel >> 8), (uint8_t)(rel >> 16), (uint8_t)(rel >> 24)};
-    if (make_writable(site, 1) != 0) {
+    uint8_t jmp[5];
+    if (make_writable(site, 1) != 0 || (tramp && make_writable(tramp, 1) != 0)) {
         *why = 2;
         return NULL;
     }
-    /* the stub and descriptor are complete before the jump becomes visible */
+    /* the stub and descriptor are complete before a jump to them is visible */
     atomic_thread_fence(memory_order_seq_cst);
-    write_code5(site, jmp);
+    if (tramp) {
+        d->tramp = tramp;
+        __builtin_memcpy(d->tsaved, tramp, 8);
+        jmp32(jmp, tramp, slot);
+        write_code5(tramp, jmp);
+        uint8_t j8[2] = {0xeb, (uint8_t)(int8_t)((int64_t)tramp - ((int64_t)site + 2))};
+        write_code2(site, j8);
+        make_writable(tramp, 0);
+    } else {
+        jmp32(jmp, site, slot);
+        write_code5(site, jmp);
+    }
     make_writable(site, 0);
     d->patched = 1;
     atomic_fetch_add_explicit(&g_stat_stubs, 1, RLX);
@@ -838,11 +875,19 @@ EXPORT int lt_revert(void *stub)
     lt_desc *d = stub_desc(stub);
     if (!d->patched)
         return 0;
-    if (d->site[0] != 0xe9)
+    if (d->site[0] != (d->tramp ? 0xeb : 0xe9))
         return -1;
     if (make_writable(d->site, 1) != 0)
         return -1;
-    write_code5(d->site, d->saved);
+    if (d->tramp) {
+        write_code2(d->site, d->saved);
+        if (make_writable(d->tramp, 1) == 0) {
+            write_code5(d->tramp, d->tsaved);
+            make_writable(d->tramp, 0);
+        }
+    } else {
+        write_code5(d->site, d->saved);
+    }
     make_writable(d->site, 0);
     d->patched = 0;
     return 0;

@@ -45,6 +45,7 @@ from capstone import x86_const as X
 from lanetrace._native import ffi, lib
 
 PATCH_LEN = 5           # jmp rel32
+SHORT_PATCH_LEN = 2     # jmp rel8 to a jmp rel32 in the padding before the function
 SLOT_BYTES = 96         # per function: stub, then relocated code
 STUB_BYTES = 32         # agent.c lt_write_stub
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
@@ -87,12 +88,15 @@ class Verdict:
     slot: int = 0
     code: bytes = b""         # relocated instructions + jump back, for slot + STUB_BYTES
     expect: bytes = b""       # the bytes at the patch site that were analysed
+    tramp: int = 0            # short form: where the jmp rel32 goes (padding before the function)
+    tramp_expect: bytes = b""
 
     def to_agent(self) -> dict:
         if self.kind != "fast":
             return {"kind": self.kind, "reason": self.reason}
         return {"kind": "fast", "patchOff": self.patch_off, "patchLen": self.patch_len,
-                "slot": hex(self.slot), "code": self.code.hex(), "expect": self.expect.hex()}
+                "slot": hex(self.slot), "code": self.code.hex(), "expect": self.expect.hex(),
+                "tramp": hex(self.tramp), "trampExpect": self.tramp_expect.hex()}
 
 
 class ProcessMemory:
@@ -214,9 +218,10 @@ def _only_padding(code: bytes, address: int) -> bool:
     return n == len(code)
 
 
-def relocate(code: bytes, address: int, new_address: int) -> tuple[bytes, int] | str:
+def relocate(code: bytes, address: int, new_address: int,
+             min_len: int = PATCH_LEN) -> tuple[bytes, int] | str:
     """Relocates whole instructions of ``code`` (the bytes at ``address``)
-    until at least PATCH_LEN bytes are covered, for execution at
+    until at least ``min_len`` bytes are covered, for execution at
     ``new_address``, followed by a jump back. A function that ends (ret,
     jmp) before PATCH_LEN bytes may still be patched when only alignment
     padding follows it: the padding is overwritten, never run. Returns
@@ -225,7 +230,7 @@ def relocate(code: bytes, address: int, new_address: int) -> tuple[bytes, int] |
     covered = 0
     ended = False
     for insn in _MD.disasm(code, address):
-        if covered >= PATCH_LEN:
+        if covered >= min_len:
             break
         if ended:
             if not _is_padding(insn):
@@ -295,7 +300,7 @@ def relocate(code: bytes, address: int, new_address: int) -> tuple[bytes, int] |
         else:
             out += insn.bytes
         covered += insn.size
-    if covered < PATCH_LEN:
+    if covered < min_len:
         return TOO_SHORT  # ran out of decodable bytes
     if not ended:
         back = _rel32(new_address + len(out) + 5, address + covered)
@@ -303,6 +308,82 @@ def relocate(code: bytes, address: int, new_address: int) -> tuple[bytes, int] |
             return UNRELOCATABLE
         out += b"\xe9" + back
     return bytes(out), covered
+
+
+class _Branches:
+    """Direct branch targets of a module, sorted, for range queries."""
+
+    def __init__(self, src, dst, kind):
+        order = np.argsort(dst, kind="stable")
+        self.src, self.dst, self.kind = src[order], dst[order], kind[order]
+
+    def into(self, lo: int, hi: int):
+        """(source, target, kind) of every branch with lo <= target < hi."""
+        a = int(np.searchsorted(self.dst, np.uint64(lo), side="left"))
+        b = int(np.searchsorted(self.dst, np.uint64(hi), side="left"))
+        return [(int(self.src[i]), int(self.dst[i]), int(self.kind[i])) for i in range(a, b)]
+
+    def lands_in_patch(self, addr: int, size: int, off: int, p_lo: int, p_hi: int) -> bool:
+        """A branch would run patched bytes: one into (p_lo, p_hi), one from
+        anywhere to p_lo after an endbr64, or a jump from the function itself
+        back to its entry (a loop would re-enter the hook every iteration;
+        a call is recursion, an entry)."""
+        for s, t, k in self.into(p_lo, p_hi):
+            if t > p_lo or off or (addr <= s < addr + size and k != lib.LT_BR_CALL):
+                return True
+        if off:
+            return any(addr <= s < addr + size and k != lib.LT_BR_CALL for s, t, k in self.into(addr, addr + 1))
+        return False
+
+
+def _padding_before(mem: ProcessMemory, prev_start: int, addr: int) -> list[int]:
+    """Instruction boundaries b (nearest first) such that [b, addr) is only
+    alignment padding, decoding from the previous function's start; empty
+    when the decoder does not land exactly on ``addr``."""
+    code = mem.read(prev_start, addr - prev_start)
+    bounds, kinds, pc = [], [], prev_start
+    for insn in _MD.disasm(code, prev_start):
+        bounds.append(insn.address)
+        kinds.append(_is_padding(insn))
+        pc = insn.address + insn.size
+    if pc != addr:
+        return []
+    out = []
+    for b, pad in zip(reversed(bounds), reversed(kinds)):
+        if not pad:
+            break
+        out.append(b)
+    return out
+
+
+def _short_patch(mem, branches, start_arr, slot, addr, size, off, head) -> Verdict | None:
+    """The short form, for an entry whose 5-byte patch would cover a branch
+    target: a 2-byte ``jmp rel8`` at the entry to a ``jmp rel32`` written in
+    the alignment padding just before the function (padding that is either
+    never run, or run only to fall through into this very function, which
+    is then an entry too)."""
+    p_lo = addr + off
+    if p_lo % 64 == 63:
+        return None  # a 2-byte store across a cache line is not atomic for instruction fetch
+    rel = relocate(head[off:], p_lo, slot + STUB_BYTES, SHORT_PATCH_LEN)
+    if isinstance(rel, str):
+        return None
+    code, covered = rel
+    if p_lo + covered > addr + size or branches.lands_in_patch(addr, size, off, p_lo, p_lo + covered):
+        return None
+    i = int(np.searchsorted(start_arr, np.uint64(addr), side="left")) - 1
+    if i < 0 or addr - int(start_arr[i]) > 8192:
+        return None
+    for b in _padding_before(mem, int(start_arr[i]), addr):
+        if addr - b < PATCH_LEN:
+            continue
+        if p_lo + SHORT_PATCH_LEN - b > 128:
+            return None
+        if any(t > b for _, t, _ in branches.into(b, addr)):
+            return None  # something jumps into the middle of the padding
+        return Verdict("fast", patch_off=off, patch_len=covered, slot=slot, code=code,
+                       expect=head[off:off + covered], tramp=b, tramp_expect=mem.read(b, PATCH_LEN))
+    return None
 
 
 @dataclass
@@ -335,12 +416,10 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
         s, d, k = scanner.branches(code, lo, starts)
         srcs.append(s), dsts.append(d), kinds.append(k)
     if srcs:
-        src, dst, kind = np.concatenate(srcs), np.concatenate(dsts), np.concatenate(kinds)
+        branches = _Branches(np.concatenate(srcs), np.concatenate(dsts), np.concatenate(kinds))
     else:
-        src = dst = np.empty(0, dtype=np.uint64)
-        kind = np.empty(0, dtype=np.uint8)
-    order = np.argsort(dst, kind="stable")
-    src, dst, kind = src[order], dst[order], kind[order]
+        none = np.empty(0, dtype=np.uint64)
+        branches = _Branches(none, none, np.empty(0, dtype=np.uint8))
     start_arr = np.asarray(starts, dtype=np.uint64)
 
     next_slot = 0
@@ -373,45 +452,35 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
             verdicts[fid] = Verdict("fallback", NO_MEMORY_NEAR)
             continue
         slot = module.slot_base + next_slot * SLOT_BYTES
-        rel = relocate(head[off:], addr + off, slot + STUB_BYTES)
-        if isinstance(rel, str):
-            verdicts[fid] = Verdict("fallback" if rel == UNRELOCATABLE else "skip", rel)
-            continue
-        code, covered = rel
-        if len(code) > SLOT_BYTES - STUB_BYTES:
-            verdicts[fid] = Verdict("fallback", UNRELOCATABLE)
-            continue
-        p_lo, p_hi = addr + off, addr + off + covered
-        if p_hi > addr + size and not _only_padding(head[size:p_hi - addr], addr + size):
-            verdicts[fid] = Verdict("skip", TOO_SHORT)  # the patch would reach past the function
-            continue
-        # another function starting inside the patched bytes
-        if j < len(start_arr) and int(start_arr[j]) < p_hi:
-            verdicts[fid] = Verdict("skip", SHARED_CODE)
-            continue
-        # branches landing inside the patch (or on its start from the function itself)
-        a = int(np.searchsorted(dst, np.uint64(p_lo), side="left"))
-        b = int(np.searchsorted(dst, np.uint64(p_hi), side="left"))
-        bad = False
-        for i in range(a, b):
-            t, s = int(dst[i]), int(src[i])
-            inside_fn = addr <= s < addr + size
-            if t > p_lo or (t == p_lo and (off or (inside_fn and kind[i] != lib.LT_BR_CALL))):
-                bad = True
-                break
-        if not bad and off:
-            # a jump from inside the function back to its endbr64 re-enters the patch too
-            a0 = int(np.searchsorted(dst, np.uint64(addr), side="left"))
-            b0 = int(np.searchsorted(dst, np.uint64(addr), side="right"))
-            bad = any(addr <= int(src[i]) < addr + size and kind[i] != lib.LT_BR_CALL
-                      for i in range(a0, b0))
-        if bad:
-            verdicts[fid] = Verdict("skip", BRANCH_INTO_PATCH)
-            continue
-        verdicts[fid] = Verdict("fast", patch_off=off, patch_len=covered, slot=slot, code=code,
-                                expect=head[off:off + covered])
-        next_slot += 1
+        why = _full_patch_problem(branches, start_arr, slot, addr, size, off, head)
+        if why in (TOO_SHORT, SHARED_CODE, BRANCH_INTO_PATCH):
+            why = _short_patch(mem, branches, start_arr, slot, addr, size, off, head) or why
+        if isinstance(why, Verdict):
+            verdicts[fid] = why
+            next_slot += 1
+        else:
+            verdicts[fid] = Verdict("fallback" if why == UNRELOCATABLE else "skip", why)
     return verdicts
+
+
+def _full_patch_problem(branches, start_arr, slot, addr, size, off, head) -> Verdict | str:
+    """The 5-byte patch at the entry: its verdict, or the reason it is unsafe."""
+    rel = relocate(head[off:], addr + off, slot + STUB_BYTES)
+    if isinstance(rel, str):
+        return rel
+    code, covered = rel
+    if len(code) > SLOT_BYTES - STUB_BYTES:
+        return UNRELOCATABLE
+    p_lo, p_hi = addr + off, addr + off + covered
+    if p_hi > addr + size and not _only_padding(head[size:p_hi - addr], addr + size):
+        return TOO_SHORT  # the patch would reach past the function
+    j = int(np.searchsorted(start_arr, np.uint64(addr), side="right"))
+    if j < len(start_arr) and int(start_arr[j]) < p_hi:
+        return SHARED_CODE  # another function starts inside the patched bytes
+    if branches.lands_in_patch(addr, size, off, p_lo, p_hi):
+        return BRANCH_INTO_PATCH
+    return Verdict("fast", patch_off=off, patch_len=covered, slot=slot, code=code,
+                   expect=head[off:off + covered])
 
 
 def decide(pid: int, modules: list[dict], functions: list[dict]) -> dict[int, Verdict]:

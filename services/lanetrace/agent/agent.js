@@ -19,7 +19,7 @@
  *       -> {functions:[{id, module, modulePath, name, address, size, ifunc?}],
  *           skipped:[{name, reason}],
  *           modules:[{name, path, base, size, starts:[address...], slotBase, slotCount}]}
- *   install({verdicts: {id: {kind:'fast', patchOff, patchLen, slot, code, expect}
+ *   install({verdicts: {id: {kind:'fast', patchOff, patchLen, slot, code, expect, tramp, trampExpect}
  *                          | {kind:'fallback'|'skip', reason}}})
  *       -> {replaced, attached, failed:[{name, reason, code}], demoted:{reason: n}}
  *   setTriggers({functionIds:[...]}) -> {set, unknown:[...]}
@@ -329,7 +329,7 @@ function installPending(verdicts) {
   if (todo.length === 0 || st.detached) return res;
   verdicts = verdicts || {};
   let cm = null, cmError = null;
-  const code = Memory.alloc(256), expect = Memory.alloc(64), why = Memory.alloc(4);
+  const code = Memory.alloc(256), expect = Memory.alloc(64), texpect = Memory.alloc(16), why = Memory.alloc(4);
   const attach = (fn, reason) => {
     try {
       if (cm === null && cmError === null) { try { cm = glue(); } catch (e) { cmError = e.message; } }
@@ -349,8 +349,9 @@ function installPending(verdicts) {
     if (v.kind === 'fallback') { if (!fn.role) attach(fn, v.reason); continue; }
     const n = writeHex(code, v.code);
     writeHex(expect, v.expect);
+    writeHex(texpect, v.trampExpect || '');
     const stub = st.nf.install(fn.id, fn.role || 0, ptr(fn.address).add(v.patchOff), v.patchLen, ptr(v.slot),
-      code, n, expect, why);
+      code, n, expect, ptr(v.tramp || '0x0'), texpect, why);
     if (!stub.isNull()) {
       st.installed.push({ fn, kind: 'replaced', stub });
       if (fn.role) res.roles = (res.roles || 0) + 1; else res.replaced++;
@@ -425,7 +426,7 @@ function init(opts) {
     init: new NativeFunction(e('lt_init'), 'int', ['pointer', 'pointer', 'uint32']),
     allocNear: new NativeFunction(e('lt_alloc_near'), 'pointer', ['uint64', 'uint64', 'uint64']),
     install: new NativeFunction(e('lt_install'), 'pointer',
-      ['uint32', 'uint32', 'pointer', 'uint32', 'pointer', 'pointer', 'uint32', 'pointer', 'pointer']),
+      ['uint32', 'uint32', 'pointer', 'uint32', 'pointer', 'pointer', 'uint32', 'pointer', 'pointer', 'pointer', 'pointer']),
     revert: new NativeFunction(e('lt_revert'), 'int', ['pointer']),
     ignore: new NativeFunction(e('lt_ignore_thread'), 'void', ['uint32']),
     ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
