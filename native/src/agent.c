@@ -765,7 +765,9 @@ EXPORT void *lt_alloc_near(uint64_t lo, uint64_t hi, uint64_t bytes)
 /* Write 5 bytes of code that other threads may be executing: with one
  * 8-byte store when the 8 bytes share a cache line (atomic for instruction
  * fetch), else by first parking the entry on a 2-byte `jmp .` so no thread
- * runs a half-written instruction. The page must be writable. */
+ * runs a half-written instruction. The page must be writable. Plain (release)
+ * stores, never locked ones: a locked write to code pages takes a bus-lock
+ * trap on some machines, which the kernel throttles by milliseconds. */
 static void write_code5(uint8_t *site, const uint8_t *code)
 {
     uint64_t a = (uint64_t)site;
@@ -775,19 +777,44 @@ static void write_code5(uint8_t *site, const uint8_t *code)
         uint8_t *qb = (uint8_t *)&q;
         for (int i = 0; i < 5; i++)
             qb[i] = code[i];
-        __atomic_store_n((uint64_t *)site, q, __ATOMIC_SEQ_CST);
+        __atomic_store_n((uint64_t *)site, q, __ATOMIC_RELEASE);
         return;
     }
     uint16_t park = 0xfeeb; /* eb fe: jmp . */
-    __atomic_store_n((uint16_t *)site, park, __ATOMIC_SEQ_CST);
+    __atomic_store_n((uint16_t *)site, park, __ATOMIC_RELEASE);
     for (int i = 2; i < 5; i++)
-        __atomic_store_n(&site[i], code[i], __ATOMIC_SEQ_CST);
+        __atomic_store_n(&site[i], code[i], __ATOMIC_RELEASE);
     uint16_t head = (uint16_t)(code[0] | code[1] << 8);
-    __atomic_store_n((uint16_t *)site, head, __ATOMIC_SEQ_CST);
+    __atomic_store_n((uint16_t *)site, head, __ATOMIC_RELEASE);
+}
+
+/* A range made writable for a batch of installs (lt_unlock_code): one
+ * mprotect for the batch instead of two per function. Lifecycle calls only
+ * (the Frida JS thread). */
+static uint64_t g_unlocked_lo, g_unlocked_hi;
+
+EXPORT int lt_unlock_code(uint64_t lo, uint64_t hi)
+{
+    lo &= ~4095ull;
+    hi = (hi + 4095) & ~4095ull;
+    if (mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE | PROT_EXEC) != 0)
+        return -1;
+    g_unlocked_lo = lo;
+    g_unlocked_hi = hi;
+    return 0;
+}
+
+EXPORT void lt_lock_code(void)
+{
+    if (g_unlocked_hi)
+        mprotect((void *)g_unlocked_lo, g_unlocked_hi - g_unlocked_lo, PROT_READ | PROT_EXEC);
+    g_unlocked_lo = g_unlocked_hi = 0;
 }
 
 static int make_writable(uint8_t *site, int on)
 {
+    if ((uint64_t)site >= g_unlocked_lo && (uint64_t)site + 8 <= g_unlocked_hi)
+        return 0;
     uint64_t page = 4096;
     uint64_t lo = (uint64_t)site & ~(page - 1), hi = ((uint64_t)site + 8 + page - 1) & ~(page - 1);
     return mprotect((void *)lo, hi - lo, PROT_READ | PROT_EXEC | (on ? PROT_WRITE : 0));
@@ -805,7 +832,7 @@ static void jmp32(uint8_t out[5], const uint8_t *from, const uint8_t *to)
  * cache line (hooksafety never asks for that). */
 static void write_code2(uint8_t *site, const uint8_t *code)
 {
-    __atomic_store_n((uint16_t *)site, (uint16_t)(code[0] | code[1] << 8), __ATOMIC_SEQ_CST);
+    __atomic_store_n((uint16_t *)site, (uint16_t)(code[0] | code[1] << 8), __ATOMIC_RELEASE);
 }
 
 /* Hook function `fid`: site = its entry (after endbr64), slot = its slot

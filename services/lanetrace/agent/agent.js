@@ -314,8 +314,10 @@ function glue() {
 }
 
 function writeHex(buf, hex) {
-  for (let i = 0; i < hex.length; i += 2) buf.add(i / 2).writeU8(parseInt(hex.substr(i, 2), 16));
-  return hex.length / 2;
+  const bytes = new Array(hex.length / 2);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.substr(2 * i, 2), 16);
+  if (bytes.length) buf.writeByteArray(bytes);
+  return bytes.length;
 }
 
 /* Install the pending functions as the injector decided (verdicts by id).
@@ -343,6 +345,15 @@ function installPending(verdicts) {
       res.failed.push(f);
     }
   };
+  // one writable window per executable range instead of two mprotects per hook
+  let window = null;
+  const unlockFor = addr => {
+    if (window !== null && addr.compare(window.base) >= 0 && addr.add(8).compare(window.base.add(window.size)) <= 0) return;
+    if (window !== null) { st.nf.lockCode(); window = null; }
+    const r = Process.findRangeByAddress(addr);
+    if (r === null || r.protection !== 'r-x') return;
+    if (st.nf.unlockCode(uint64(r.base.toString()), uint64(r.base.add(r.size).toString())) === 0) window = r;
+  };
   for (const fn of todo) {
     const v = verdicts[fn.id] || verdicts[String(fn.id)];
     if (v === undefined || v.kind === 'skip') continue; // counted by the injector
@@ -350,6 +361,7 @@ function installPending(verdicts) {
     const n = writeHex(code, v.code);
     writeHex(expect, v.expect);
     writeHex(texpect, v.trampExpect || '');
+    unlockFor(ptr(fn.address));
     const stub = st.nf.install(fn.id, fn.role || 0, ptr(fn.address).add(v.patchOff), v.patchLen, ptr(v.slot),
       code, n, expect, ptr(v.tramp || '0x0'), texpect, why);
     if (!stub.isNull()) {
@@ -368,6 +380,7 @@ function installPending(verdicts) {
     res.demoted[reason] = (res.demoted[reason] || 0) + 1;
     attach(fn, reason);
   }
+  if (window !== null) st.nf.lockCode();
   Interceptor.flush();
   // triggers chosen before these functions existed
   for (const h of st.installed.slice(st.installed.length - res.replaced - res.attached))
@@ -428,6 +441,8 @@ function init(opts) {
     install: new NativeFunction(e('lt_install'), 'pointer',
       ['uint32', 'uint32', 'pointer', 'uint32', 'pointer', 'pointer', 'uint32', 'pointer', 'pointer', 'pointer', 'pointer']),
     revert: new NativeFunction(e('lt_revert'), 'int', ['pointer']),
+    unlockCode: new NativeFunction(e('lt_unlock_code'), 'int', ['uint64', 'uint64']),
+    lockCode: new NativeFunction(e('lt_lock_code'), 'void', []),
     ignore: new NativeFunction(e('lt_ignore_thread'), 'void', ['uint32']),
     ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
     detach: new NativeFunction(e('lt_detach'), 'void', []),

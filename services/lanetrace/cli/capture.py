@@ -252,6 +252,7 @@ def summarize(result: dict) -> dict:
         entry["dropsByThread"] = manifest.get("dropsByThread") or []
         entry["flight"] = flightopts.summary_lines(manifest)
         entry["topFunctions"] = (manifest.get("topFunctions") or [])[:10]
+        entry["hooks"] = manifest.get("hooks") or t.get("hooks") or {}
         targets.append(entry)
     return {"sessionId": result["sessionId"], "traceRoot": result["traceRoot"], "targets": targets}
 
@@ -278,6 +279,8 @@ def print_summary(summary: dict, as_json: bool) -> None:
                   f"{d.get('reason')}): {d.get('count')}", file=out)
         for line in t.get("flight", []):
             print(line, file=out)
+        if t.get("hooks"):
+            print(f"    {hooks_line(t['hooks'])}", file=out)
         print(f"    trace: {t['traceDir']}", file=out)
         if t["error"]:
             print(f"    problem: {t['error']}", file=out)
@@ -285,6 +288,16 @@ def print_summary(summary: dict, as_json: bool) -> None:
             print("    most-called functions:", file=out)
             for fn in t["topFunctions"]:
                 print(f"      {fn['calls']:>10}  {fn['name']}  ({fn.get('module', '')})", file=out)
+
+
+def hooks_line(hooks: dict) -> str:
+    """'hooks: 1329 fast, 39 fallback (unrelocatable 39), 2 skipped (...)':
+    every selected function is in one of the three, with the reasons."""
+    def by_reason(counts: dict) -> str:
+        return f" ({', '.join(f'{r} {n}' for r, n in counts.items())})" if counts else ""
+    return (f"hooks: {hooks.get('fast', 0)} fast, {hooks.get('fallback', 0)} fallback"
+            f"{by_reason(hooks.get('fallbackByReason') or {})}, {hooks.get('skipped', 0)} skipped"
+            f"{by_reason(hooks.get('skippedByReason') or {})}; the list is in trace.json")
 
 
 def _signame(num: int) -> str:
