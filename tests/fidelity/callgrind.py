@@ -20,8 +20,12 @@ How the out file is read (callgrind 3.19, run with ``--dump-instr=yes
   first instruction (a jump into the middle of a function, or callgrind's
   pseudo-call for a return that lands somewhere unexpected, is not an entry),
   minus the function's own jumps back to its start (a loop, not a call; a real
-  recursive ``call`` instruction still counts). Self-transfers are told apart
-  by disassembling the call site with objdump.
+  recursive ``call`` instruction still counts). "Its own" means the call site
+  lies inside the function's symbol extent (``nm -S``), not that callgrind
+  gives caller and callee one name: in a stripped library callgrind names a
+  static function after the export before it, so a tail call from it looks
+  like a self-call. A site inside the extent is disassembled with objdump to
+  tell a ``call`` from a jump.
 """
 from __future__ import annotations
 
@@ -58,11 +62,11 @@ def _is_call_instruction(obj: str, address: int) -> bool:
     raise AssertionError(f"objdump found no instruction at {address:#x} in {obj}")
 
 
-def entry_counts(out_file: str) -> Counter:
+def entry_counts(out_file: str, extents: dict[str, dict[int, int]]) -> Counter:
     """(object path, offset of the entered instruction) -> entries.
 
-    Only transfers to a function's first instruction matter to the caller of
-    this (it looks up the offsets of the functions it compares)."""
+    extents: object path -> {function offset: size} (see symbol_table), for
+    the objects whose loops must not count as entries."""
     counts: Counter = Counter()
     ob = fn = None
     callee_ob = callee_fn = None
@@ -74,10 +78,9 @@ def entry_counts(out_file: str) -> Counter:
                 pending = None
                 site = int(line.split()[0], 16)
                 target_ob = callee_ob or ob
-                if (target_ob == ob and callee_fn == fn
-                        and not _is_call_instruction(ob, site)):
-                    pass  # a jump back to its own entry: a loop
-                else:
+                size = extents.get(target_ob, {}).get(target, 0)
+                inside = target <= site < target + size if size else callee_fn == fn
+                if not (target_ob == ob and inside and not _is_call_instruction(ob, site)):
                     counts[(target_ob, target)] += count
                 callee_ob = callee_fn = None
                 continue
@@ -95,19 +98,29 @@ def entry_counts(out_file: str) -> Counter:
     return counts
 
 
-def symbol_offsets(path: str) -> dict[str, int]:
-    """Function name -> offset in the file, from the symbol table, or from the
-    dynamic one when the file is stripped (Debian's libraries)."""
-    offsets = {}
-    for args in (["nm", "--defined-only"], ["nm", "-D", "--defined-only"]):
+def symbol_table(path: str) -> dict[str, tuple[int, int]]:
+    """Function name -> (offset in the file, size), from the symbol table, or
+    from the dynamic one when the file is stripped (Debian's libraries)."""
+    table = {}
+    for args in (["nm", "-S", "--defined-only"], ["nm", "-S", "-D", "--defined-only"]):
         out = subprocess.run([*args, path], capture_output=True, text=True).stdout
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) == 3 and parts[1] in "tTiWw":
-                offsets.setdefault(parts[2].split("@")[0], int(parts[0], 16))
-        if offsets:
-            return offsets
+            if len(parts) == 4 and parts[2] in "tTiWw":
+                table.setdefault(parts[3].split("@")[0], (int(parts[0], 16), int(parts[1], 16)))
+            elif len(parts) == 3 and parts[1] in "tTiWw":  # no size
+                table.setdefault(parts[2].split("@")[0], (int(parts[0], 16), 0))
+        if table:
+            return table
     raise AssertionError(f"{path} has no function symbols")
+
+
+def extents_of(table: dict[str, tuple[int, int]]) -> dict[int, int]:
+    return {offset: size for offset, size in table.values()}
+
+
+def symbol_offsets(path: str) -> dict[str, int]:
+    return {name: offset for name, (offset, _) in symbol_table(path).items()}
 
 
 def objects(out_file: str) -> dict[str, str]:

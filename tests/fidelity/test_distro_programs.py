@@ -121,8 +121,9 @@ def _sqlite_callgrind(directory: str) -> dict:
     assert proc.returncode == 0, proc.stderr[-2000:]
     objects = callgrind.objects(out_file)
     lib = next(path for name, path in objects.items() if name.startswith("libsqlite3"))
-    counts = callgrind.entry_counts(out_file)
-    offsets = callgrind.symbol_offsets(lib)
+    table = callgrind.symbol_table(lib)
+    counts = callgrind.entry_counts(out_file, {lib: callgrind.extents_of(table)})
+    offsets = {name: offset for name, (offset, _) in table.items()}
     return {"offsets": offsets,
             "calls": {str(offset): counts[(lib, offset)] for offset in set(offsets.values())},
             "stdout": proc.stdout.decode("latin-1")}
