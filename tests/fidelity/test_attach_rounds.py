@@ -55,8 +55,12 @@ def _start(script_dir: str, prefix=()) -> tuple[subprocess.Popen, str]:
 
 
 def _attach_once(pid: int, out: str) -> Trace:
-    proc = run_lanetrace(["attach", "-o", out, *CAPTURE_OPTIONS, "--duration", "1", *SELECTION,
-                          str(pid)], timeout=120)
+    try:
+        proc = run_lanetrace(["attach", "-o", out, *CAPTURE_OPTIONS, "--duration", "1",
+                              *SELECTION, str(pid)], timeout=120)
+    except subprocess.TimeoutExpired as e:
+        stderr = (e.stderr or b"").decode(errors="replace")
+        pytest.fail(f"`lanetrace attach --duration 1` did not end within 120 s: {stderr[-600:]}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return Trace(single_trace_dir(out))
 
