@@ -111,7 +111,11 @@ def calls_by_function(trace: Trace) -> Counter:
 
 
 def hook_report_problems(manifest: dict) -> list[str]:
-    """The trace.json "hooks" object is complete and adds up."""
+    """The trace.json "hooks" object is complete and adds up:
+    {"fast": int, "fallback": int, "skipped": int,
+     "skippedByReason": {reason: count}, "fallbackByReason": {reason: count},
+     "skippedFunctions": [{"name": "module!function", "reason": reason}]}
+    with skip reasons among SKIP_REASONS."""
     hooks = manifest.get("hooks")
     if not isinstance(hooks, dict):
         return [f"trace.json has no \"hooks\" object (keys: {sorted(manifest)})"]
