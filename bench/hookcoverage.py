@@ -24,6 +24,7 @@ def corpus(workdir: str) -> dict[str, tuple[list[str], list[str]]]:
     data = os.path.join(workdir, "data.bin")
     with open(data, "wb") as f:
         f.write(os.urandom(1 << 16))
+    subprocess.run(["xz", "-k", "-1", data], check=True)
     sql = ";".join(["create table t(a integer, b text)"]
                    + [f"insert into t values({i}, 'row{i}')" for i in range(200)]
                    + ["select count(*), sum(a), max(b) from t where a % 3 = 0"]) + ";"
@@ -33,7 +34,7 @@ def corpus(workdir: str) -> dict[str, tuple[list[str], list[str]]]:
         "openssl": (["-I", "libcrypto*"], ["openssl", "dgst", "-sha256", data]),
         "jq": (["-I", "libjq*", "-I", "libonig*"], ["jq", "-n", "-c", "[range(2000) | select(. % 7 == 0) | tostring | test(\"1$\")] | map(select(.)) | length"]),
         "xz": (["-I", "liblzma*"], ["xz", "-c", "-1", data]),
-        "xz-d": (["-I", "liblzma*"], ["sh", "-c", f"xz -c -1 {data} > {data}.xz; exec xz -dc {data}.xz"]),
+        "xz-d": (["-I", "liblzma*"], ["xz", "-dc", data + ".xz"]),
         "curl": (["-I", "libcurl*"], ["curl", "-s", f"file://{data}", "-o", "/dev/null", "-w", "%{size_download}\n"]),
     }
 

@@ -53,7 +53,7 @@ def _base_name(fn: str) -> str:
 
 def _is_call_instruction(obj: str, address: int) -> bool:
     out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", f"--start-address={address:#x}",
-                          f"--stop-address={address + 1:#x}", obj],
+                          f"--stop-address={address + 16:#x}", obj],  # room for the whole instruction
                          capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
         m = re.match(r"\s*([0-9a-f]+):\s+(\S+)", line)
