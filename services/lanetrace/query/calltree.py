@@ -174,26 +174,39 @@ class CallTree:
     # ---- walking ---------------------------------------------------------
 
     def walk(self, tid: int, start_rank: int = 0, stop_rank: int | None = None,
-             stack: list[_Frame] | None = None, until_empty: bool = False, group=0):
+             stack: list[_Frame] | None = None, until_empty: bool = False, group=0,
+             floor_rank: int = -1, resume_from: int | None = None):
         """Lines of thread ``tid`` from its first event at or after
         ``start_rank`` to before ``stop_rank``, then closing lines for the
         frames still open. Each item is ``(key, line)``; lines of one event
         share a key ``(group, rank)``. ``stack``: the frames open at the
-        start (default: reconstructed). ``until_empty``: stop once the
-        outermost frame of ``stack`` closed (a subtree walk)."""
+        start (default: rebuilt from the calls at or after ``floor_rank``;
+        on a fresh start they are shown first, as entries). ``resume_from``:
+        the view's own start when continuing after a cursor (nothing is
+        shown again). ``until_empty``: stop once the outermost frame of
+        ``stack`` closed (a subtree walk)."""
         idx = self.idx
         ranks = self.thread_ranks(tid)
         n = len(ranks)
         p = int(np.searchsorted(ranks, start_rank, "left"))
-        if p > 0 and p < n:
+        if resume_from is not None and 0 < p < n:
             # a leaf consumed its return together with its call
             prev, here = int(ranks[p - 1]), int(ranks[p])
-            if idx.ev_kind[prev] == ix.K_CALL and idx.ev_kind[here] == ix.K_RETURN:
+            if (resume_from <= prev < start_rank and idx.ev_kind[prev] == ix.K_CALL
+                    and idx.ev_kind[here] == ix.K_RETURN):
                 s = self.span_of(prev)
-                if s >= 0 and int(idx.sp_ret_rank[s]) == here and prev < start_rank:
+                if s >= 0 and int(idx.sp_ret_rank[s]) == here:
                     p += 1
         if stack is None:
-            stack = self.open_frames(tid, int(ranks[p]) if p < n else (1 << 31)) if p else []
+            stack = (self.open_frames(tid, int(ranks[p]) if p < n else (1 << 31), floor_rank)
+                     if p else [])
+            if until_empty and not stack:
+                return
+            if resume_from is None and stack:
+                key = (group, int(ranks[p - 1]))
+                for f in stack:
+                    if not f.hidden:
+                        yield key, self._line("leaf" if f.collapsed else "entry", tid, f)
         stop = (1 << 31) if stop_rank is None else stop_rank
         done = False
         while p < n and not done:
@@ -277,9 +290,10 @@ class CallTree:
             return "openAtTraceEnd", self.trace_end
         return "noReturn", int(self.idx.ev_ts[fate])
 
-    def interleaved(self, tids, start_rank=0, stop_rank=None):
+    def interleaved(self, tids, start_rank=0, stop_rank=None, resume_from=None):
         """The walks of several threads merged by time (key = global rank)."""
-        walks = [self.walk(tid, start_rank, stop_rank, group=0) for tid in tids]
+        walks = [self.walk(tid, start_rank, stop_rank, group=0, resume_from=resume_from)
+                 for tid in tids]
         return heapq.merge(*walks, key=lambda item: item[0])
 
     def subtree(self, span_or_rank: int, is_span=True, group=0):
@@ -319,15 +333,15 @@ class CallTree:
             stack = [root]
             start = root_rank + 1
         else:
-            stack = self.open_frames(tid, resume_rank, floor_rank=root_rank)
+            stack = None  # the walk rebuilds the subtree's open frames at resume_rank
             start = resume_rank
-            if not stack:
-                return
         if root_span >= 0:
             stop = int(idx.sp_ret_rank[root_span]) + 1
         else:
             stop = self._fate(np.asarray(self.thread_spans(tid)), root_rank)
-        yield from self.walk(tid, start, stop, stack=stack, until_empty=True, group=group)
+        yield from self.walk(tid, start, stop, stack=stack, until_empty=True, group=group,
+                             floor_rank=root_rank,
+                             resume_from=None if stack is not None else root_rank)
 
     # ---- lines -------------------------------------------------------------
 
@@ -497,22 +511,23 @@ def lines_for(tree: CallTree, tid=None, span=None, function=None, time_start=Non
         return _roots(tree, _function_roots(tree, function, tid, lo, stop), resume)
     tids = [tid] if tid is not None else tree.thread_ids()
     if interleave:
-        start = lo if resume is None else max(lo, resume[1] + 1)
-        if resume is not None and resume[1] >= END_KEY:
+        if resume is None:
+            return tree.interleaved(tids, lo, stop)
+        if resume[1] >= END_KEY:
             return iter(())
-        return tree.interleaved(tids, start, stop)
+        return tree.interleaved(tids, max(lo, resume[1] + 1), stop, resume_from=lo)
     return _sequential(tree, tids, lo, stop, resume)
 
 
 def _sequential(tree, tids, lo, stop, resume):
     first = 0 if resume is None else resume[0]
     for g in range(first, len(tids)):
-        start = lo
         if resume is not None and g == resume[0]:
             if resume[1] >= END_KEY:
                 continue
-            start = max(lo, resume[1] + 1)
-        yield from tree.walk(tids[g], start, stop, group=g)
+            yield from tree.walk(tids[g], max(lo, resume[1] + 1), stop, group=g, resume_from=lo)
+        else:
+            yield from tree.walk(tids[g], lo, stop, group=g)
 
 
 def _function_roots(tree, name, tid, lo, stop):
