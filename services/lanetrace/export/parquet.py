@@ -32,12 +32,12 @@ def export_parquet(trace_dir: str, out_dir: str) -> dict:
         t = store.get(os.path.basename(real))
     except RpcError as exc:
         raise ParquetExportError(f"{trace_dir}: {exc.data}") from None
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ParquetExportError(f"{out_dir} is not a directory")
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
         raise ParquetExportError(f"cannot create {out_dir}: {exc.strerror}") from None
-    if not os.path.isdir(out_dir):
-        raise ParquetExportError(f"{out_dir} is not a directory")
     files, rows, size = [], {}, 0
     for name, table in sql.tables(t).items():
         path = os.path.join(out_dir, f"{name}.parquet")

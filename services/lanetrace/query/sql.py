@@ -87,7 +87,9 @@ def _nullable(pa, typ, arr, valid):
 
 
 def _names(pa, values):
-    return pa.array([v or None for v in values], pa.string())
+    # "" (no name / no module) stays in the dictionary but no row points at it:
+    # those rows are null (a dictionary holding nulls is not valid Parquet)
+    return pa.array(list(values) or [""], pa.string())
 
 
 def tables(t) -> dict:
@@ -101,13 +103,18 @@ def tables(t) -> dict:
     names = _names(pa, t.names)
     modules = _names(pa, t.modules)
 
+    has_name = np.array([bool(v) for v in t.names] + [False], bool)
+    has_module = np.array([bool(v) for v in t.modules] + [False], bool)
+
     def by_function(fidx):
         fidx = np.asarray(fidx, np.int32)
-        valid = fidx >= 0
-        ind = (_plain(pa, pa.int32(), fidx) if valid.all()
-               else _nullable(pa, pa.int32(), fidx, valid))
-        return (pa.DictionaryArray.from_arrays(ind, names),
-                pa.DictionaryArray.from_arrays(ind, modules))
+        out = []
+        for dictionary, named in ((names, has_name), (modules, has_module)):
+            valid = named[fidx]  # fidx -1 reads the trailing False
+            ind = (_plain(pa, pa.int32(), fidx) if valid.all()
+                   else _nullable(pa, pa.int32(), fidx, valid))
+            out.append(pa.DictionaryArray.from_arrays(ind, dictionary))
+        return out
 
     n = len(idx.sp_start)
     sp_f, sp_m = by_function(idx.sp_fidx)
@@ -150,7 +157,8 @@ def tables(t) -> dict:
             lines.append(None)
     functions = pa.table({
         "function_id": pa.array(range(len(fns["name"])), pa.int32()),
-        "function": names, "module": modules,
+        "function": pa.array([v or None for v in t.names], pa.string()),
+        "module": pa.array([v or None for v in t.modules], pa.string()),
         "address": pa.array(fns["address"], pa.uint64()),
         "source_file": pa.array(files, pa.string()),
         "source_line": pa.array(lines, pa.int32()),
