@@ -152,13 +152,13 @@ def cmd_replay(args):
             out.write(orjson.dumps(line).decode() + "\n")
     else:
         origin = None if args.absolute else (t.idx.meta["timeStartNs"] or 0)
-        base = None
+        base, subtree = 0, None
         out.write(f"#{'TIME':>13} {'DURATION':>12}  {'TID':>7}    FUNCTION\n")
-        for _, line in items:
-            if args.function is not None and line["type"] != "signal":
-                if base is None or (line["type"] in ("entry", "leaf") and line["depth"] < base):
-                    base = line["depth"]
-            out.write(format_line(line, origin, base or 0) + "\n")
+        for key, line in items:
+            if args.function is not None and (line["threadId"], key[0]) != subtree:
+                # each subtree is indented from its root
+                subtree, base = (line["threadId"], key[0]), line["depth"]
+            out.write(format_line(line, origin, base) + "\n")
     out.flush()
     if tree.stats.orphan_returns:
         print(f"lanetrace: {tree.stats.orphan_returns} returns without a recorded call "
