@@ -66,14 +66,15 @@ class TreeOptions:
     """What a walk shows. ``max_depth``: lines of depth < max_depth (a call at
     the last level shows as a leaf with its whole duration); ``min_duration``:
     calls at least this long (calls that never returned always show);
-    ``args``: decode flight-recorder registers; ``param_count(fidx)``: how
-    many argument registers to show for a function (None: all six)."""
+    ``args``: decode flight-recorder registers; ``signature(fidx)``: a
+    function's (parameter count, returns a value) where known, else None
+    (then all six argument registers and rax show)."""
 
-    def __init__(self, max_depth=None, min_duration=None, args=True, param_count=None):
+    def __init__(self, max_depth=None, min_duration=None, args=True, signature=None):
         self.max_depth = max_depth
         self.min_duration = min_duration
         self.args = args
-        self.param_count = param_count or (lambda fidx: None)
+        self.signature = signature or (lambda fidx: None)
 
 
 class TreeStats:
@@ -361,7 +362,7 @@ class CallTree:
             args = self._registers(f.rank)
             if args is not None:
                 line["args"] = self._arguments(args, f.fidx)
-            if typ == "leaf" and f.span >= 0:
+            if typ == "leaf" and f.span >= 0 and self._returns(f.fidx):
                 rv = self._registers(int(idx.sp_ret_rank[f.span]))
                 if rv is not None and "rax" in rv:
                     line["returnValue"] = rv["rax"]
@@ -378,7 +379,7 @@ class CallTree:
                 "end": end}
         if end == "openAtTraceEnd":
             line["durationNs"] = None
-        if self.opt.args and ret_rank is not None:
+        if self.opt.args and ret_rank is not None and self._returns(f.fidx):
             rv = self._registers(ret_rank)
             if rv is not None and "rax" in rv:
                 line["returnValue"] = rv["rax"]
@@ -418,9 +419,13 @@ class CallTree:
             return dict(ev.function_return.return_registers)
         return None
 
+    def _returns(self, fidx: int) -> bool:
+        sig = self.opt.signature(fidx)
+        return sig is None or sig[1]
+
     def _arguments(self, regs: dict, fidx: int) -> dict:
-        n = self.opt.param_count(fidx)
-        names = ARG_REGISTERS if n is None else ARG_REGISTERS[:n]
+        sig = self.opt.signature(fidx)
+        names = ARG_REGISTERS if sig is None else ARG_REGISTERS[:sig[0]]
         return {f"arg{i}": regs[r] for i, r in enumerate(names) if r in regs}
 
 
@@ -430,7 +435,7 @@ CALLTREE_PARAMS = ("traceId", "threadId", "spanId", "functionName", "timeStartNs
                    "interleave", "maxDepth", "minDurationNs", "args", "limit", "cursor")
 
 
-def calltree_get(store, params, param_count=None) -> dict:
+def calltree_get(store, params, signature=None) -> dict:
     """A page of the call tree.
 
     Params: ``{traceId, threadId?, spanId?, functionName?, timeStartNs?,
@@ -476,7 +481,7 @@ def calltree_get(store, params, param_count=None) -> dict:
     if span is not None and span >= len(t.idx.sp_start):
         raise invalid_params(f"spanId: no span {span} (the trace has {len(t.idx.sp_start)})")
     tree = CallTree(t, TreeOptions(max_depth, min_dur, with_args,
-                                   param_count(t) if param_count else None))
+                                   signature(t) if signature else None))
     if tid is not None and tid not in tree.thread_ids():
         raise invalid_params(f"threadId: no thread {tid} in the trace")
     qkey = ["calltree", tid, span, fname, tlo, thi, interleave, max_depth, min_dur]

@@ -1,6 +1,7 @@
-"""How many parameters each function of a binary declares (DWARF
-``DW_TAG_formal_parameter`` children of its subprogram), so that a call's
-argument registers show as many ``argN`` as the function takes.
+"""What each function of a binary takes and gives back, from DWARF: the
+number of ``DW_TAG_formal_parameter`` children of its subprogram and
+whether it has a return type, so that a call shows as many ``argN`` as the
+function takes and a ``void`` function no return value.
 
 Binaries without debug info give {}; a variadic function counts its named
 parameters. Results are cached per (path, mtime, size).
@@ -14,8 +15,8 @@ from elftools.common.exceptions import DWARFError, ELFError
 from elftools.elf.elffile import ELFFile
 
 
-def parameter_counts(binary_path: str) -> dict[str, int]:
-    """Function name -> number of declared parameters; {} when unknown."""
+def signatures(binary_path: str) -> dict[str, tuple[int, bool]]:
+    """Function name -> (declared parameters, returns a value); {} when unknown."""
     try:
         st = os.stat(binary_path)
     except OSError:
@@ -24,8 +25,8 @@ def parameter_counts(binary_path: str) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=32)
-def _load(path: str, _mtime: int, _size: int) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _load(path: str, _mtime: int, _size: int) -> dict[str, tuple[int, bool]]:
+    out: dict[str, tuple[int, bool]] = {}
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
@@ -38,15 +39,15 @@ def _load(path: str, _mtime: int, _size: int) -> dict[str, int]:
                     name = die.attributes["DW_AT_name"].value.decode(errors="replace")
                     n = sum(1 for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter")
                     if "DW_AT_low_pc" in die.attributes or name not in out:
-                        out[name] = n
+                        out[name] = (n, "DW_AT_type" in die.attributes)
     except (OSError, ELFError, DWARFError, ValueError, KeyError, IndexError, AssertionError):
         return {}
     return out
 
 
 def for_trace(t):
-    """fidx -> parameter count (None when DWARF does not say) for an opened
-    trace: a module is looked up as the executable itself or a file of that
+    """fidx -> (parameters, returns a value), None when DWARF does not say,
+    for an opened trace: a module is looked up as the executable itself or a file of that
     name next to it (where the program's own libraries usually are)."""
     exe = t.manifest.get("executablePath") or (t.idx.meta.get("traceStart") or {}).get(
         "executablePath") or ""
@@ -59,13 +60,13 @@ def for_trace(t):
             got = {}
             if module and exe:
                 path = exe if module == os.path.basename(exe) else os.path.join(here, module)
-                got = parameter_counts(path)
+                got = signatures(path)
             by_module[module] = got
         return got
 
-    def count(fidx):
+    def signature(fidx):
         if fidx < 0 or fidx >= len(t.names):
             return None
         return counts(t.modules[fidx]).get(t.names[fidx])
 
-    return functools.lru_cache(maxsize=4096)(count)
+    return functools.lru_cache(maxsize=4096)(signature)
