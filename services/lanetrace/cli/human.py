@@ -21,8 +21,8 @@ def duration(ns) -> str:
 
 
 def relative(ns, origin) -> str:
-    """Time since ``origin`` as '+1.25s', '+12.5ms', '+850ns' (3 decimals at
-    most, trailing zeros dropped)."""
+    """Time since ``origin`` as '+1.25s', '+12.5ms', '+850ns', to the
+    microsecond at least (trailing zeros dropped)."""
     if ns is None:
         return "-"
     if origin is None:
@@ -32,7 +32,8 @@ def relative(ns, origin) -> str:
     d = abs(d)
     for scale, unit in _STEPS:
         if d >= scale:
-            text = f"{d / scale:.3f}".rstrip("0").rstrip(".")
+            digits = 6 if unit == "s" else 3
+            text = f"{d / scale:.{digits}f}".rstrip("0").rstrip(".")
             return f"{sign}{text}{unit}"
     return f"{sign}{d}ns"
 
