@@ -55,11 +55,12 @@ _UNWOUND_TAG = b"\x80\x01\x01"  # FunctionReturn.unwound (field 16) = true, as e
 
 
 class _Frame:
-    __slots__ = ("rank", "span", "fidx", "depth", "hidden", "collapsed", "ts")
+    __slots__ = ("rank", "span", "fidx", "depth", "hidden", "collapsed", "ts", "ret", "dur")
 
-    def __init__(self, rank, span, fidx, depth, hidden, collapsed, ts):
+    def __init__(self, rank, span, fidx, depth, hidden, collapsed, ts, ret, dur):
         self.rank, self.span, self.fidx, self.depth = rank, span, fidx, depth
         self.hidden, self.collapsed, self.ts = hidden, collapsed, ts
+        self.ret, self.dur = ret, dur  # the return's rank and the duration; -1/None if none
 
 
 class TreeOptions:
@@ -92,6 +93,9 @@ class CallTree:
         self.stats = TreeStats()
         self.trace_end = t.idx.meta["timeEndNs"] or 0
         self._tpos = {int(tid): j for j, tid in enumerate(np.asarray(t.idx.th_tids).tolist())}
+        # traces without flight-recorder details or unwound returns skip those lookups
+        self._details = len(t.idx.det_off) > 0
+        self._may_unwind = t.manifest.get("unwoundCount") != 0
 
     # ---- positions -----------------------------------------------------
 
@@ -161,16 +165,20 @@ class CallTree:
         around = cand[idx.sp_ret_rank[cand] > call_rank]
         return int(idx.sp_ret_rank[around[-1]]) if len(around) else None
 
-    def _frame(self, rank, span, depth, parent) -> _Frame:
+    def _frame(self, rank, span, depth, parent, fidx=None, ts=None, ret=None, dur=None) -> _Frame:
         idx, opt = self.idx, self.opt
+        if fidx is None:
+            fidx, ts = int(idx.ev_fidx[rank]), int(idx.ev_ts[rank])
+        if ret is None:
+            ret, dur = ((int(idx.sp_ret_rank[span]), int(idx.sp_dur[span])) if span >= 0
+                        else (-1, None))
         hidden = parent is not None and (parent.hidden or parent.collapsed)
         if opt.max_depth is not None and depth >= opt.max_depth:
             hidden = True
-        if opt.min_duration is not None and span >= 0 and int(idx.sp_dur[span]) < opt.min_duration:
+        if opt.min_duration is not None and dur is not None and dur < opt.min_duration:
             hidden = True
         collapsed = opt.max_depth is not None and depth == opt.max_depth - 1
-        return _Frame(rank, span, int(idx.ev_fidx[rank]), depth, hidden, collapsed,
-                      int(idx.ev_ts[rank]))
+        return _Frame(rank, span, fidx, depth, hidden, collapsed, ts, ret, dur)
 
     # ---- walking ---------------------------------------------------------
 
@@ -216,6 +224,16 @@ class CallTree:
             kinds = idx.ev_kind[chunk].tolist()
             fidxs = idx.ev_fidx[chunk].tolist()
             tss = idx.ev_ts[chunk].tolist()
+            # the span (if any) of every event as a call: one search per chunk
+            cr = idx.sp_call_rank
+            if len(cr):
+                pos = np.minimum(np.searchsorted(cr, chunk), len(cr) - 1)
+                is_span = np.asarray(cr[pos]) == chunk
+                spans = np.where(is_span, pos, -1).tolist()
+                rets = np.where(is_span, idx.sp_ret_rank[pos], -1).tolist()
+                durs = np.where(is_span, idx.sp_dur[pos], -1).tolist()
+            else:
+                spans = rets = durs = [-1] * len(r_list)
             m = min(CHUNK, len(r_list))
             i = 0
             while i < m:
@@ -226,10 +244,10 @@ class CallTree:
                 k = kinds[i]
                 key = (group, r)
                 if k == ix.K_CALL:
-                    s = self.span_of(r)
-                    f = self._frame(r, s, len(stack), stack[-1] if stack else None)
-                    leaf = (s >= 0 and i + 1 < len(r_list)
-                            and r_list[i + 1] == int(idx.sp_ret_rank[s]))
+                    s = spans[i]
+                    f = self._frame(r, s, len(stack), stack[-1] if stack else None, fidxs[i],
+                                    tss[i], rets[i], durs[i] if s >= 0 else None)
+                    leaf = s >= 0 and i + 1 < len(r_list) and r_list[i + 1] == rets[i]
                     if leaf and r_list[i + 1] < stop:
                         if not f.hidden:
                             yield key, self._line("leaf", tid, f, ret_rank=r_list[i + 1])
@@ -277,8 +295,7 @@ class CallTree:
             if f.hidden or f.collapsed:
                 continue
             if f.span >= 0:
-                ret = int(idx.sp_ret_rank[f.span])
-                yield key, self._exit(tid, f, int(idx.ev_ts[ret]), None, ret)
+                yield key, self._exit(tid, f, int(idx.ev_ts[f.ret]), None, f.ret)
             else:
                 end, ts = self._lost_end(tid, f)
                 yield key, self._exit(tid, f, ts, end, None)
@@ -347,23 +364,21 @@ class CallTree:
     # ---- lines -------------------------------------------------------------
 
     def _line(self, typ, tid, f: _Frame, ret_rank=None) -> dict:
-        t, idx = self.t, self.idx
+        t = self.t
         line = {"type": typ, "threadId": tid, "timestampNs": f.ts, "depth": f.depth,
                 "functionName": t.name_obj[f.fidx], "module": t.module_obj[f.fidx],
-                "callId": f.span if f.span >= 0 else None,
-                "durationNs": int(idx.sp_dur[f.span]) if f.span >= 0 else None}
+                "callId": f.span if f.span >= 0 else None, "durationNs": f.dur}
         if typ == "leaf":
             if f.span >= 0:
-                ret = int(idx.sp_ret_rank[f.span])
-                line["end"] = "unwound" if self._unwound(ret) else "returned"
+                line["end"] = "unwound" if self._unwound(f.ret) else "returned"
             else:
                 line["end"] = self._lost_end(tid, f)[0]
-        if self.opt.args:
+        if self.opt.args and self._details:
             args = self._registers(f.rank)
             if args is not None:
                 line["args"] = self._arguments(args, f.fidx)
             if typ == "leaf" and f.span >= 0 and self._returns(f.fidx):
-                rv = self._registers(int(idx.sp_ret_rank[f.span]))
+                rv = self._registers(f.ret)
                 if rv is not None and "rax" in rv:
                     line["returnValue"] = rv["rax"]
         return line
@@ -379,7 +394,7 @@ class CallTree:
                 "end": end}
         if end == "openAtTraceEnd":
             line["durationNs"] = None
-        if self.opt.args and ret_rank is not None and self._returns(f.fidx):
+        if self.opt.args and self._details and ret_rank is not None and self._returns(f.fidx):
             rv = self._registers(ret_rank)
             if rv is not None and "rax" in rv:
                 line["returnValue"] = rv["rax"]
@@ -400,6 +415,8 @@ class CallTree:
         return ev
 
     def _unwound(self, rank) -> bool:
+        if not self._may_unwind:
+            return False
         off, ln = int(self.idx.ev_off[rank]), int(self.idx.ev_len[rank])
         buf = self.t.events_buffer()
         if buf.find(_UNWOUND_TAG, off, off + ln) < 0:
