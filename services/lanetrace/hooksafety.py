@@ -60,6 +60,7 @@ UNRELOCATABLE = "unrelocatable"
 NO_MEMORY_NEAR = "no-memory-near"
 NOT_EXECUTABLE = "not-executable"
 UNREADABLE = "unreadable"
+ALREADY_PATCHED = "already-patched"
 
 REASON_TEXT = {
     COLD_PART: "split-off .cold part, not a function entry",
@@ -71,6 +72,7 @@ REASON_TEXT = {
     NO_MEMORY_NEAR: "no free memory within ±2 GiB for the hook slot",
     NOT_EXECUTABLE: "address is not in an executable mapping",
     UNREADABLE: "code could not be read",
+    ALREADY_PATCHED: "its entry already jumps into anonymous memory (another tracer's hook)",
 }
 
 _MD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
@@ -106,12 +108,15 @@ class ProcessMemory:
         self.pid = pid
         self._fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
         self.exec_ranges = []  # (start, end) of r-x mappings, sorted
+        self.anon_exec = []    # (start, end) of executable mappings with no file
         with open(f"/proc/{pid}/maps") as f:
             for line in f:
                 parts = line.split()
                 lo, hi = (int(x, 16) for x in parts[0].split("-"))
                 if parts[1][2] == "x" and parts[1][1] != "w":
                     self.exec_ranges.append((lo, hi))
+                if parts[1][2] == "x" and (len(parts) < 6 or not parts[5].startswith("/")):
+                    self.anon_exec.append((lo, hi))
         self.exec_ranges.sort()
 
     def close(self) -> None:
@@ -130,6 +135,9 @@ class ProcessMemory:
             return os.pread(self._fd, size, address)
         except OSError:
             return b""
+
+    def is_anonymous_code(self, address: int) -> bool:
+        return any(lo <= address < hi for lo, hi in self.anon_exec)
 
     def exec_range_of(self, address: int) -> tuple[int, int] | None:
         i = bisect.bisect_right(self.exec_ranges, (address, 1 << 64)) - 1
@@ -207,6 +215,19 @@ def _fixed_disp(insn, here: int) -> bytes | None:
 
 def _is_padding(insn) -> bool:
     return insn.id in (X.X86_INS_NOP, X.X86_INS_INT3) or insn.bytes == b"\x00\x00"
+
+
+def _hooked_elsewhere(mem: ProcessMemory, at: int, code: bytes) -> bool:
+    """The entry is a patch of some tracer: a jmp (directly, or through a
+    short jmp to a jmp) into executable memory that belongs to no file."""
+    for _ in range(2):
+        if code[:1] == b"\xe9" and len(code) >= 5:
+            return mem.is_anonymous_code(at + 5 + struct.unpack_from("<i", code, 1)[0])
+        if code[:1] != b"\xeb" or len(code) < 2:
+            return False
+        at = at + 2 + struct.unpack_from("<b", code, 1)[0]
+        code = mem.read(at, 5)
+    return False
 
 
 def _only_padding(code: bytes, address: int) -> bool:
@@ -448,6 +469,9 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
             verdicts[fid] = Verdict("skip", UNREADABLE)
             continue
         off = 4 if head.startswith(ENDBR64) else 0
+        if _hooked_elsewhere(mem, addr + off, head[off:off + 5]):
+            verdicts[fid] = Verdict("skip", ALREADY_PATCHED)
+            continue
         if next_slot >= module.slot_count or not module.slot_base:
             verdicts[fid] = Verdict("fallback", NO_MEMORY_NEAR)
             continue
