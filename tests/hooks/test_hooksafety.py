@@ -157,3 +157,38 @@ def test_summarize__skips_and_fallbacks__then_grouped_by_reason_with_every_funct
     assert out["skippedByReason"] == {hs.TOO_SHORT: 2, "excluded": 1}
     assert out["fallbackByReason"] == {hs.UNRELOCATABLE: 1}
     assert {s["name"] for s in out["skippedFunctions"]} == {"m!f2", "m!f4", "m!g"}
+
+
+def test_decide__entry_already_hooked_by_another_frida_session__then_skipped_already_patched():
+    import frida
+    from conftest import example
+    exe = example("sleeper")
+    proc = subprocess.Popen([exe, "30"], stdout=subprocess.PIPE, text=True)
+    session = None
+    try:
+        assert "pid" in proc.stdout.readline()
+        session = frida.attach(proc.pid)
+        script = session.create_script("""
+            const m = Process.getModuleByName('sleeper');
+            const f = m.findExportByName('heartbeat_tick') || m.findSymbolByName('heartbeat_tick');
+            Interceptor.attach(f, { onEnter() {} });
+            Interceptor.flush();
+            rpc.exports = { info: () => ({ base: m.base.toString(), size: m.size, f: f.toString() }) };""")
+        script.load()
+        info = script.exports_sync.info()
+        f = {"id": 1, "name": "heartbeat_tick", "module": "sleeper", "modulePath": exe,
+             "address": info["f"], "size": 32}
+        with hs.ProcessMemory(proc.pid) as mem:
+            scanner = hs.BranchScanner()
+            try:
+                plan = hs.ModulePlan("sleeper", int(info["base"], 16), info["size"],
+                                     [int(info["f"], 16)], int(info["base"], 16) - (1 << 20), 1)
+                v = hs.decide_module(mem, scanner, plan, [f])[1]
+            finally:
+                scanner.close()
+    finally:
+        if session is not None:
+            session.detach()
+        proc.kill()
+        proc.wait()
+    assert (v.kind, v.reason) == ("skip", hs.ALREADY_PATCHED)
