@@ -215,6 +215,14 @@ function moduleFunctions(mod) {
   return { fns, starts: Array.from(starts) };
 }
 
+/* moduleFunctions, enumerated once per module and plan */
+const functionsCache = new Map();
+function moduleFunctionsOnce(mod) {
+  let r = functionsCache.get(mod.path);
+  if (r === undefined) { r = moduleFunctions(mod); functionsCache.set(mod.path, r); }
+  return r;
+}
+
 /* Selection for one module -> {functions, skipped, starts}; assigns ids.
  * starts: every function entry of the module (for the injector's safety
  * analysis), when it was enumerated. */
@@ -228,7 +236,7 @@ function planModule(mod, sel, isMain) {
     (sel.include.length === 0 && sel.includeModules.length === 0 && isMain);
   const incPatterns = sel.include.filter(p => p.module === null || p.module.test(mod.name));
   if (!wholeModule && incPatterns.length === 0) return out;
-  const { fns, starts } = moduleFunctions(mod);
+  const { fns, starts } = moduleFunctionsOnce(mod);
   out.starts = starts;
   for (const f of fns) {
     const aliasMatch = re => f.aliases.find(n => re.test(n));
@@ -267,7 +275,7 @@ function planRoles(mod) {
     if (a === null || a.compare(mod.base) < 0 || a.compare(mod.base.add(mod.size)) >= 0) continue;
     const key = a.toString();
     if (st.byAddress.has(key)) continue;
-    const sym = mod.enumerateSymbols().find(x => x.address.equals(a) && x.size);
+    const sym = moduleFunctionsOnce(mod).fns.find(x => x.address.equals(a));
     const fn = { id: st.nextId++, module: mod.name, modulePath: mod.path, name, address: key,
       size: sym ? sym.size : 0, role };
     st.byAddress.set(key, fn);
@@ -291,11 +299,12 @@ function planModules(mods) {
       uint64(fns.length * SLOT_BYTES));
     res.modules.push({
       name: m.name, path: m.path, base: m.base.toString(), size: m.size,
-      starts: r.starts || moduleFunctions(m).starts,
+      starts: r.starts || moduleFunctionsOnce(m).starts,
       slotBase: slots.isNull() ? '0x0' : slots.toString(), slotCount: slots.isNull() ? 0 : fns.length,
     });
   }
   st.skippedTotal += res.skipped.length;
+  functionsCache.clear();
   return res;
 }
 
