@@ -55,6 +55,7 @@ class Section:
     more: Callable[[int], str] | str | None = None
     order: list | None = None  # display sort key of each record (default: as given)
     empty: str = "none"
+    header: str | None = None  # a line under the title (column names)
 
     def hint(self, shown: int) -> str:
         if callable(self.more):
@@ -88,11 +89,11 @@ class Answer:
         self.facts.append(line)
 
     def section(self, key, title, lines, records, total=None, noun="items", more=None,
-                order=None, empty="none") -> None:
+                order=None, empty="none", header=None) -> None:
         assert len(lines) == len(records)
         self.sections.append(Section(key, title, list(lines), list(records),
                                      len(lines) if total is None else max(total, len(lines)),
-                                     noun, more, order, empty))
+                                     noun, more, order, empty, header))
 
     # ---- fitting -----------------------------------------------------------
 
@@ -120,6 +121,8 @@ class Answer:
                 continue
             out.append(f"{s.title} ({k} of {s.total} shown):" if k < s.total
                        else f"{s.title} ({s.total}):")
+            if s.header and k:
+                out.append(INDENT + s.header)
             idx = range(k)
             if s.order is not None:
                 idx = sorted(idx, key=lambda i: s.order[i])
@@ -137,6 +140,8 @@ class Answer:
         reserve = count("(cut to fit tokenBudget=20000; a bigger budget shows more)\n")
         for s in self.sections:
             reserve += count(f"{s.title} ({s.total} of {s.total} shown):\n")
+            if s.header:
+                reserve += count(INDENT + s.header + "\n")
             note = s.note(0) if s.total else None
             if note:
                 reserve += count(note + "\n") + NOTE_SLACK
@@ -205,6 +210,6 @@ def fit_table(budget: int, headline: str, header: str, rows: list, total: int | 
     """A table (header line, one line per row) cut to the budget: what
     ``lanetrace query ... --budget N`` prints."""
     ans = Answer(budget, headline)
-    ans.fact(header)
-    ans.section("rows", noun, rows, list(range(len(rows))), total=total, noun=noun, more=more)
+    ans.section("rows", noun, rows, list(range(len(rows))), total=total, noun=noun, more=more,
+                header=header)
     return ans.render()

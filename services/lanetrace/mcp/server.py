@@ -150,6 +150,10 @@ def build_server(trace_root: str, allow_capture: bool = False) -> MCPServer:
         trace_id = os.path.relpath(t["traceDir"], root)
         lead = [f"captured: lanetrace {command}; exit status {summary['status']}"
                 + (f"; error: {t['error']}" if t.get("error") else "")]
+        out = summary.get("stdout", "").strip().splitlines()
+        if out:
+            lead.append(f"program output (last {min(3, len(out))} of {len(out)} lines): "
+                        + " | ".join(line[:160] for line in out[-3:]))
         if len(targets) > 1:
             lead.append("other traces of this session: " + ", ".join(
                 os.path.relpath(x["traceDir"], root) for x in targets[1:]))
