@@ -21,6 +21,7 @@ import orjson
 
 from lanetrace import atf
 from lanetrace import atf_v4_pb2 as pb
+from lanetrace.query import callgraph, calltree
 from lanetrace.query import index as ix
 from lanetrace.query import params as P
 from lanetrace.query.errors import INTERNAL_ERROR, METHOD_NOT_FOUND, RpcError, invalid_params
@@ -186,6 +187,8 @@ class Engine:
             "functions.list": self.functions_list,
             "threads.list": self.threads_list,
             "trace.diff": self.trace_diff,
+            "calltree.get": self.calltree_get,
+            "callgraph.get": self.callgraph_get,
         }
 
     def call(self, method: str, params):
@@ -679,6 +682,16 @@ class Engine:
             call_mask &= _isin(idx.ev_fidx, fidx)
             span_mask &= _isin(idx.sp_fidx, fidx)
         return ix.function_stats(idx.arrays, call_mask, span_mask, len(t.names))
+
+    # ---- calltree.get / callgraph.get ---------------------------------------
+
+    def calltree_get(self, params):
+        """A page of the replay tree; see calltree.calltree_get for params and result."""
+        return calltree.calltree_get(self.store, params)
+
+    def callgraph_get(self, params):
+        """The aggregated call graph; see callgraph.callgraph_get."""
+        return callgraph.callgraph_get(self.store, params)
 
     # ---- trace.diff ------------------------------------------------------
 
