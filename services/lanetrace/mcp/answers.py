@@ -329,6 +329,66 @@ class Answers:
                     out[(e["threadId"], e["timestampNs"], e["eventType"], e["functionName"])] = e["args"]
         return out
 
+    # ---- call_tree ---------------------------------------------------------
+
+    def call_tree(self, traceId, spanId=None, threadId=None, atNs=None, depth=None,
+                  cursor=None, tokenBudget=None):
+        budget = budget_of(tokenBudget)
+        if spanId is None and (threadId is None or atNs is None):
+            raise AnswerError("give spanId (from find_calls), or threadId and atNs "
+                              "(ns after the trace start)")
+        if spanId is not None and (threadId is not None or atNs is not None):
+            raise AnswerError("spanId excludes threadId and atNs")
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+            raise AnswerError("depth: must be an integer >= 1 (levels shown below the root)")
+        info = self._info(traceId)
+        t0 = info["timeStartNs"] or 0
+        params = {"traceId": traceId}
+        if spanId is not None:
+            params["spanId"] = spanId
+            where = f"call #{spanId}"
+        else:
+            if isinstance(atNs, bool) or not isinstance(atNs, int) or atNs < 0:
+                raise AnswerError("atNs: must be a non-negative integer (ns after the trace start)")
+            params.update(threadId=threadId, timeStartNs=t0 + atNs)
+            where = f"thread {threadId} from {rel(t0 + atNs, t0)} (frames open then come first)"
+        if depth is not None:
+            params["maxDepth"] = depth
+        if cursor:
+            params["cursor"] = cursor
+        first = self.q("calltree.get", dict(params, limit=min(PAGE_MAX, budget // 6 + 1)))
+        lines = first["lines"]
+        base = min((ln["depth"] for ln in lines), default=0)
+
+        def build(page, more_after):
+            ans = Answer(budget, f"trace {traceId}: call tree of {where}",
+                         {"traceId": traceId, "spanId": spanId, "threadId": threadId,
+                          "atNs": atNs, "traceStartNs": t0})
+            ans.fact("columns: time duration tid | call, two spaces per depth; "
+                     "`name() {` ... `}` encloses callees, `name();` is a leaf; "
+                     "args and return values inside flight-recorder windows")
+            recs = [dict(ln, timestampNs=ln["timestampNs"] - t0) for ln in page]
+            ans.section("lines", "calls", [tree_line_text(ln, t0, base) for ln in page], recs,
+                        noun="lines", more=more_after, open_ended=bool(more_after),
+                        empty="no calls there")
+            return ans.render()
+
+        more0 = first["metadata"].get("nextCursor")
+        probe = build(lines, "cursor=" + "x" * 80 if more0 else None)
+        shown = probe.structured["lines"]["shown"]
+        if shown == len(lines) and not more0:
+            return build(lines, None)
+        # the engine pages at event boundaries: take the largest page that fits
+        # what was shown, and its cursor, so that paging on misses no line
+        m = max(1, shown)
+        while True:
+            page = self.q("calltree.get", dict(params, limit=m))
+            if len(page["lines"]) <= max(shown, 1) or m == 1:
+                break
+            m -= 1
+        nxt = page["metadata"].get("nextCursor")
+        return build(page["lines"], f"cursor={nxt}" if nxt else None)
+
     # ---- flight_window -----------------------------------------------------
 
     def flight_window(self, traceId, window=None, tokenBudget=None):
@@ -508,3 +568,30 @@ def _divergence_line(t: dict) -> str:
     before = ", ".join(d["before"]) or "-"
     return (f"thread #{t['index'] + 1} (A tid {t['threadIdA']}, B tid {t['threadIdB']}) at call "
             f"{d['callIndex'] + 1} after {before}; " + "; ".join(sides))
+
+
+# ---- call trees (replay-style text) ----------------------------------------------
+
+def tree_line_text(line: dict, t0: int, base_depth: int = 0) -> str:
+    """One calltree.get line as replay text: duration, thread, then the call
+    indented two spaces per depth level (``name() {``, ``}``, ``name();``)."""
+    typ = line["type"]
+    indent = "  " * max(0, line["depth"] - base_depth)
+    d = dur(line["durationNs"]) if line.get("durationNs") is not None else "-"
+    name = line.get("functionName") or "?"
+    if typ == "signal":
+        sig = line.get("signal") or {}
+        return (f"{rel(line['timestampNs'], t0)} {'':>8} {line['threadId']} | {indent}"
+                f"/* signal {sig.get('number')} {sig.get('name') or ''} */")
+    args = line.get("args")
+    call = name + ("(" + ", ".join(f"{k}={_value(v)}" for k, v in args.items()) + ")" if args
+                   else "()")
+    ret = f" = {_value(line['returnValue'])}" if line.get("returnValue") is not None else ""
+    end = line.get("end")
+    mark = f" /* {end} */" if end and end != "returned" else ""
+    if typ == "entry":
+        return f"{rel(line['timestampNs'], t0)} {'':>8} {line['threadId']} | {indent}{call} {{"
+    if typ == "exit":
+        return (f"{rel(line['timestampNs'], t0)} {d:>8} {line['threadId']} | {indent}}}{ret}"
+                f" /* {name} */{mark}")
+    return f"{rel(line['timestampNs'], t0)} {d:>8} {line['threadId']} | {indent}{call};{ret}{mark}"

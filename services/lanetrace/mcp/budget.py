@@ -56,6 +56,7 @@ class Section:
     order: list | None = None  # display sort key of each record (default: as given)
     empty: str = "none"
     header: str | None = None  # a line under the title (column names)
+    open_ended: bool = False  # more records follow the given ones, how many is unknown
 
     def hint(self, shown: int) -> str:
         if callable(self.more):
@@ -64,9 +65,11 @@ class Section:
 
     def note(self, shown: int) -> str | None:
         left = self.total - shown
+        hint = self.hint(shown)
+        if self.open_ended:
+            return f"{INDENT}... more {self.noun} follow" + (f": {hint}" if hint else "")
         if left <= 0:
             return None
-        hint = self.hint(shown)
         return f"{INDENT}... {left} more {self.noun} not shown" + (f": {hint}" if hint else "")
 
 
@@ -89,11 +92,14 @@ class Answer:
         self.facts.append(line)
 
     def section(self, key, title, lines, records, total=None, noun="items", more=None,
-                order=None, empty="none", header=None) -> None:
+                order=None, empty="none", header=None, open_ended=False) -> None:
+        """``open_ended``: more records follow ``lines``, a number not known
+        (``total`` is then ignored)."""
         assert len(lines) == len(records)
         self.sections.append(Section(key, title, list(lines), list(records),
-                                     len(lines) if total is None else max(total, len(lines)),
-                                     noun, more, order, empty, header))
+                                     len(lines) if total is None or open_ended
+                                     else max(total, len(lines)),
+                                     noun, more, order, empty, header, open_ended))
 
     # ---- fitting -----------------------------------------------------------
 
@@ -116,11 +122,14 @@ class Answer:
         out.extend(self.facts[:n_facts])
         for s_idx, s in enumerate(self.sections):
             k = shown[s_idx]
-            if s.total == 0:
+            if s.total == 0 and not s.open_ended:
                 out.append(f"{s.title}: {s.empty}")
                 continue
-            out.append(f"{s.title} ({k} of {s.total} shown):" if k < s.total
-                       else f"{s.title} ({s.total}):")
+            if s.open_ended:
+                out.append(f"{s.title} (first {k} shown):")
+            else:
+                out.append(f"{s.title} ({k} of {s.total} shown):" if k < s.total
+                           else f"{s.title} ({s.total}):")
             if s.header and k:
                 out.append(INDENT + s.header)
             idx = range(k)
@@ -142,7 +151,7 @@ class Answer:
             reserve += count(f"{s.title} ({s.total} of {s.total} shown):\n")
             if s.header:
                 reserve += count(INDENT + s.header + "\n")
-            note = s.note(0) if s.total else None
+            note = s.note(0) if s.total or s.open_ended else None
             if note:
                 reserve += count(note + "\n") + NOTE_SLACK
         used = head + reserve
@@ -193,8 +202,9 @@ class Answer:
             idx = list(range(k))
             if s.order is not None:
                 idx.sort(key=lambda i: s.order[i])
-            entry = {"total": s.total, "shown": k, "items": [s.records[i] for i in idx]}
-            if k < s.total:
+            entry = {"total": None if s.open_ended else s.total, "shown": k,
+                     "items": [s.records[i] for i in idx]}
+            if k < s.total or s.open_ended:
                 entry["more"] = s.hint(k) or None
             out[s.key] = entry
         out["factsShown"] = n_facts

@@ -22,7 +22,7 @@ CAPTURE_TOOLS = ("run_trace", "attach_trace")
 INSTRUCTIONS = """\
 lanetrace records every call and return of a program's functions, per thread.
 Start with list_traces, then trace_summary; drill down with hot_functions,
-find_calls (page with its cursor), call_tree, flight_window (arguments and
+find_calls (page with its cursor), call_tree (replay text), flight_window (arguments and
 return values around a trigger) and diff_traces (failing run vs passing run).
 Every answer fits tokenBudget (default 2000, 200..20000) and says what it left
 out and how to get it. Times are relative to the trace start: +1.25s, and the
@@ -113,6 +113,24 @@ def build_server(trace_root: str, allow_capture: bool = False) -> MCPServer:
         answer gives."""
         return answers.find_calls(traceId, function, threadId, fromNs, toNs, minDurationNs,
                                   cursor, tokenBudget)
+
+    @tool
+    def call_tree(traceId: TraceId,
+                  spanId: Annotated[int | None, Field(
+                      description="a call's span id (the #N of find_calls): its subtree")] = None,
+                  threadId: Annotated[int | None, Field(
+                      description="with atNs: that thread's calls from that time on")] = None,
+                  atNs: Ns = None,
+                  depth: Annotated[int | None, Field(
+                      description="levels shown; deeper calls fold into their caller's line")] = None,
+                  cursor: Annotated[str | None, Field(
+                      description="the cursor a previous call_tree answer gave")] = None,
+                  tokenBudget: Budget = None):
+        """The call tree at a point, as replay text (like uftrace replay): one
+        line per call with its duration and thread, callees indented under
+        `name() {` ... `}`, arguments and return values inside flight-recorder
+        windows. Give spanId, or threadId and atNs."""
+        return answers.call_tree(traceId, spanId, threadId, atNs, depth, cursor, tokenBudget)
 
     @tool
     def flight_window(traceId: TraceId,
