@@ -10,11 +10,13 @@ relative to the trace's first event (``+1.234567s``); the ``fromNs``,
 from __future__ import annotations
 
 import os
+import threading
 
 import orjson
 
 from lanetrace import atf
 from lanetrace.mcp.budget import Answer, check_budget
+from lanetrace.query import index as ix
 from lanetrace.query.engine import Engine
 from lanetrace.query.errors import RpcError
 
@@ -23,6 +25,7 @@ ORDER_BY = ("selfTimeNs", "totalTimeNs", "calls")
 HOT_LIMIT = 100
 PAGE_MAX = 10_000  # the engine's page limit
 SUMMARY_HOT = 30
+DIFF_MEMO = 4
 
 
 class AnswerError(Exception):
@@ -71,6 +74,8 @@ class Answers:
     def __init__(self, trace_root: str):
         self.root = os.path.realpath(trace_root)
         self.engine = Engine(self.root, subprocess_builds=True)
+        self._diffs: dict = {}
+        self._diff_lock = threading.Lock()
 
     def close(self):
         self.engine.close()
@@ -283,8 +288,8 @@ class Answers:
 
         def more(shown):
             if shown not in cursors:
-                if shown == 0:
-                    cursors[0] = f"cursor={cursor}" if cursor else "raise tokenBudget"
+                if shown == 0:  # not even one call fits: paging on would not progress
+                    cursors[0] = "raise tokenBudget to see the next call"
                 else:
                     nxt = self.q("spans.list", dict(base, limit=shown,
                                                     **({"cursor": cursor} if cursor else {})))
@@ -301,7 +306,7 @@ class Answers:
                      {"traceId": traceId, "totalCount": meta["totalCount"], "offset": after})
         ans.fact("columns: #spanId tid start duration depth call(args) = return")
         ans.section("calls", "calls", lines, recs, total=total_left, noun="calls", more=more,
-                    empty="none match")
+                    empty="none match", essential=True)
         return ans.render()
 
     def _registers(self, trace_id, spans, windows):
@@ -370,24 +375,30 @@ class Answers:
             recs = [dict(ln, timestampNs=ln["timestampNs"] - t0) for ln in page]
             ans.section("lines", "calls", [tree_line_text(ln, t0, base) for ln in page], recs,
                         noun="lines", more=more_after, open_ended=bool(more_after),
-                        empty="no calls there")
+                        empty="no calls there", essential=True)
             return ans.render()
 
         more0 = first["metadata"].get("nextCursor")
-        probe = build(lines, "cursor=" + "x" * 80 if more0 else None)
+        probe = build(lines, f"cursor={more0}" if more0 else None)
         shown = probe.structured["lines"]["shown"]
         if shown == len(lines) and not more0:
-            return build(lines, None)
-        # the engine pages at event boundaries: take the largest page that fits
-        # what was shown, and its cursor, so that paging on misses no line
-        m = max(1, shown)
-        while True:
-            page = self.q("calltree.get", dict(params, limit=m))
-            if len(page["lines"]) <= max(shown, 1) or m == 1:
-                break
-            m -= 1
-        nxt = page["metadata"].get("nextCursor")
-        return build(page["lines"], f"cursor={nxt}" if nxt else None)
+            return probe
+        # the engine pages at event boundaries: take the largest page whose
+        # lines all fit, and its cursor, so that paging on misses no line
+        while shown:
+            m = shown
+            while True:
+                page = self.q("calltree.get", dict(params, limit=m))
+                if len(page["lines"]) <= shown or m == 1:
+                    break
+                m -= 1
+            nxt = page["metadata"].get("nextCursor")
+            r = build(page["lines"], f"cursor={nxt}" if nxt else None)
+            if r.structured["lines"]["shown"] == len(page["lines"]):
+                return r
+            shown = r.structured["lines"]["shown"]
+        # not even one line fits: a cursor would skip it
+        return build(lines, "raise tokenBudget to see the next line")
 
     # ---- flight_window -----------------------------------------------------
 
@@ -452,9 +463,24 @@ class Answers:
 
     # ---- diff_traces -------------------------------------------------------
 
+    def _diff(self, a, b):
+        """trace.diff, remembered for the last few pairs: an agent asks again
+        with other budgets, and a diff reads both traces whole."""
+        key = tuple((p, ix.fingerprint(p)) for p in (self._resolve(a, "traceIdA"),
+                                                     self._resolve(b, "traceIdB")))
+        with self._diff_lock:
+            hit = self._diffs.get(key)
+        if hit is None:
+            hit = self.q("trace.diff", {"traceIdA": a, "traceIdB": b})
+            with self._diff_lock:
+                self._diffs[key] = hit
+                while len(self._diffs) > DIFF_MEMO:
+                    self._diffs.pop(next(iter(self._diffs)))
+        return hit
+
     def diff_traces(self, traceIdA, traceIdB, tokenBudget=None):
         budget = budget_of(tokenBudget)
-        d = self.q("trace.diff", {"traceIdA": traceIdA, "traceIdB": traceIdB})
+        d = self._diff(traceIdA, traceIdB)
         a, b = d["traceA"], d["traceB"]
         f = d["functions"]
         ans = Answer(budget, f"diff A={traceIdA} B={traceIdB}: "

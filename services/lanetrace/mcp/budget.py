@@ -24,8 +24,8 @@ DEFAULT_BUDGET = 2_000
 TIERS = (3, 10, 30, 100, 300, 1_000, 3_000, 10_000, 1 << 62)
 INDENT = "  "
 # the notes' numbers and cursors vary with what is shown: keep this much spare
-NOTE_SLACK = 8
-FOOTER_RESERVE = 24
+NOTE_SLACK = 4
+CUT_LINE = "(cut to fit tokenBudget={}; a bigger budget shows more)"
 
 
 class BudgetError(ValueError):
@@ -57,6 +57,7 @@ class Section:
     empty: str = "none"
     header: str | None = None  # a line under the title (column names)
     open_ended: bool = False  # more records follow the given ones, how many is unknown
+    essential: bool = False  # its first record goes before the facts (a page must progress)
 
     def hint(self, shown: int) -> str:
         if callable(self.more):
@@ -92,32 +93,36 @@ class Answer:
         self.facts.append(line)
 
     def section(self, key, title, lines, records, total=None, noun="items", more=None,
-                order=None, empty="none", header=None, open_ended=False) -> None:
+                order=None, empty="none", header=None, open_ended=False,
+                essential=False) -> None:
         """``open_ended``: more records follow ``lines``, a number not known
         (``total`` is then ignored)."""
         assert len(lines) == len(records)
         self.sections.append(Section(key, title, list(lines), list(records),
                                      len(lines) if total is None or open_ended
                                      else max(total, len(lines)),
-                                     noun, more, order, empty, header, open_ended))
+                                     noun, more, order, empty, header, open_ended, essential))
 
     # ---- fitting -----------------------------------------------------------
 
     def _admission_order(self):
+        first = [s_idx for s_idx, s in enumerate(self.sections) if s.essential and s.lines]
+        for s_idx in first:
+            yield (s_idx, 0)
         for i in range(len(self.facts)):
             yield ("fact", i)
         lo = 0
         for hi in TIERS:
             more = False
             for s_idx, s in enumerate(self.sections):
-                for i in range(lo, min(hi, len(s.lines))):
+                for i in range(max(lo, 1 if s_idx in first else 0), min(hi, len(s.lines))):
                     yield (s_idx, i)
                 more |= len(s.lines) > hi
             if not more:
                 return
             lo = hi
 
-    def _render(self, n_facts, shown, cut) -> str:
+    def _render(self, n_facts, shown) -> str:
         out = [self.headline]
         out.extend(self.facts[:n_facts])
         for s_idx, s in enumerate(self.sections):
@@ -139,14 +144,15 @@ class Answer:
             note = s.note(k)
             if note:
                 out.append(note)
-        if cut:
-            out.append(f"(cut to fit tokenBudget={self.budget}; a bigger budget shows more)")
+        if n_facts < len(self.facts):  # the lists' own notes say what they left out
+            out.append(CUT_LINE.format(self.budget))
         return "\n".join(out)
 
     def render(self) -> Rendered:
         count = tokens.count
-        head = count(self.headline + "\n") + FOOTER_RESERVE
-        reserve = count("(cut to fit tokenBudget=20000; a bigger budget shows more)\n")
+        head = count(self.headline + "\n") + count(self._footer(self.budget) + "\n")
+        cut_cost = count(CUT_LINE.format(self.budget) + "\n")
+        reserve = 0
         for s in self.sections:
             reserve += count(f"{s.title} ({s.total} of {s.total} shown):\n")
             if s.header:
@@ -162,7 +168,8 @@ class Answer:
         for where, i in order:
             line = self.facts[i] if where == "fact" else INDENT + self.sections[where].lines[i]
             cost = count(line + "\n")
-            if used + cost > self.budget:
+            cut_if = cut_cost if where == "fact" and i + 1 < len(self.facts) else 0
+            if used + cost + cut_if > self.budget:
                 break
             used += cost
             admitted += 1
@@ -173,7 +180,7 @@ class Answer:
         # exact count of the real text; drop records from the end while over
         while True:
             cut = admitted < len(order)
-            body = self._render(n_facts, shown, cut)
+            body = self._render(n_facts, shown)
             text, n = self._with_footer(body)
             if n <= self.budget or admitted == 0:
                 break
@@ -185,10 +192,13 @@ class Answer:
                 shown[where] -= 1
         return Rendered(text, self._structured(n_facts, shown, cut, n), n)
 
+    def _footer(self, n):
+        return f"[{n} tokens ({tokens.tokenizer_name()}), tokenBudget {self.budget}]"
+
     def _with_footer(self, body):
         n = tokens.count(body)
         for _ in range(4):  # the footer holds its own count: settle it
-            text = f"{body}\n[{n} tokens ({tokens.tokenizer_name()}), tokenBudget {self.budget}]"
+            text = f"{body}\n{self._footer(n)}"
             m = tokens.count(text)
             if m == n:
                 break
