@@ -84,7 +84,7 @@ class Answers:
         try:
             return self.engine.call(method, params)
         except RpcError as exc:
-            raise AnswerError(_rpc_message(exc, params)) from None
+            raise AnswerError(_rpc_message(exc)) from None
 
     def _manifest(self, trace_id: str) -> dict:
         path = self._resolve(trace_id)
@@ -99,7 +99,7 @@ class Answers:
         try:
             return self.engine.store.resolve(trace_id, name)
         except RpcError as exc:
-            raise AnswerError(_rpc_message(exc, {name: trace_id})) from None
+            raise AnswerError(_rpc_message(exc)) from None
 
     def _info(self, trace_id) -> dict:
         return self.q("trace.info", {"traceId": trace_id})
@@ -169,7 +169,7 @@ class Answers:
         ab_lines = abnormal(m, info)
         ans.section("abnormal", "abnormal", ab_lines, ab_lines, noun="findings")
         ans.section("hottest", "hottest functions by self time",
-                    [_fn_line(f) for f in hot], hot, total=info["functionCount"],
+                    [_fn_line(f) for f in hot], hot, total=_called(hot, SUMMARY_HOT, info),
                     noun="functions", more=f"hot_functions traceId={traceId}")
         wl, wr = self._window_rows(traceId, info, m)
         ans.section("windows", "flight-recorder windows", wl, wr, noun="windows",
@@ -231,8 +231,8 @@ class Answers:
         info = self._info(traceId)
         rows = self.q("functions.list", {"traceId": traceId, "orderBy": order,
                                          "limit": limit or HOT_LIMIT})["functions"]
-        total = info["functionCount"]
-        ans = Answer(budget, f"trace {traceId}: {total} functions by {order}",
+        total = _called(rows, limit or HOT_LIMIT, info)
+        ans = Answer(budget, f"trace {traceId}: {total} functions called, by {order}",
                      {"traceId": traceId, "functions": total, "orderBy": order})
         ans.fact("columns: name  self  total  calls  max  [module]  [file:line]")
         more = (f"raise limit (now {limit or HOT_LIMIT}) or tokenBudget; "
@@ -518,7 +518,13 @@ def budget_of(value) -> int:
         raise AnswerError(str(exc)) from None
 
 
-def _rpc_message(exc: RpcError, params: dict) -> str:
+def _called(rows, limit, info) -> int:
+    """Functions with calls: all of them when functions.list returned fewer
+    than asked, else at most the trace's function count."""
+    return len(rows) if len(rows) < limit else max(len(rows), info["functionCount"])
+
+
+def _rpc_message(exc: RpcError) -> str:
     if exc.code == -32000:
         return (f"unknown trace {exc.data!r}: no trace.json and events.bin there "
                 "(list_traces shows the trace ids)")
