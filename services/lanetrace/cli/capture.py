@@ -14,7 +14,7 @@ import time
 import orjson
 
 from lanetrace import atf
-from lanetrace.cli import CliError, flightopts
+from lanetrace.cli import CliError, flightopts, human
 from lanetrace.cli.argtypes import int_range, positive_float
 from lanetrace.cli.maintenance import remove_session_segments
 from lanetrace.cli.status import StatusLine
@@ -248,6 +248,8 @@ def summarize(result: dict) -> dict:
             manifest = {}
         entry["events"] = manifest.get("eventCount", 0)
         entry["threads"] = manifest.get("threadCount", 0)
+        t0, t1 = manifest.get("timeStartNs"), manifest.get("timeEndNs")
+        entry["durationNs"] = t1 - t0 if isinstance(t0, int) and isinstance(t1, int) else None
         entry["drops"] = {k: v for k, v in (manifest.get("drops") or {}).items() if v}
         entry["dropsByThread"] = manifest.get("dropsByThread") or []
         entry["flight"] = flightopts.summary_lines(manifest)
@@ -271,7 +273,8 @@ def print_summary(summary: dict, as_json: bool) -> None:
             how = f"exit code {t['exitCode']}"
         drops = ", ".join(f"{k}={v}" for k, v in sorted(t["drops"].items())) or "none"
         print(f"  pid {t['pid']} ({t['program']}): {how}", file=out)
-        print(f"    events recorded: {t['events']} on {t['threads']} threads; drops: {drops}",
+        span = f" over {human.duration(t['durationNs'])}" if t.get("durationNs") is not None else ""
+        print(f"    events recorded: {t['events']} on {t['threads']} threads{span}; drops: {drops}",
               file=out)
         for d in t.get("dropsByThread", [])[:10]:
             print(f"      dropped on tid {d.get('tid')} ({d.get('lane')} lane, "

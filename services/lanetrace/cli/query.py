@@ -10,6 +10,7 @@ import sys
 import orjson
 
 from lanetrace.cli import CliError
+from lanetrace.cli import human
 
 DEFAULT_SERVER = "http://127.0.0.1:9090"
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -189,8 +190,12 @@ def _cell(v):
     return str(v)
 
 
+_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?( ?(ns|us|ms|s))?")
+
+
 def _numeric(v: str) -> bool:
-    return v.lstrip("-").replace(".", "", 1).isdigit()
+    """Numbers, durations ('1.5 ms') and relative times ('+1.25s') align right."""
+    return _NUMBER.fullmatch(v) is not None
 
 
 def _filters(args, **extra):
@@ -223,6 +228,27 @@ def _page_footer(meta):
     if meta.get("nextCursor"):
         s += f"; next page: --cursor {meta['nextCursor']}"
     return s
+
+
+def _origin(args):
+    """The trace's start (ns): human tables show times relative to it."""
+    return _call(args, "trace.info", {"traceId": args.trace_id}).get("timeStartNs")
+
+
+def _humanize(rows, origin, times=(), durations=()):
+    """Rows for a table: ``times`` as '+1.25ms' after the trace start,
+    ``durations`` with units (the JSON output keeps raw nanoseconds)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        for src, dst in times:
+            if src in row:
+                row[dst] = human.relative(row.pop(src), origin)
+        for src, dst in durations:
+            if src in row:
+                row[dst] = human.duration(row.pop(src))
+        out.append(row)
+    return out
 
 
 def _pipe_safe(fn):
@@ -280,10 +306,13 @@ def cmd_events(args):
                                                   "args": args.args},
                                    "orderBy": args.order_by, "ascending": not args.desc})
     r = _call(args, "events.get", params)
-    cols = ["timestampNs", "threadId", "eventType", "functionName", "depth"]
+    if args.json:
+        return _emit(args, r, [], [])
+    cols = ["time", "threadId", "eventType", "functionName", "depth"]
     if args.args:
         cols.append("args")
-    return _emit(args, r, r["events"], cols, _page_footer(r["metadata"]), meta=r["metadata"])
+    rows = _humanize(r["events"], _origin(args), times=[("timestampNs", "time")])
+    return _emit(args, r, rows, cols, _page_footer(r["metadata"]), meta=r["metadata"])
 
 
 @_pipe_safe
@@ -295,9 +324,13 @@ def cmd_spans(args):
                                    "projection": {"threadId": True, "depth": True,
                                                   "childCount": True}})
     r = _call(args, "spans.list", params)
-    cols = ["spanId", "threadId", "functionName", "startTimeNs", "endTimeNs", "durationNs",
-            "depth", "childCount"]
-    return _emit(args, r, r["spans"], cols, _page_footer(r["metadata"]), meta=r["metadata"])
+    if args.json:
+        return _emit(args, r, [], [])
+    cols = ["spanId", "threadId", "functionName", "start", "end", "duration", "depth",
+            "childCount"]
+    rows = _humanize(r["spans"], _origin(args), times=[("startTimeNs", "start"), ("endTimeNs", "end")],
+                     durations=[("durationNs", "duration")])
+    return _emit(args, r, rows, cols, _page_footer(r["metadata"]), meta=r["metadata"])
 
 
 @_pipe_safe
@@ -305,8 +338,11 @@ def cmd_functions(args):
     f = _filters(args)
     r = _call(args, "functions.list", {"traceId": args.trace_id, "filters": f,
                                        "orderBy": args.order_by, "limit": args.top})
-    rows = r["functions"]
-    columns = ["functionName", "module", "calls", "totalTimeNs", "selfTimeNs", "maxDurationNs"]
+    if args.json:
+        return _emit(args, r, [], [])
+    rows = _humanize(r["functions"], None, durations=[
+        ("totalTimeNs", "total"), ("selfTimeNs", "self"), ("maxDurationNs", "max")])
+    columns = ["functionName", "module", "calls", "total", "self", "max"]
     if any("sourceFile" in row for row in rows):
         # file:line where DWARF had it; the basename keeps the table narrow
         rows = [dict(row, source=f"{os.path.basename(row['sourceFile'])}:{row['sourceLine']}")
@@ -318,4 +354,7 @@ def cmd_functions(args):
 @_pipe_safe
 def cmd_threads(args):
     r = _call(args, "threads.list", {"traceId": args.trace_id})
-    return _emit(args, r, r["threads"], ["threadId", "name", "eventCount", "firstNs", "lastNs"])
+    if args.json:
+        return _emit(args, r, [], [])
+    rows = _humanize(r["threads"], _origin(args), times=[("firstNs", "first"), ("lastNs", "last")])
+    return _emit(args, r, rows, ["threadId", "name", "eventCount", "first", "last"])

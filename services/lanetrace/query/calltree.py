@@ -55,25 +55,27 @@ _UNWOUND_TAG = b"\x80\x01\x01"  # FunctionReturn.unwound (field 16) = true, as e
 
 
 class _Frame:
-    __slots__ = ("rank", "span", "fidx", "depth", "hidden", "collapsed", "ts")
+    __slots__ = ("rank", "span", "fidx", "depth", "hidden", "collapsed", "ts", "ret", "dur")
 
-    def __init__(self, rank, span, fidx, depth, hidden, collapsed, ts):
+    def __init__(self, rank, span, fidx, depth, hidden, collapsed, ts, ret, dur):
         self.rank, self.span, self.fidx, self.depth = rank, span, fidx, depth
         self.hidden, self.collapsed, self.ts = hidden, collapsed, ts
+        self.ret, self.dur = ret, dur  # the return's rank and the duration; -1/None if none
 
 
 class TreeOptions:
     """What a walk shows. ``max_depth``: lines of depth < max_depth (a call at
     the last level shows as a leaf with its whole duration); ``min_duration``:
     calls at least this long (calls that never returned always show);
-    ``args``: decode flight-recorder registers; ``param_count(fidx)``: how
-    many argument registers to show for a function (None: all six)."""
+    ``args``: decode flight-recorder registers; ``signature(fidx)``: a
+    function's (parameter count, returns a value) where known, else None
+    (then all six argument registers and rax show)."""
 
-    def __init__(self, max_depth=None, min_duration=None, args=True, param_count=None):
+    def __init__(self, max_depth=None, min_duration=None, args=True, signature=None):
         self.max_depth = max_depth
         self.min_duration = min_duration
         self.args = args
-        self.param_count = param_count or (lambda fidx: None)
+        self.signature = signature or (lambda fidx: None)
 
 
 class TreeStats:
@@ -91,6 +93,9 @@ class CallTree:
         self.stats = TreeStats()
         self.trace_end = t.idx.meta["timeEndNs"] or 0
         self._tpos = {int(tid): j for j, tid in enumerate(np.asarray(t.idx.th_tids).tolist())}
+        # traces without flight-recorder details or unwound returns skip those lookups
+        self._details = len(t.idx.det_off) > 0
+        self._may_unwind = t.manifest.get("unwoundCount") != 0
 
     # ---- positions -----------------------------------------------------
 
@@ -160,40 +165,57 @@ class CallTree:
         around = cand[idx.sp_ret_rank[cand] > call_rank]
         return int(idx.sp_ret_rank[around[-1]]) if len(around) else None
 
-    def _frame(self, rank, span, depth, parent) -> _Frame:
+    def _frame(self, rank, span, depth, parent, fidx=None, ts=None, ret=None, dur=None) -> _Frame:
         idx, opt = self.idx, self.opt
+        if fidx is None:
+            fidx, ts = int(idx.ev_fidx[rank]), int(idx.ev_ts[rank])
+        if ret is None:
+            ret, dur = ((int(idx.sp_ret_rank[span]), int(idx.sp_dur[span])) if span >= 0
+                        else (-1, None))
         hidden = parent is not None and (parent.hidden or parent.collapsed)
         if opt.max_depth is not None and depth >= opt.max_depth:
             hidden = True
-        if opt.min_duration is not None and span >= 0 and int(idx.sp_dur[span]) < opt.min_duration:
+        if opt.min_duration is not None and dur is not None and dur < opt.min_duration:
             hidden = True
         collapsed = opt.max_depth is not None and depth == opt.max_depth - 1
-        return _Frame(rank, span, int(idx.ev_fidx[rank]), depth, hidden, collapsed,
-                      int(idx.ev_ts[rank]))
+        return _Frame(rank, span, fidx, depth, hidden, collapsed, ts, ret, dur)
 
     # ---- walking ---------------------------------------------------------
 
     def walk(self, tid: int, start_rank: int = 0, stop_rank: int | None = None,
-             stack: list[_Frame] | None = None, until_empty: bool = False, group=0):
+             stack: list[_Frame] | None = None, until_empty: bool = False, group=0,
+             floor_rank: int = -1, resume_from: int | None = None):
         """Lines of thread ``tid`` from its first event at or after
         ``start_rank`` to before ``stop_rank``, then closing lines for the
         frames still open. Each item is ``(key, line)``; lines of one event
         share a key ``(group, rank)``. ``stack``: the frames open at the
-        start (default: reconstructed). ``until_empty``: stop once the
-        outermost frame of ``stack`` closed (a subtree walk)."""
+        start (default: rebuilt from the calls at or after ``floor_rank``;
+        on a fresh start they are shown first, as entries). ``resume_from``:
+        the view's own start when continuing after a cursor (nothing is
+        shown again). ``until_empty``: stop once the outermost frame of
+        ``stack`` closed (a subtree walk)."""
         idx = self.idx
         ranks = self.thread_ranks(tid)
         n = len(ranks)
         p = int(np.searchsorted(ranks, start_rank, "left"))
-        if p > 0 and p < n:
+        if resume_from is not None and 0 < p < n:
             # a leaf consumed its return together with its call
             prev, here = int(ranks[p - 1]), int(ranks[p])
-            if idx.ev_kind[prev] == ix.K_CALL and idx.ev_kind[here] == ix.K_RETURN:
+            if (resume_from <= prev < start_rank and idx.ev_kind[prev] == ix.K_CALL
+                    and idx.ev_kind[here] == ix.K_RETURN):
                 s = self.span_of(prev)
-                if s >= 0 and int(idx.sp_ret_rank[s]) == here and prev < start_rank:
+                if s >= 0 and int(idx.sp_ret_rank[s]) == here:
                     p += 1
         if stack is None:
-            stack = self.open_frames(tid, int(ranks[p]) if p < n else (1 << 31)) if p else []
+            stack = (self.open_frames(tid, int(ranks[p]) if p < n else (1 << 31), floor_rank)
+                     if p else [])
+            if until_empty and not stack:
+                return
+            if resume_from is None and stack:
+                key = (group, int(ranks[p - 1]))
+                for f in stack:
+                    if not f.hidden:
+                        yield key, self._line("leaf" if f.collapsed else "entry", tid, f)
         stop = (1 << 31) if stop_rank is None else stop_rank
         done = False
         while p < n and not done:
@@ -202,6 +224,16 @@ class CallTree:
             kinds = idx.ev_kind[chunk].tolist()
             fidxs = idx.ev_fidx[chunk].tolist()
             tss = idx.ev_ts[chunk].tolist()
+            # the span (if any) of every event as a call: one search per chunk
+            cr = idx.sp_call_rank
+            if len(cr):
+                pos = np.minimum(np.searchsorted(cr, chunk), len(cr) - 1)
+                is_span = np.asarray(cr[pos]) == chunk
+                spans = np.where(is_span, pos, -1).tolist()
+                rets = np.where(is_span, idx.sp_ret_rank[pos], -1).tolist()
+                durs = np.where(is_span, idx.sp_dur[pos], -1).tolist()
+            else:
+                spans = rets = durs = [-1] * len(r_list)
             m = min(CHUNK, len(r_list))
             i = 0
             while i < m:
@@ -212,10 +244,10 @@ class CallTree:
                 k = kinds[i]
                 key = (group, r)
                 if k == ix.K_CALL:
-                    s = self.span_of(r)
-                    f = self._frame(r, s, len(stack), stack[-1] if stack else None)
-                    leaf = (s >= 0 and i + 1 < len(r_list)
-                            and r_list[i + 1] == int(idx.sp_ret_rank[s]))
+                    s = spans[i]
+                    f = self._frame(r, s, len(stack), stack[-1] if stack else None, fidxs[i],
+                                    tss[i], rets[i], durs[i] if s >= 0 else None)
+                    leaf = s >= 0 and i + 1 < len(r_list) and r_list[i + 1] == rets[i]
                     if leaf and r_list[i + 1] < stop:
                         if not f.hidden:
                             yield key, self._line("leaf", tid, f, ret_rank=r_list[i + 1])
@@ -263,8 +295,7 @@ class CallTree:
             if f.hidden or f.collapsed:
                 continue
             if f.span >= 0:
-                ret = int(idx.sp_ret_rank[f.span])
-                yield key, self._exit(tid, f, int(idx.ev_ts[ret]), None, ret)
+                yield key, self._exit(tid, f, int(idx.ev_ts[f.ret]), None, f.ret)
             else:
                 end, ts = self._lost_end(tid, f)
                 yield key, self._exit(tid, f, ts, end, None)
@@ -277,9 +308,10 @@ class CallTree:
             return "openAtTraceEnd", self.trace_end
         return "noReturn", int(self.idx.ev_ts[fate])
 
-    def interleaved(self, tids, start_rank=0, stop_rank=None):
+    def interleaved(self, tids, start_rank=0, stop_rank=None, resume_from=None):
         """The walks of several threads merged by time (key = global rank)."""
-        walks = [self.walk(tid, start_rank, stop_rank, group=0) for tid in tids]
+        walks = [self.walk(tid, start_rank, stop_rank, group=0, resume_from=resume_from)
+                 for tid in tids]
         return heapq.merge(*walks, key=lambda item: item[0])
 
     def subtree(self, span_or_rank: int, is_span=True, group=0):
@@ -319,36 +351,34 @@ class CallTree:
             stack = [root]
             start = root_rank + 1
         else:
-            stack = self.open_frames(tid, resume_rank, floor_rank=root_rank)
+            stack = None  # the walk rebuilds the subtree's open frames at resume_rank
             start = resume_rank
-            if not stack:
-                return
         if root_span >= 0:
             stop = int(idx.sp_ret_rank[root_span]) + 1
         else:
             stop = self._fate(np.asarray(self.thread_spans(tid)), root_rank)
-        yield from self.walk(tid, start, stop, stack=stack, until_empty=True, group=group)
+        yield from self.walk(tid, start, stop, stack=stack, until_empty=True, group=group,
+                             floor_rank=root_rank,
+                             resume_from=None if stack is not None else root_rank)
 
     # ---- lines -------------------------------------------------------------
 
     def _line(self, typ, tid, f: _Frame, ret_rank=None) -> dict:
-        t, idx = self.t, self.idx
+        t = self.t
         line = {"type": typ, "threadId": tid, "timestampNs": f.ts, "depth": f.depth,
                 "functionName": t.name_obj[f.fidx], "module": t.module_obj[f.fidx],
-                "callId": f.span if f.span >= 0 else None,
-                "durationNs": int(idx.sp_dur[f.span]) if f.span >= 0 else None}
+                "callId": f.span if f.span >= 0 else None, "durationNs": f.dur}
         if typ == "leaf":
             if f.span >= 0:
-                ret = int(idx.sp_ret_rank[f.span])
-                line["end"] = "unwound" if self._unwound(ret) else "returned"
+                line["end"] = "unwound" if self._unwound(f.ret) else "returned"
             else:
                 line["end"] = self._lost_end(tid, f)[0]
-        if self.opt.args:
+        if self.opt.args and self._details:
             args = self._registers(f.rank)
             if args is not None:
                 line["args"] = self._arguments(args, f.fidx)
-            if typ == "leaf" and f.span >= 0:
-                rv = self._registers(int(idx.sp_ret_rank[f.span]))
+            if typ == "leaf" and f.span >= 0 and self._returns(f.fidx):
+                rv = self._registers(f.ret)
                 if rv is not None and "rax" in rv:
                     line["returnValue"] = rv["rax"]
         return line
@@ -364,7 +394,7 @@ class CallTree:
                 "end": end}
         if end == "openAtTraceEnd":
             line["durationNs"] = None
-        if self.opt.args and ret_rank is not None:
+        if self.opt.args and self._details and ret_rank is not None and self._returns(f.fidx):
             rv = self._registers(ret_rank)
             if rv is not None and "rax" in rv:
                 line["returnValue"] = rv["rax"]
@@ -385,6 +415,8 @@ class CallTree:
         return ev
 
     def _unwound(self, rank) -> bool:
+        if not self._may_unwind:
+            return False
         off, ln = int(self.idx.ev_off[rank]), int(self.idx.ev_len[rank])
         buf = self.t.events_buffer()
         if buf.find(_UNWOUND_TAG, off, off + ln) < 0:
@@ -404,9 +436,13 @@ class CallTree:
             return dict(ev.function_return.return_registers)
         return None
 
+    def _returns(self, fidx: int) -> bool:
+        sig = self.opt.signature(fidx)
+        return sig is None or sig[1]
+
     def _arguments(self, regs: dict, fidx: int) -> dict:
-        n = self.opt.param_count(fidx)
-        names = ARG_REGISTERS if n is None else ARG_REGISTERS[:n]
+        sig = self.opt.signature(fidx)
+        names = ARG_REGISTERS if sig is None else ARG_REGISTERS[:sig[0]]
         return {f"arg{i}": regs[r] for i, r in enumerate(names) if r in regs}
 
 
@@ -416,7 +452,7 @@ CALLTREE_PARAMS = ("traceId", "threadId", "spanId", "functionName", "timeStartNs
                    "interleave", "maxDepth", "minDurationNs", "args", "limit", "cursor")
 
 
-def calltree_get(store, params, param_count=None) -> dict:
+def calltree_get(store, params, signature=None) -> dict:
     """A page of the call tree.
 
     Params: ``{traceId, threadId?, spanId?, functionName?, timeStartNs?,
@@ -462,7 +498,7 @@ def calltree_get(store, params, param_count=None) -> dict:
     if span is not None and span >= len(t.idx.sp_start):
         raise invalid_params(f"spanId: no span {span} (the trace has {len(t.idx.sp_start)})")
     tree = CallTree(t, TreeOptions(max_depth, min_dur, with_args,
-                                   param_count(t) if param_count else None))
+                                   signature(t) if signature else None))
     if tid is not None and tid not in tree.thread_ids():
         raise invalid_params(f"threadId: no thread {tid} in the trace")
     qkey = ["calltree", tid, span, fname, tlo, thi, interleave, max_depth, min_dur]
@@ -497,22 +533,23 @@ def lines_for(tree: CallTree, tid=None, span=None, function=None, time_start=Non
         return _roots(tree, _function_roots(tree, function, tid, lo, stop), resume)
     tids = [tid] if tid is not None else tree.thread_ids()
     if interleave:
-        start = lo if resume is None else max(lo, resume[1] + 1)
-        if resume is not None and resume[1] >= END_KEY:
+        if resume is None:
+            return tree.interleaved(tids, lo, stop)
+        if resume[1] >= END_KEY:
             return iter(())
-        return tree.interleaved(tids, start, stop)
+        return tree.interleaved(tids, max(lo, resume[1] + 1), stop, resume_from=lo)
     return _sequential(tree, tids, lo, stop, resume)
 
 
 def _sequential(tree, tids, lo, stop, resume):
     first = 0 if resume is None else resume[0]
     for g in range(first, len(tids)):
-        start = lo
         if resume is not None and g == resume[0]:
             if resume[1] >= END_KEY:
                 continue
-            start = max(lo, resume[1] + 1)
-        yield from tree.walk(tids[g], start, stop, group=g)
+            yield from tree.walk(tids[g], max(lo, resume[1] + 1), stop, group=g, resume_from=lo)
+        else:
+            yield from tree.walk(tids[g], lo, stop, group=g)
 
 
 def _function_roots(tree, name, tid, lo, stop):
