@@ -22,6 +22,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# run as a script, this file's directory comes first on sys.path, and this
+# file's name would hide the MCP SDK's package
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 
 def _bench_query():

@@ -15,6 +15,9 @@ import threading
 import orjson
 
 from lanetrace import atf
+from lanetrace.cli.human import duration as dur
+from lanetrace.cli.human import relative_fixed
+from lanetrace.cli.views import _value, format_line
 from lanetrace.mcp.budget import Answer, check_budget
 from lanetrace.query import index as ix
 from lanetrace.query.engine import Engine
@@ -34,24 +37,8 @@ class AnswerError(Exception):
 
 # ---- formatting ----------------------------------------------------------------
 
-def dur(ns) -> str:
-    if ns is None:
-        return "?"
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
-        if abs(ns) >= scale:
-            return f"{ns / scale:.3g}{unit}" if abs(ns) < 100 * scale else f"{ns / scale:.0f}{unit}"
-    return f"{ns}ns"
-
-
 def rel(ns, t0) -> str:
-    if ns is None or t0 is None:
-        return "?"
-    return f"+{(ns - t0) / 1e9:.6f}s"
-
-
-def _value(v) -> str:
-    return str(v) if isinstance(v, int) and -1_000_000 < v < 1_000_000 else hex(v) \
-        if isinstance(v, int) else str(v)
+    return "?" if ns is None or t0 is None else relative_fixed(ns, t0)
 
 
 def call_text(name, args=None, ret=None) -> str:
@@ -373,7 +360,7 @@ class Answers:
                      "`name() {` ... `}` encloses callees, `name();` is a leaf; "
                      "args and return values inside flight-recorder windows")
             recs = [dict(ln, timestampNs=ln["timestampNs"] - t0) for ln in page]
-            ans.section("lines", "calls", [tree_line_text(ln, t0, base) for ln in page], recs,
+            ans.section("lines", "calls", [format_line(ln, t0, base) for ln in page], recs,
                         noun="lines", more=more_after, open_ended=bool(more_after),
                         empty="no calls there", essential=True)
             return ans.render()
@@ -600,30 +587,3 @@ def _divergence_line(t: dict) -> str:
     before = ", ".join(d["before"]) or "-"
     return (f"thread #{t['index'] + 1} (A tid {t['threadIdA']}, B tid {t['threadIdB']}) at call "
             f"{d['callIndex'] + 1} after {before}; " + "; ".join(sides))
-
-
-# ---- call trees (replay-style text) ----------------------------------------------
-
-def tree_line_text(line: dict, t0: int, base_depth: int = 0) -> str:
-    """One calltree.get line as replay text: duration, thread, then the call
-    indented two spaces per depth level (``name() {``, ``}``, ``name();``)."""
-    typ = line["type"]
-    indent = "  " * max(0, line["depth"] - base_depth)
-    d = dur(line["durationNs"]) if line.get("durationNs") is not None else "-"
-    name = line.get("functionName") or "?"
-    if typ == "signal":
-        sig = line.get("signal") or {}
-        return (f"{rel(line['timestampNs'], t0)} {'':>8} {line['threadId']} | {indent}"
-                f"/* signal {sig.get('number')} {sig.get('name') or ''} */")
-    args = line.get("args")
-    call = name + ("(" + ", ".join(f"{k}={_value(v)}" for k, v in args.items()) + ")" if args
-                   else "()")
-    ret = f" = {_value(line['returnValue'])}" if line.get("returnValue") is not None else ""
-    end = line.get("end")
-    mark = f" /* {end} */" if end and end != "returned" else ""
-    if typ == "entry":
-        return f"{rel(line['timestampNs'], t0)} {'':>8} {line['threadId']} | {indent}{call} {{"
-    if typ == "exit":
-        return (f"{rel(line['timestampNs'], t0)} {d:>8} {line['threadId']} | {indent}}}{ret}"
-                f" /* {name} */{mark}")
-    return f"{rel(line['timestampNs'], t0)} {d:>8} {line['threadId']} | {indent}{call};{ret}{mark}"
