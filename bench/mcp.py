@@ -44,9 +44,9 @@ def calls(trace_id):
         ("find_calls (function + min duration)",
          {"traceId": trace_id, "function": "fn_007", "minDurationNs": 1000}),
         ("find_calls (thread + time window)",
-         {"traceId": trace_id, "threadId": 4303, "fromNs": 50_000_000, "toNs": 60_000_000}),
-        ("call_tree (span subtree)", {"traceId": trace_id, "spanId": 1000}),
-        ("call_tree (thread at time)", {"traceId": trace_id, "threadId": 4301, "atNs": 50_000_000}),
+         {"traceId": trace_id, "threadId": 4303, "fromNs": 10_000_000, "toNs": 12_000_000}),
+        ("call_tree (span subtree)", {"traceId": trace_id, "spanId": 0}),
+        ("call_tree (thread at time)", {"traceId": trace_id, "threadId": 4301, "atNs": 10_000_000}),
         ("diff_traces (trace vs itself)", {"traceIdA": trace_id, "traceIdB": trace_id}),
     ]
 

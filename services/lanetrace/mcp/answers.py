@@ -356,9 +356,8 @@ class Answers:
             ans = Answer(budget, f"trace {traceId}: call tree of {where}",
                          {"traceId": traceId, "spanId": spanId, "threadId": threadId,
                           "atNs": atNs, "traceStartNs": t0})
-            ans.fact("columns: time duration tid | call, two spaces per depth; "
-                     "`name() {` ... `}` encloses callees, `name();` is a leaf; "
-                     "args and return values inside flight-recorder windows")
+            ans.fact("replay: time duration [tid] | call; callees indented inside "
+                     "`name() {` ... `}`; args and return values inside flight-recorder windows")
             recs = [dict(ln, timestampNs=ln["timestampNs"] - t0) for ln in page]
             ans.section("lines", "calls", [format_line(ln, t0, base) for ln in page], recs,
                         noun="lines", more=more_after, open_ended=bool(more_after),
@@ -370,22 +369,24 @@ class Answers:
         shown = probe.structured["lines"]["shown"]
         if shown == len(lines) and not more0:
             return probe
-        # the engine pages at event boundaries: take the largest page whose
-        # lines all fit, and its cursor, so that paging on misses no line
-        while shown:
-            m = shown
-            while True:
-                page = self.q("calltree.get", dict(params, limit=m))
-                if len(page["lines"]) <= shown or m == 1:
-                    break
-                m -= 1
-            nxt = page["metadata"].get("nextCursor")
-            r = build(page["lines"], f"cursor={nxt}" if nxt else None)
-            if r.structured["lines"]["shown"] == len(page["lines"]):
-                return r
-            shown = r.structured["lines"]["shown"]
-        # not even one line fits: a cursor would skip it
-        return build(lines, "raise tokenBudget to see the next line")
+        # the engine pages at event boundaries (one event can close or reopen
+        # several frames): take the largest page whose lines all fit, with its
+        # own cursor, so that paging on misses no line
+        target, m = shown, shown
+        while m >= 1:
+            page = self.q("calltree.get", dict(params, limit=m))
+            n = len(page["lines"])
+            if n <= target:
+                nxt = page["metadata"].get("nextCursor")
+                r = build(page["lines"], f"cursor={nxt}" if nxt else None)
+                k = r.structured["lines"]["shown"]
+                if k == n:
+                    return r
+                target, m = k, min(m - 1, k)  # its real cursor took more room
+            else:
+                m = min(m - 1, m - (n - target))
+        # not even the first event's lines fit: a cursor would skip them
+        return build(lines, "raise tokenBudget to see the next lines")
 
     # ---- flight_window -----------------------------------------------------
 
