@@ -1,5 +1,4 @@
 """``lanetrace replay``, ``graph`` and ``sql`` as a user runs them."""
-import os
 import random
 import subprocess
 import sys

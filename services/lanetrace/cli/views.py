@@ -4,7 +4,6 @@ code (query/calltree.py, callgraph.py, sql.py) in-process on the trace's
 index, which is built on first use."""
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys

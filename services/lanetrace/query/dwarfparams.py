@@ -11,9 +11,6 @@ from __future__ import annotations
 import functools
 import os
 
-from elftools.common.exceptions import DWARFError, ELFError
-from elftools.elf.elffile import ELFFile
-
 
 def signatures(binary_path: str) -> dict[str, tuple[int, bool]]:
     """Function name -> (declared parameters, returns a value); {} when unknown."""
@@ -26,6 +23,10 @@ def signatures(binary_path: str) -> dict[str, tuple[int, bool]]:
 
 @functools.lru_cache(maxsize=32)
 def _load(path: str, _mtime: int, _size: int) -> dict[str, tuple[int, bool]]:
+    # imported here: only traces with flight-recorder details need it
+    from elftools.common.exceptions import DWARFError, ELFError
+    from elftools.elf.elffile import ELFFile
+
     out: dict[str, tuple[int, bool]] = {}
     try:
         with open(path, "rb") as f:
