@@ -1,6 +1,5 @@
 """The token-budget layer on its own, and through ``lanetrace query --budget``."""
 import inspect
-import os
 import random
 import subprocess
 import sys
