@@ -22,11 +22,12 @@ class ToolAnswer:
 
 
 class McpSession:
-    def __init__(self, trace_root, *extra):
+    def __init__(self, trace_root, *extra, mode="auto"):
         self.params = StdioServerParameters(
             command=sys.executable,
             args=["-m", "lanetrace", "mcp", "--trace-root", str(trace_root), *extra],
             env=dict(os.environ))
+        self.mode = mode  # "legacy": the initialize handshake of pre-2026 hosts
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -43,7 +44,7 @@ class McpSession:
 
         async def hold():
             try:
-                async with Client(self.params) as c:
+                async with Client(self.params, mode=self.mode) as c:
                     holder["client"] = c
                     ready.set()
                     await self._stop.wait()

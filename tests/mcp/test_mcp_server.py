@@ -287,3 +287,13 @@ def test_run_trace__allow_capture__then_captures_and_answers_with_summary(tmp_pa
         assert bad.is_error and "program not found" in bad.text
     finally:
         s.close()
+
+
+def test_server__host_with_initialize_handshake__then_serves_the_same_tools(examples):
+    s = McpSession(examples[0], mode="legacy")
+    try:
+        assert "trace_summary" in {t.name for t in s.tools()}
+        a = s.call("trace_summary", {"traceId": examples[1]["good"], "tokenBudget": 300})
+        assert not a.is_error and a.structured["summary"]["ending"] == "exit code 0", a.text
+    finally:
+        s.close()
