@@ -34,6 +34,9 @@ def register(subparsers):
                    help="query this trace root in-process, without a server")
     g.add_argument("--token", default=None, help="bearer token (default: $LANETRACE_TOKEN)")
     g.add_argument("--json", action="store_true", help="print the JSON result")
+    g.add_argument("--budget", type=int, metavar="TOKENS", default=None,
+                   help="fit the table into this many tokens (200-20000), as the MCP server "
+                        "does: whole rows only, saying how many were left out and how to get them")
 
     p = subparsers.add_parser("query", help="query traces (JSON-RPC client)",
                               description="Query traces through the query server or in-process.")
@@ -134,13 +137,38 @@ def _call(args, method, params):
         raise CliError(str(exc), status=1) from None
 
 
-def _emit(args, result, rows, columns, footer=None):
+def _emit(args, result, rows, columns, footer=None, meta=None, more=None, align_numbers=True):
+    if args.json and args.budget is not None:
+        raise CliError("--budget fits the table for people; --json prints the whole result")
     if args.json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
+    if args.budget is not None:
+        return _emit_budgeted(args, rows, columns, meta, more, align_numbers)
     print_table(rows, columns)
     if footer:
         print(footer)
+    return 0
+
+
+def _emit_budgeted(args, rows, columns, meta, more, align_numbers):
+    import io
+
+    from lanetrace.mcp.budget import BudgetError, check_budget, fit_table
+
+    try:
+        budget = check_budget(args.budget, "--budget")
+    except BudgetError as exc:
+        raise CliError(str(exc)) from None
+    buf = io.StringIO()
+    print_table(rows, columns, out=buf, align_numbers=align_numbers)
+    header, *lines = buf.getvalue().splitlines()
+    total = meta["totalCount"] - meta["offset"] if meta else len(lines)
+    if meta and more is None:
+        more = lambda shown: f"--offset {meta['offset'] + shown} (without --cursor)"  # noqa: E731
+    r = fit_table(budget, f"lanetrace query {args.query_command}", header, lines, total=total,
+                  noun="rows", more=more or "raise --budget")
+    print(r.text)
     return 0
 
 
@@ -261,6 +289,8 @@ def cmd_info(args):
         if k == "samples":
             continue
         rows.append({"field": k, "value": v})
+    if args.budget is not None:
+        return _emit(args, r, rows, ["field", "value"], align_numbers=False)
     print_table(rows, ["field", "value"], align_numbers=False)
     for name, evs in (r.get("samples") or {}).items():
         print(f"\n{name}:")
@@ -282,7 +312,7 @@ def cmd_events(args):
     if args.args:
         cols.append("args")
     rows = _humanize(r["events"], _origin(args), times=[("timestampNs", "time")])
-    return _emit(args, r, rows, cols, _page_footer(r["metadata"]))
+    return _emit(args, r, rows, cols, _page_footer(r["metadata"]), meta=r["metadata"])
 
 
 @_pipe_safe
@@ -300,7 +330,7 @@ def cmd_spans(args):
             "childCount"]
     rows = _humanize(r["spans"], _origin(args), times=[("startTimeNs", "start"), ("endTimeNs", "end")],
                      durations=[("durationNs", "duration")])
-    return _emit(args, r, rows, cols, _page_footer(r["metadata"]))
+    return _emit(args, r, rows, cols, _page_footer(r["metadata"]), meta=r["metadata"])
 
 
 @_pipe_safe
@@ -318,7 +348,7 @@ def cmd_functions(args):
         rows = [dict(row, source=f"{os.path.basename(row['sourceFile'])}:{row['sourceLine']}")
                 if "sourceFile" in row else row for row in rows]
         columns.append("source")
-    return _emit(args, r, rows, columns)
+    return _emit(args, r, rows, columns, more="raise --top or --budget")
 
 
 @_pipe_safe
