@@ -45,15 +45,12 @@ def run(argv, **kw):
     return p, time.monotonic() - t
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="comma-separated program names")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def measure(only: list[str] | None = None) -> list[dict]:
+    """One row per corpus program (all of them, or those named)."""
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for name, (selection, argv) in corpus(work).items():
-            if args.only and name not in args.only.split(","):
+            if only and name not in only:
                 continue
             plain, t_plain = run(argv)
             out = os.path.join(work, f"traces-{name}")
@@ -71,6 +68,15 @@ def main() -> int:
                 "fallbackByReason": hooks.get("fallbackByReason", {}),
                 "untracedS": t_plain, "tracedS": t_traced,
             })
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated program names")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rows = measure(args.only.split(",") if args.only else None)
     if args.json:
         print(json.dumps(rows, indent=2))
     print(f"{'program':10} {'same':5} {'exit':8} {'fast':>6} {'fallback':>9} {'fb %':>6} {'skipped':>8}"

@@ -284,6 +284,9 @@ def parse_args(argv=None):
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds one run may take before it counts as failed (default 300)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
+    ap.add_argument("--no-corpus", dest="corpus", action="store_false",
+                    help="skip the row of fallback hooks over the real-program corpus "
+                         "(bench/hookcoverage.py, a few minutes)")
     args = ap.parse_args(argv)
     if args.iters < 1:
         ap.error("--iters must be at least 1")
@@ -386,10 +389,24 @@ def main(argv=None):
         print(f"{row['variant']:<14} {DESCRIPTIONS[row['variant']]:<34} {row['loop_ms']:9.1f} "
               f"{row['ratio']:10.2f} {row['ns_per_call']:9.1f} {cpu:>8} {row['spread_pct']:6.1f}% "
               f"{row['wall_s']:7.2f} {bpc:>7}  {row['note']}")
+    corpus = []
+    if args.corpus:
+        # which path the functions of real programs take (bench/hookcoverage.py)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import hookcoverage
+        corpus = hookcoverage.measure()
+        fast = sum(r["fast"] for r in corpus)
+        fallback = sum(r["fallback"] for r in corpus)
+        skipped = sum(r["skipped"] for r in corpus)
+        total = fast + fallback + skipped
+        print(f"{'fallback':<14} {'corpus functions on attach fallback':<34} "
+              f"{fallback:,} of {total:,} selected = {100.0 * fallback / max(total, 1):.2f}% "
+              f"(fast {fast:,}, skipped {skipped:,}; {len(corpus)} programs, "
+              f"{sum(r['same'] for r in corpus)} behave as untraced)")
     if args.json:
         print(json.dumps({"iters": args.iters, "reps": args.reps, "untraced_ns": base,
-                          "untraced_cpu_ns": base_cpu, "load_start": load, "rows": rows},
-                         indent=2))
+                          "untraced_cpu_ns": base_cpu, "load_start": load, "rows": rows,
+                          "corpus": corpus}, indent=2))
     return 0
 
 
