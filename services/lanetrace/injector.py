@@ -29,6 +29,7 @@ from lanetrace.flightctl import FlightControl, TriggerError
 from lanetrace.rundir import RunDir
 from lanetrace.selection import Selection
 from lanetrace.shm import TargetSegment
+from lanetrace.srclocator import SourceLocator
 from lanetrace.threadnames import ThreadNames
 
 log = logging.getLogger("lanetrace.injector")
@@ -39,6 +40,7 @@ PIPELINE_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 120.0
 TERMINATE_GRACE_S = 2.0
 INJECT_TIMEOUT_S = 60.0
+SOURCE_LOCATIONS_TIMEOUT_S = 300.0
 
 
 class TargetError(Exception):
@@ -71,6 +73,15 @@ class Target:
     error: str = ""
     hooks: dict = field(default_factory=dict)
     sent_signal: int = 0  # the signal we ended a spawned target with
+    # CLOCK_MONOTONIC ns of each set-up step (attach, scripts, plan, live),
+    # system-wide, so the CLI and bench/attach.py can line them up with theirs
+    timings: dict = field(default_factory=dict)
+    modules: list[dict] = field(default_factory=list)
+    planned: list[dict] = field(default_factory=list)
+    prepare_error: Exception | None = None
+
+    def mark(self, step: str) -> None:
+        self.timings[step] = time.monotonic_ns()
 
     @property
     def trace_dir_name(self) -> str:
@@ -96,7 +107,8 @@ class Injector:
         self.shards = int(spec.get("drainers", 2))
         self.flight = FlightControl(spec)
         self.thread_names = ThreadNames()
-        self._source_cache: dict[str, dict] = {}
+        self.sources = SourceLocator(lambda: WriterClient(run_dir.writer, "injector-src"))
+        self.timings = {"injectorStart": time.monotonic_ns()}
 
     # ---- pipeline readiness -------------------------------------------------
     def wait_for_pipeline(self) -> None:
@@ -129,49 +141,46 @@ class Injector:
         for fn in functions:
             if isinstance(fn.get("address"), str):  # the agent reports "0x..." strings
                 fn["address"] = int(fn["address"], 16)
-        self._add_source_locations(functions)
         with self.callback_writer_lock:
             self._writer_for_current_thread().request(
                 "functions", {"pid": target.pid, "functions": functions})
         target.functions.extend(functions)
-
-    def _add_source_locations(self, functions: list[dict]) -> None:
-        """file:line from DWARF, once per module (best effort: a stripped
-        module just has names)."""
-        try:
-            from lanetrace.export.dwarf import source_locations
-        except ImportError:
-            return
-        for fn in functions:
-            path = fn.get("modulePath") or ""
-            if not path:
-                continue
-            if path not in self._source_cache:
-                try:
-                    self._source_cache[path] = source_locations(path)
-                except Exception as exc:  # a module we cannot parse keeps its names
-                    log.info("no source locations for %s: %s", path, exc)
-                    self._source_cache[path] = {}
-            loc = self._source_cache[path].get(fn["name"])
-            if loc:
-                fn["sourceFile"], fn["sourceLine"] = loc[0], int(loc[1])
+        self.sources.locate(target.pid, functions)
 
     # ---- targets ------------------------------------------------------------
     def start_targets(self) -> None:
+        """Attach to (or spawn) every target and plan its hooks while the
+        services start, then, once the pipeline is ready, make the hooks
+        live (and resume spawned targets)."""
         spawn = self.spec.get("spawn")
+        prepared: list[tuple[Target, bool]] = []
         if spawn:
-            self.start_spawned(spawn)
+            prepared.append((self.guarded_spawn(spawn, self._prepare_spawned), False))
         for pid in self.spec.get("attach", []):
-            self.start_attached(int(pid))
+            target = self._new_attached(int(pid))
+            self.prepare(target)
+            prepared.append((target, True))
+        self.wait_for_pipeline()
+        self.timings["pipelineReady"] = time.monotonic_ns()
+        for target, attached in prepared:
+            if attached:
+                self.go_live(target, attached=True)
+            else:
+                self.guarded_spawn(spawn, lambda _: self._finish_spawned(target))
 
     def start_spawned(self, spawn: dict) -> None:
+        """Spawn, instrument and resume one target (the pipeline is ready)."""
+        target = self.guarded_spawn(spawn, self._prepare_spawned)
+        self.guarded_spawn(spawn, lambda _: self._finish_spawned(target))
+
+    def guarded_spawn(self, spawn: dict, step):
         # A spawned target is ours to end: if Frida's injection never returns
         # (lanetrace.fridaguard), the guard ends it and the user gets a clear
         # error instead of a session that hangs forever.
         guard = HangGuard(INJECT_TIMEOUT_S)
         try:
             with guard:
-                self._start_spawned(spawn)
+                return step(spawn)
         except Exception:
             if guard.fired:
                 raise TargetError(f"{HANG_MESSAGE} into {spawn['argv'][0]} within "
@@ -179,19 +188,37 @@ class Injector:
                                   "the target was ended, run again") from None
             raise
 
-    def _start_spawned(self, spawn: dict) -> None:
+    def _prepare_spawned(self, spawn: dict) -> Target:
         argv = spawn["argv"]
         try:
-            pid = self.device.spawn(argv, envp=spawn.get("env"), cwd=spawn.get("cwd"))
+            pid = self.device.spawn(argv, envp=spawn.get("env"), cwd=spawn.get("cwd"),
+                                    stdio="inherit")
         except frida.ExecutableNotFoundError:
             raise TargetError(f"program not found: {argv[0]}") from None
         except frida.PermissionDeniedError as exc:
             raise TargetError(f"not permitted to run {argv[0]}: {exc}") from None
+        except frida.NotSupportedError as exc:
+            raise TargetError(f"cannot spawn {argv[0]}: {exc}") from None
         target = Target(pid=pid, spawned=True, argv=argv)
         self.targets.append(target)
+        try:
+            self.prepare(target)
+        except TargetError as exc:
+            if not self.spec.get("followChildren"):
+                self._kill(target.pid, signal.SIGKILL)
+                raise
+            target.prepare_error = exc  # may still be followed untraced
+        except BaseException:
+            self._kill(target.pid, signal.SIGKILL)
+            raise
+        return target
+
+    def _finish_spawned(self, target: Target) -> None:
         follow = bool(self.spec.get("followChildren"))
         try:
-            self.instrument(target, attached=False)
+            if target.prepare_error is not None:
+                raise target.prepare_error
+            self.go_live(target, attached=False)
             if follow:  # --follow-children (lanetrace.children)
                 from lanetrace.children import follow_target
                 follow_target(self, target)
@@ -203,16 +230,25 @@ class Injector:
         except BaseException:
             self._kill(target.pid, signal.SIGKILL)
             raise
-        self.device.resume(pid)
+        self.device.resume(target.pid)
+
+    def _new_attached(self, pid: int) -> Target:
+        target = Target(pid=pid, spawned=False, argv=_cmdline(pid))
+        self.targets.append(target)
+        return target
 
     def start_attached(self, pid: int) -> None:
-        argv = _cmdline(pid)
-        target = Target(pid=pid, spawned=False, argv=argv)
-        self.targets.append(target)
-        self.instrument(target, attached=True)
+        self.instrument(self._new_attached(pid), attached=True)
 
     def instrument(self, target: Target, attached: bool) -> None:
+        self.prepare(target)
+        self.go_live(target, attached)
+
+    def prepare(self, target: Target) -> None:
+        """Attach, create the segment, load the scripts and plan the hooks:
+        nothing that needs the writer or the drainers."""
         pid = target.pid
+        target.mark("attachStart")
         try:
             target.session = self.device.attach(pid)
         except frida.ProcessNotFoundError:
@@ -223,6 +259,7 @@ class Injector:
             raise TargetError(f"pid {pid} is not responding: {exc}") from None
         target.session.on("detached", lambda reason, crash: self.on_detached(target, reason))
         target.start_ns = time.monotonic_ns()
+        target.mark("attached")
 
         target.segment = TargetSegment.create(
             self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
@@ -239,19 +276,22 @@ class Injector:
         target.lifecycle = target.session.create_script(read_agent_source("lifecycle.js"))
         target.lifecycle.on("message", lambda m, d: self.on_lifecycle_message(target, m))
         target.lifecycle.load()
-        modules = target.lifecycle.exports_sync.modules()
+        target.modules = target.lifecycle.exports_sync.modules()
 
         target.agent = target.session.create_script(read_agent_source("agent.js"))
         target.agent.on("message", lambda m, d: self.on_agent_message(target, m))
         target.agent.load()
+        target.mark("scriptsLoaded")
         agent = target.agent.exports_sync
         glue_path = os.path.join(AGENT_DIR, "glue.c")
         glue = open(glue_path).read() if os.path.exists(glue_path) else None
         agent.init({"shmName": target.segment.name, "agentLibPath": AGENT_LIB,
                     "glueSource": glue})
+        target.mark("initialized")
         plan = agent.plan(self.selection.to_agent())
         functions = plan["functions"]
-        problems = self.selection.unmatched(functions, [m["name"] for m in modules])
+        target.mark("planned")
+        problems = self.selection.unmatched(functions, [m["name"] for m in target.modules])
         if not self.selection.include and not self.selection.include_modules and not functions:
             problems.append(f"the main executable of pid {pid} has no function symbols "
                             "(stripped?); name functions with -i MODULE!FUNCTION")
@@ -261,7 +301,13 @@ class Injector:
             self.flight.arm(pid, agent, functions)
         except TriggerError as exc:
             raise TargetError(str(exc)) from None
+        target.planned = functions
 
+    def go_live(self, target: Target, attached: bool) -> None:
+        """The writer learns the target and its function table, then the
+        hooks go live. The pipeline must be ready."""
+        pid, functions, modules = target.pid, target.planned, target.modules
+        agent = target.agent.exports_sync
         executable = modules[0]["path"] if modules else (target.argv[0] if target.argv else "")
         self.writer.request("target_start", {
             "sessionId": self.session_id, "pid": pid, "executablePath": executable,
@@ -270,7 +316,9 @@ class Injector:
             "flightRecorder": self.flight.describe(),
         })
         self.publish_functions(target, functions)
+        target.mark("published")
         target.hooks = agent.install()
+        target.mark("live")
         log.info("pid %d: %d functions hooked (%s)", pid, len(functions), target.hooks)
         self.bus.publish("target.started", {"pid": pid, "shm": target.segment.name,
                                             "functions": len(functions), "attached": attached})
@@ -392,6 +440,10 @@ class Injector:
             target.error = (f"shards {sorted(set(range(self.shards)) - drained)} were not "
                             f"drained within {DRAIN_TIMEOUT_S:.0f}s")
         self.flight_tick(target)
+        problem = self.sources.wait(target.pid, SOURCE_LOCATIONS_TIMEOUT_S)
+        if problem:
+            log.warning("pid %d: %s", target.pid, problem)
+            target.error = target.error or problem
         drops = segment.drops()
         self.writer.request("target_end", {
             "pid": target.pid, "exitCode": target.exit_code if target.exit_code is not None else 0,
@@ -410,9 +462,8 @@ class Injector:
     # ---- main loop ----------------------------------------------------------
     def run(self) -> dict:
         result = {"sessionId": self.session_id, "traceRoot": self.spec["traceRoot"],
-                  "targets": [], "error": ""}
+                  "targets": [], "error": "", "timings": self.timings}
         try:
-            self.wait_for_pipeline()
             self.start_targets()
             duration = self.spec.get("duration")
             deadline = time.monotonic() + float(duration) if duration else None
@@ -445,6 +496,7 @@ class Injector:
                 except (WriterUnavailable, WriterRejected) as exc:
                     target.error = f"writer: {exc}"
                 result["targets"].append(self._target_result(target))
+            self.sources.close()
         return result
 
     def flight_tick(self, target: Target) -> None:
@@ -467,6 +519,7 @@ class Injector:
             "error": target.error, "startNs": target.start_ns, "endNs": target.end_ns,
             "parentPid": getattr(target, "parent_pid", None),
             "control": getattr(target, "control", None),
+            "timings": target.timings,
         }
 
     @staticmethod

@@ -13,6 +13,8 @@ import time
 
 import orjson
 
+CLI_START_NS = time.monotonic_ns()
+
 from lanetrace import atf
 from lanetrace.cli import CliError, flightopts
 from lanetrace.cli.argtypes import int_range, positive_float
@@ -174,6 +176,7 @@ def capture(args, target_spec: dict) -> int:
                         spec_path=spec_path)
     supervisor = Supervisor(cfg)
     started = time.time()
+    timings = {"cliStart": CLI_START_NS}
     interrupted = []
 
     def on_interrupt(signum, frame):
@@ -193,10 +196,12 @@ def capture(args, target_spec: dict) -> int:
     status = None
     try:
         supervisor.start()
+        timings["supervisordUp"] = time.monotonic_ns()
         if flightopts.describe(flight):
             print(flightopts.describe(flight), file=sys.stderr)
         status = StatusLine(run_dir.broker_sub)
         supervisor.wait_until_exited("injector", on_tick=status.tick)
+        timings["injectorExited"] = time.monotonic_ns()
         result_path = run_dir.file("result.json")
         if os.path.exists(result_path):
             with open(result_path, "rb") as f:
@@ -212,9 +217,11 @@ def capture(args, target_spec: dict) -> int:
         supervisor.shutdown()
         remove_run_dir(run_dir, keep_logs_in=session_dir if failed else None)
         remove_session_segments(session_id)
+        timings["servicesStopped"] = time.monotonic_ns()
     if result is None:
         raise CliError(f"the injector ended without a result; logs are in {session_dir}/logs",
                        status=1)
+    result.setdefault("timings", {}).update(timings)
     write_session_file(session_dir, spec, result, started)
     if result.get("error"):
         raise CliError(result["error"], status=1)
@@ -229,6 +236,7 @@ def write_session_file(session_dir: str, spec: dict, result: dict, started: floa
         "options": {k: spec[k] for k in ("selection", "duration", "drainers", "slots",
                                          "ringBytes", "ringsPerLane")},
         "targets": result.get("targets", []), "error": result.get("error", ""),
+        "timings": result.get("timings", {}),
         "processTree": [{"pid": t["pid"], "parentPid": t.get("parentPid")}
                         for t in result.get("targets", [])],
     }
