@@ -79,6 +79,17 @@ def start_loop_target():
     return proc
 
 
+STEPS = ("cliStart", "supervisordUp", "injectorStart", "attachStart", "attached",
+         "scriptsLoaded", "initialized", "planned", "pipelineReady", "published", "live")
+
+
+def steps(target_timings, session_timings):
+    """Seconds spent reaching each set-up step from the one before."""
+    t = dict(session_timings, **target_timings)
+    marks = sorted((t[k], k) for k in STEPS if k in t)
+    return {k: (v - marks[i - 1][0]) / 1e9 for i, (v, k) in enumerate(marks) if i}
+
+
 def attach_once(pid, work, label):
     """One attach; returns a row of figures or the failure."""
     out = tempfile.mkdtemp(prefix=f"{label}-", dir=work)
@@ -95,6 +106,7 @@ def attach_once(pid, work, label):
         row["liveAfterAttach"] = (t["live"] - t["attached"]) / 1e9
     if "live" in t and cli:
         row["liveAfterStart"] = (t["live"] - cli) / 1e9
+    row["steps"] = steps(t, session.get("timings", {}))
     manifest_path = os.path.join(target["traceDir"], "trace.json")
     with open(manifest_path) as f:
         manifest = json.load(f)
@@ -251,6 +263,12 @@ def main() -> int:
               f"{stats(rows, 'liveAfterStart'):>17s}  {stats(rows, 'wall'):>15s}")
         for f in failures:
             print(f"    failure: {f}")
+        with_steps = [r["steps"] for r in rows if r.get("steps")]
+        if with_steps:
+            names = [k for k in STEPS if any(k in st for st in with_steps)]
+            print("    median s to each step: " + ", ".join(
+                f"{k} {statistics.median(st.get(k, 0) for st in with_steps):.2f}"
+                for k in names))
     if args.json:
         print(json.dumps({k: {"rows": r, "failures": f} for k, (r, f) in results.items()},
                          indent=2))

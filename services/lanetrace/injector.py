@@ -10,10 +10,13 @@ finished and drained, it writes ``result.json`` into the run directory.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import signal
+import stat
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from lanetrace.rundir import RunDir
 from lanetrace.selection import Selection
 from lanetrace.shm import TargetSegment
 from lanetrace.srclocator import SourceLocator
+from lanetrace.stdio import adopt_caller_stdio
 from lanetrace.threadnames import ThreadNames
 
 log = logging.getLogger("lanetrace.injector")
@@ -197,8 +201,10 @@ class Injector:
             raise TargetError(f"program not found: {argv[0]}") from None
         except frida.PermissionDeniedError as exc:
             raise TargetError(f"not permitted to run {argv[0]}: {exc}") from None
-        except frida.NotSupportedError as exc:
-            raise TargetError(f"cannot spawn {argv[0]}: {exc}") from None
+        except (frida.ExecutableNotSupportedError, frida.NotSupportedError) as exc:
+            raise TargetError(f"cannot spawn {argv[0]}: not a native executable for this "
+                              f"machine ({exc}); a script is traced through its "
+                              "interpreter: lanetrace run -- INTERPRETER SCRIPT") from None
         target = Target(pid=pid, spawned=True, argv=argv)
         self.targets.append(target)
         try:
@@ -261,10 +267,13 @@ class Injector:
         target.start_ns = time.monotonic_ns()
         target.mark("attached")
 
+        uid, gid = _credentials(pid)
+        foreign = uid != os.geteuid()  # a service account's process, attached by root
         target.segment = TargetSegment.create(
             self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
             ring_bytes=int(self.spec.get("ringBytes", 256 * 1024)),
-            rings_per_lane=int(self.spec.get("ringsPerLane", 8)), **self.flight.segment_kwargs())
+            rings_per_lane=int(self.spec.get("ringsPerLane", 8)),
+            owner=(uid, gid) if foreign else None, **self.flight.segment_kwargs())
         # Targets start in GLOBAL_ONLY (the segment's initial mode): nothing is
         # lost before the drainers beat; the agent then moves through
         # DUAL_WRITE to PER_THREAD_ONLY by itself.
@@ -285,7 +294,8 @@ class Injector:
         agent = target.agent.exports_sync
         glue_path = os.path.join(AGENT_DIR, "glue.c")
         glue = open(glue_path).read() if os.path.exists(glue_path) else None
-        agent.init({"shmName": target.segment.name, "agentLibPath": AGENT_LIB,
+        agent_lib = agent_library_for(uid, gid) if foreign else AGENT_LIB
+        agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
                     "glueSource": glue})
         target.mark("initialized")
         plan = agent.plan(self.selection.to_agent())
@@ -540,6 +550,55 @@ def _cmdline(pid: int) -> list[str]:
         raise TargetError(f"not permitted to inspect pid {pid}") from None
 
 
+def _credentials(pid: int) -> tuple[int, int]:
+    """The uid and gid the process opens files with (fsuid, fsgid)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["Uid"].split()[3]), int(fields["Gid"].split()[3])
+    except FileNotFoundError:
+        raise TargetError(f"no such process: {pid}") from None
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        raise TargetError(f"cannot read the credentials of pid {pid}: {exc}") from None
+
+
+def agent_library_for(uid: int, gid: int) -> str:
+    """A copy of the agent library that a process of uid can load: the one
+    next to this package may sit in a directory only we can read (a clone in
+    a 0700 home or `mktemp -d`). One copy per user and library build, owned
+    by that user, 0700/0500, so a later attach loads the same file (the
+    loader reuses it) and no other user can read or replace it."""
+    with open(AGENT_LIB, "rb") as f:
+        data = f.read()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    directory = os.path.join(tempfile.gettempdir(), f"lanetrace-agent-{uid}-{digest}")
+    path = os.path.join(directory, os.path.basename(AGENT_LIB))
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+            raise TargetError(f"{directory} exists but is not a private directory of uid "
+                              f"{uid}; remove it and try again") from None
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return path
+        except OSError:
+            pass
+    else:
+        os.chown(directory, uid, gid)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o500)
+    try:
+        os.write(fd, data)
+        os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
 def _signal_of_dead_process(pid: int) -> int:
     """Best effort for a target killed from outside: no hook of ours ran, and
     the process is not our child, so its status is gone. Report SIGKILL, the
@@ -557,6 +616,15 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with open(args.spec, "rb") as f:
         spec = orjson.loads(f.read())
+    if spec.get("stdioSocket"):
+        # before Frida starts its helper, which the target inherits from
+        try:
+            adopt_caller_stdio(spec["stdioSocket"])
+        except OSError as exc:
+            atf.write_json_atomic(run_dir.file("result.json"), {
+                "sessionId": spec["sessionId"], "traceRoot": spec["traceRoot"], "targets": [],
+                "error": f"could not take over the caller's stdin/stdout/stderr: {exc}"})
+            return 1
     injector = Injector(run_dir, spec)
     signal.signal(signal.SIGTERM, lambda *_: injector.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: injector.stop_requested.set())
