@@ -159,23 +159,50 @@ class Injector:
         spawn = self.spec.get("spawn")
         prepared: list[tuple[Target, bool]] = []
         if spawn:
-            prepared.append((self.guarded_spawn(spawn, self._prepare_spawned), False))
+            prepared.append((self._spawn_prepared(spawn), False))
         for pid in self.spec.get("attach", []):
             target = self._new_attached(int(pid))
-            self.prepare(target)
+            self._set_up(target, self.prepare)
             prepared.append((target, True))
         self.wait_for_pipeline()
         self.timings["pipelineReady"] = time.monotonic_ns()
         for target, attached in prepared:
             if attached:
-                self.go_live(target, attached=True)
+                self._set_up(target, lambda t: self.go_live(t, attached=True))
             else:
                 self.guarded_spawn(spawn, lambda _: self._finish_spawned(target))
 
     def start_spawned(self, spawn: dict) -> None:
         """Spawn, instrument and resume one target (the pipeline is ready)."""
-        target = self.guarded_spawn(spawn, self._prepare_spawned)
+        target = self._spawn_prepared(spawn)
         self.guarded_spawn(spawn, lambda _: self._finish_spawned(target))
+
+    def _spawn_prepared(self, spawn: dict) -> Target:
+        """A spawned target has not run any of its own code before it is
+        resumed, so when Frida's injection hangs (lanetrace.fridaguard) it is
+        ended and spawned once more."""
+        before = len(self.targets)
+        try:
+            return self.guarded_spawn(spawn, self._prepare_spawned)
+        except TargetError as exc:
+            if not str(exc).startswith(HANG_MESSAGE):
+                raise
+            log.warning("%s; spawning %s once more", exc, spawn["argv"][0])
+            for t in self.targets[before:]:
+                self.discard_target(t)
+        return self.guarded_spawn(spawn, self._prepare_spawned)
+
+    def _set_up(self, target: Target, step) -> None:
+        """Run a set-up step; a target that dies meanwhile is reported as
+        such, not as Frida's 'script has been destroyed'."""
+        try:
+            step(target)
+        except (frida.InvalidOperationError, frida.TransportError) as exc:
+            if target.ended.wait(2.0):
+                raise TargetError(f"pid {target.pid} {_how_it_ended(target)} while its hooks "
+                                  "were being set up") from None
+            raise TargetError(f"lost pid {target.pid} while its hooks were being set up: "
+                              f"{exc}") from None
 
     def guarded_spawn(self, spawn: dict, step):
         # A spawned target is ours to end: if Frida's injection never returns
@@ -208,7 +235,7 @@ class Injector:
         target = Target(pid=pid, spawned=True, argv=argv)
         self.targets.append(target)
         try:
-            self.prepare(target)
+            self._set_up(target, self.prepare)
         except TargetError as exc:
             if not self.spec.get("followChildren"):
                 self._kill(target.pid, signal.SIGKILL)
@@ -224,7 +251,7 @@ class Injector:
         try:
             if target.prepare_error is not None:
                 raise target.prepare_error
-            self.go_live(target, attached=False)
+            self._set_up(target, lambda t: self.go_live(t, attached=False))
             if follow:  # --follow-children (lanetrace.children)
                 from lanetrace.children import follow_target
                 follow_target(self, target)
@@ -247,14 +274,26 @@ class Injector:
         self.instrument(self._new_attached(pid), attached=True)
 
     def instrument(self, target: Target, attached: bool) -> None:
-        self.prepare(target)
-        self.go_live(target, attached)
+        self._set_up(target, self.prepare)
+        self._set_up(target, lambda t: self.go_live(t, attached))
 
     def prepare(self, target: Target) -> None:
         """Attach, create the segment, load the scripts and plan the hooks:
         nothing that needs the writer or the drainers."""
         pid = target.pid
         target.mark("attachStart")
+        uid, gid = _credentials(pid)
+        foreign = uid != os.geteuid()  # a service account's process, attached by root
+        target.segment = TargetSegment.create(
+            self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
+            ring_bytes=int(self.spec.get("ringBytes", 256 * 1024)),
+            rings_per_lane=int(self.spec.get("ringsPerLane", 8)),
+            owner=(uid, gid) if foreign else None, **self.flight.segment_kwargs())
+        # The agent maps the segment with its pages populated; allocating them
+        # here, while Frida attaches, takes that work off the way to live hooks.
+        allocating = threading.Thread(target=target.segment.preallocate, daemon=True,
+                                      name=f"preallocate-{pid}")
+        allocating.start()
         try:
             target.session = self.device.attach(pid)
         except frida.ProcessNotFoundError:
@@ -263,17 +302,15 @@ class Injector:
             raise TargetError(f"not permitted to attach to pid {pid}: {exc}") from None
         except frida.ProcessNotRespondingError as exc:
             raise TargetError(f"pid {pid} is not responding: {exc}") from None
+        finally:
+            if target.session is None:  # no trace begins: leave no segment behind
+                allocating.join()
+                target.segment.unlink()
+                target.segment.close()
+                target.segment = None
         target.session.on("detached", lambda reason, crash: self.on_detached(target, reason))
         target.start_ns = time.monotonic_ns()
         target.mark("attached")
-
-        uid, gid = _credentials(pid)
-        foreign = uid != os.geteuid()  # a service account's process, attached by root
-        target.segment = TargetSegment.create(
-            self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
-            ring_bytes=int(self.spec.get("ringBytes", 256 * 1024)),
-            rings_per_lane=int(self.spec.get("ringsPerLane", 8)),
-            owner=(uid, gid) if foreign else None, **self.flight.segment_kwargs())
         # Targets start in GLOBAL_ONLY (the segment's initial mode): nothing is
         # lost before the drainers beat; the agent then moves through
         # DUAL_WRITE to PER_THREAD_ONLY by itself.
@@ -295,6 +332,7 @@ class Injector:
         glue_path = os.path.join(AGENT_DIR, "glue.c")
         glue = open(glue_path).read() if os.path.exists(glue_path) else None
         agent_lib = agent_library_for(uid, gid) if foreign else AGENT_LIB
+        allocating.join()
         agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
                     "glueSource": glue})
         target.mark("initialized")
@@ -548,6 +586,20 @@ def _cmdline(pid: int) -> list[str]:
         raise TargetError(f"no such process: {pid}") from None
     except PermissionError:
         raise TargetError(f"not permitted to inspect pid {pid}") from None
+
+
+def _how_it_ended(target: Target) -> str:
+    if target.crash:
+        return (f"crashed ({target.crash.get('kind', 'signal')} at "
+                f"{target.crash.get('address', '?')})")
+    if target.signal:
+        try:
+            return f"was killed by {signal.Signals(target.signal).name}"
+        except ValueError:
+            return f"was killed by signal {target.signal}"
+    if target.exit_code is not None:
+        return f"exited with status {target.exit_code}"
+    return f"went away ({target.end_reason or 'detached'})"
 
 
 def _credentials(pid: int) -> tuple[int, int]:

@@ -179,6 +179,26 @@ class TargetSegment:
             lib.lt_shm_close(self._m)
         self._m = None
 
+    def preallocate(self) -> None:
+        """Allocate the pages of everything but the detail rings (which stay
+        untouched until the detail lane is used), so that a later populating
+        map only has to map them. Best effort: lack of memory shows up later,
+        counted, as it would without this."""
+        c = self.config
+        detail = c["slots"] * c["detail_rings_per_lane"] * c["detail_ring_bytes"]
+        length = max(0, c["size"] - detail)
+        try:
+            fd = os.open(os.path.join(SHM_DIR, self.name.lstrip("/")),
+                         os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, length)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def unlink(self) -> None:
         rc = lib.lt_shm_unlink(self.name.encode())
         if rc != 0 and rc != -2:  # already gone is fine
