@@ -33,7 +33,11 @@ class StdioServer:
         self._thread.start()
 
     def _serve(self) -> None:
-        fds = [fd for fd in STDIO_FDS if _is_open(fd)]
+        # A terminal on stdin stays ours: the target runs in supervisord's
+        # session, where reading the terminal would stop it (SIGTTIN); it
+        # reads /dev/null instead, as a daemon would. Pipes and files are
+        # passed, and writing to a terminal is fine.
+        fds = [fd for fd in STDIO_FDS if _is_open(fd) and not (fd == 0 and os.isatty(fd))]
         while not self._closed:
             try:
                 conn, _ = self.sock.accept()
@@ -73,6 +77,10 @@ def adopt_caller_stdio(path: str) -> list[int]:
     for target_fd, fd in zip(wanted, fds):
         os.dup2(fd, target_fd)  # dup2 clears close-on-exec: the target inherits it
         os.close(fd)
+    for target_fd in set(STDIO_FDS) - set(wanted):  # not supervisord's pipe
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, target_fd)
+        os.close(null)
     return wanted
 
 
