@@ -170,12 +170,12 @@ class Injector:
             if attached:
                 self._set_up(target, lambda t: self.go_live(t, attached=True))
             else:
-                self.guarded_spawn(spawn, lambda _: self._finish_spawned(target))
+                self.guarded_spawn(spawn, lambda _: self._finish_spawned(target), target.pid)
 
     def start_spawned(self, spawn: dict) -> None:
         """Spawn, instrument and resume one target (the pipeline is ready)."""
         target = self._spawn_prepared(spawn)
-        self.guarded_spawn(spawn, lambda _: self._finish_spawned(target))
+        self.guarded_spawn(spawn, lambda _: self._finish_spawned(target), target.pid)
 
     def _spawn_prepared(self, spawn: dict) -> Target:
         """A spawned target has not run any of its own code before it is
@@ -204,11 +204,12 @@ class Injector:
             raise TargetError(f"lost pid {target.pid} while its hooks were being set up: "
                               f"{exc}") from None
 
-    def guarded_spawn(self, spawn: dict, step):
+    def guarded_spawn(self, spawn: dict, step, pid: int | None = None):
         # A spawned target is ours to end: if Frida's injection never returns
         # (lanetrace.fridaguard), the guard ends it and the user gets a clear
-        # error instead of a session that hangs forever.
-        guard = HangGuard(INJECT_TIMEOUT_S)
+        # error instead of a session that hangs forever. Before the spawn has
+        # returned a pid, the guard ends what was spawned during the step.
+        guard = HangGuard(INJECT_TIMEOUT_S, pid)
         try:
             with guard:
                 return step(spawn)

@@ -327,6 +327,7 @@ def summarize(result: dict) -> dict:
     for t in result["targets"]:
         entry = {"pid": t["pid"], "program": " ".join(t["argv"]) or "?", "traceDir": t["traceDir"],
                  "exitCode": t["exitCode"], "signal": t["signal"], "detached": t["detached"],
+                 "endReason": t.get("endReason", ""),
                  "error": t.get("error", "")}
         try:
             manifest = atf.read_manifest(t["traceDir"])
@@ -360,6 +361,9 @@ def print_summary(summary: dict, as_json: bool) -> None:
     for t in summary["targets"]:
         if t["detached"]:
             how = "detached, still running"
+        elif t.get("endReason") == "process-replaced":
+            how = ("replaced its program with exec; the new program runs untraced "
+                   "(--follow-children traces it)")
         elif t["signal"]:
             how = f"killed by {_signame(t['signal'])}"
         else:
