@@ -194,15 +194,40 @@ class Injector:
 
     def _set_up(self, target: Target, step) -> None:
         """Run a set-up step; a target that dies meanwhile is reported as
-        such, not as Frida's 'script has been destroyed'."""
+        such, not as Frida's 'script has been destroyed'. An attached target
+        is not ours to end when Frida's injection hangs in it (spawned ones
+        have their HangGuard): the session is detached instead, which fails
+        the call that hangs, and the process keeps running."""
+        hung = threading.Event()
+
+        def give_up() -> None:
+            hung.set()
+            try:
+                if target.session is not None:
+                    target.session.detach()
+            except frida.InvalidOperationError:
+                pass
+
+        timer = None
+        if not target.spawned:
+            timer = threading.Timer(INJECT_TIMEOUT_S, give_up)
+            timer.daemon = True
+            timer.start()
         try:
             step(target)
         except (frida.InvalidOperationError, frida.TransportError) as exc:
+            if hung.is_set():
+                raise TargetError(f"{HANG_MESSAGE} into pid {target.pid} within "
+                                  f"{INJECT_TIMEOUT_S:.0f}s (a rare hang inside Frida); lanetrace "
+                                  "detached and the process keeps running, attach again") from None
             if target.ended.wait(2.0):
                 raise TargetError(f"pid {target.pid} {_how_it_ended(target)} while its hooks "
                                   "were being set up") from None
             raise TargetError(f"lost pid {target.pid} while its hooks were being set up: "
                               f"{exc}") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def guarded_spawn(self, spawn: dict, step, pid: int | None = None):
         # A spawned target is ours to end: if Frida's injection never returns
@@ -334,6 +359,7 @@ class Injector:
         glue = open(glue_path).read() if os.path.exists(glue_path) else None
         agent_lib = agent_library_for(uid, gid) if foreign else AGENT_LIB
         allocating.join()
+        target.mark("allocated")
         agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
                     "glueSource": glue})
         target.mark("initialized")
