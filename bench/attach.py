@@ -83,7 +83,7 @@ def start_loop_target():
 
 
 STEPS = ("cliStart", "supervisordUp", "injectorStart", "attachStart", "attached",
-         "scriptsLoaded", "initialized", "planned", "pipelineReady", "published", "live")
+         "scriptsLoaded", "allocated", "initialized", "planned", "pipelineReady", "published", "live")
 
 
 def steps(target_timings, session_timings):
