@@ -13,8 +13,6 @@ import time
 
 import orjson
 
-CLI_START_NS = time.monotonic_ns()
-
 from lanetrace import atf
 from lanetrace.cli import CliError, flightopts
 from lanetrace.cli.argtypes import int_range, positive_float
@@ -24,6 +22,8 @@ from lanetrace.rundir import RunDir, default_run_dir, new_session_id
 from lanetrace.selection import Selection, SelectionError
 from lanetrace.session import SessionConfig, SessionError, Supervisor, remove_run_dir
 from lanetrace.stdio import StdioServer
+
+CLI_START_NS = time.monotonic_ns()  # the origin of session.json "timings"
 
 
 def register(sub) -> None:
