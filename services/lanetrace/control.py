@@ -371,7 +371,8 @@ def _make_injector_class():
     """Deferred import: injector.py pulls in frida; the CLI client must not."""
     import frida
 
-    from lanetrace.injector import DRAIN_TIMEOUT_S, Injector, Target, TargetError
+    from lanetrace.injector import (DRAIN_TIMEOUT_S, SOURCE_LOCATIONS_TIMEOUT_S, Injector, Target,
+                                    TargetError)
 
     class DaemonInjector(Injector):
         """The injector of a daemon: targets come and go by control command;
@@ -635,6 +636,10 @@ def _make_injector_class():
                                 f"{DRAIN_TIMEOUT_S:.0f}s")
             if hasattr(self, "flight_tick"):
                 self.flight_tick(target)
+            # file:line of its functions are in (found after the hooks went live)
+            problem = self.sources.wait(target.pid, SOURCE_LOCATIONS_TIMEOUT_S)
+            if problem:
+                target.error = target.error or problem
             drops = segment.drops()
             target.control = control_counters(segment)
             header = {

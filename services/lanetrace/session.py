@@ -106,8 +106,9 @@ redirect_stderr=true
     ]
     programs = ["broker", "writer", "drainer"]
     if cfg.spec_path:
-        # The target inherits the injector's stdout/stderr, which supervisord
-        # passes through to its own: the user sees the program's output.
+        # A spawned target gets the caller's own stdin/stdout/stderr from the
+        # CLI (lanetrace.stdio), not through supervisord: what the injector
+        # itself prints goes to its log.
         sections.append(f"""[program:injector]
 command={_python_cmd('lanetrace.injector', '--run-dir', rd.path, '--spec', cfg.spec_path)}
 priority=40
@@ -115,10 +116,8 @@ autorestart=false
 startsecs=0
 stopsignal=TERM
 stopwaitsecs=60
-stdout_logfile=/dev/stdout
-stdout_logfile_maxbytes=0
-stderr_logfile=/dev/stderr
-stderr_logfile_maxbytes=0
+stdout_logfile={logs}/injector-output.log
+redirect_stderr=true
 """)
         programs.append("injector")
     sections.append(f"[group:{GROUP}]\nprograms={','.join(programs)}\n")
