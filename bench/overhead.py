@@ -217,7 +217,8 @@ def variant_lanetrace(iters, work, timeout):
     if probe.returncode != 0:
         raise Unavailable("`lanetrace run` missing: " + last_line(probe.stderr))
     traces = os.path.join(work, "traces")
-    argv = [LANETRACE, "run", "-i", "hot!hot_fn", "-o", traces, "--json", "--",
+    summary_file = os.path.join(work, "summary.json")
+    argv = [LANETRACE, "run", "-i", "hot!hot_fn", "-o", traces, "--json-out", summary_file, "--",
             os.path.join(BIN, "hot"), str(iters)]
     try:
         r, proc = run_command(argv, iters, work, timeout, trace_dir=traces)
@@ -232,11 +233,11 @@ def variant_lanetrace(iters, work, timeout):
     # The summary tells whether the calls were really recorded: a tracer that
     # silently records nothing would otherwise look free.
     try:
-        summary = json.loads(proc.stdout[proc.stdout.index("{"):]) if "{" in proc.stdout else {}
-        target = summary["targets"][0]
-    except (ValueError, KeyError, IndexError):
+        with open(summary_file) as f:
+            target = json.load(f)["targets"][0]
+    except (OSError, ValueError, KeyError, IndexError):
         shutil.rmtree(traces, ignore_errors=True)
-        raise Unavailable("no JSON summary from `lanetrace run --json`") from None
+        raise Unavailable("no JSON summary from `lanetrace run --json-out`") from None
     events, drops = target.get("events", 0), target.get("drops") or {}
     notes = [f"events {events}"]
     if events < 2 * iters:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 
 import orjson
@@ -50,7 +51,7 @@ def run_args(trace_root, argv, include=None, exclude=None, triggers=None, durati
     if not argv:
         raise CaptureError("argv: the program and its arguments, e.g. [\"./myprog\", \"--flag\"]")
     d = _duration(durationSec)
-    out = ["run", "--json", "-o", trace_root, *selection_args(include, exclude, triggers)]
+    out = ["run", "-o", trace_root, *selection_args(include, exclude, triggers)]
     if d is not None:
         out += ["--duration", str(d)]
     return out + ["--", *argv]
@@ -62,22 +63,30 @@ def attach_args(trace_root, pid, include=None, durationSec=None) -> list:
     if not os.path.exists(f"/proc/{pid}"):
         raise CaptureError(f"pid: no process {pid}")
     d = _duration(durationSec, required=True)
-    return ["attach", "--json", "-o", trace_root, *selection_args(include),
+    return ["attach", "-o", trace_root, *selection_args(include),
             "--duration", str(d), str(pid)]
 
 
 def capture(args: list, timeout: float) -> dict:
-    """Run ``lanetrace ARGS``; the parsed ``--json`` summary plus ``status``
-    (the command's exit status: the program's, for run) and ``stderr``."""
-    cmd = [sys.executable, "-m", "lanetrace", *args]
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, start_new_session=True)
-    except subprocess.TimeoutExpired:
-        raise CaptureError(f"lanetrace {args[0]} did not finish within {timeout:.0f} s; "
-                           "give durationSec to bound the capture") from None
+    """Run ``lanetrace ARGS``; its summary (``--json-out``) plus ``status``
+    (the command's exit status: the program's, for run), the program's
+    ``stdout`` and ``stderr``."""
+    with tempfile.TemporaryDirectory(prefix="lanetrace-mcp-") as tmp:
+        summary_file = os.path.join(tmp, "summary.json")
+        cmd = [sys.executable, "-m", "lanetrace", args[0], "--json-out", summary_file, *args[1:]]
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=timeout, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise CaptureError(f"lanetrace {args[0]} did not finish within {timeout:.0f} s; "
+                               "give durationSec to bound the capture") from None
+        try:
+            with open(summary_file, "rb") as f:
+                summary = orjson.loads(f.read())
+        except (OSError, ValueError):
+            summary = None
     stderr = proc.stderr.decode(errors="replace")
-    summary, program_out = _split_summary(proc.stdout)
+    program_out = proc.stdout
     if summary is None:
         tail = "\n".join(stderr.strip().splitlines()[-8:])
         raise CaptureError(f"lanetrace {args[0]} failed (exit status {proc.returncode}) "
@@ -86,22 +95,3 @@ def capture(args: list, timeout: float) -> dict:
     summary["stdout"] = program_out.decode(errors="replace")
     summary["stderr"] = stderr
     return summary
-
-
-def _split_summary(out: bytes):
-    """The traced program shares stdout with the summary, which comes last and
-    starts with a line holding only ``{``."""
-    pos = len(out)
-    while True:
-        pos = out.rfind(b"{\n", 0, pos)
-        if pos < 0:
-            return None, out
-        if pos == 0 or out[pos - 1:pos] == b"\n":
-            try:
-                summary = orjson.loads(out[pos:])
-                if isinstance(summary, dict) and "targets" in summary:
-                    return summary, out[:pos]
-            except ValueError:
-                pass
-        if pos == 0:
-            return None, out
