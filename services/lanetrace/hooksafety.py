@@ -61,6 +61,7 @@ NO_MEMORY_NEAR = "no-memory-near"
 NOT_EXECUTABLE = "not-executable"
 UNREADABLE = "unreadable"
 ALREADY_PATCHED = "already-patched"
+BUSY = "busy"
 
 REASON_TEXT = {
     COLD_PART: "split-off .cold part, not a function entry",
@@ -73,6 +74,7 @@ REASON_TEXT = {
     NOT_EXECUTABLE: "address is not in an executable mapping",
     UNREADABLE: "code could not be read",
     ALREADY_PATCHED: "its entry already jumps into anonymous memory (another tracer's hook)",
+    BUSY: "a running thread stayed inside the bytes to patch",
 }
 
 _MD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
@@ -530,6 +532,20 @@ def decide(pid: int, modules: list[dict], functions: list[dict]) -> dict[int, Ve
     for fns in by_module.values():  # a module the agent did not describe
         for f in fns:
             out[f["id"]] = Verdict("skip", NOT_EXECUTABLE)
+    return out
+
+
+def patch_ranges(verdicts: dict[int, Verdict], addresses: dict[int, int]) -> list[tuple[int, int, int]]:
+    """(function id, lo, hi) of the bytes each fast verdict overwrites: a
+    thread strictly inside one of them must not run while it is written."""
+    out = []
+    for fid, v in verdicts.items():
+        if v.kind != "fast" or fid not in addresses:
+            continue
+        site = addresses[fid] + v.patch_off
+        out.append((fid, site, site + (PATCH_LEN if not v.tramp else SHORT_PATCH_LEN)))
+        if v.tramp:
+            out.append((fid, v.tramp, v.tramp + PATCH_LEN))
     return out
 
 

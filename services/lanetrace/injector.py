@@ -32,6 +32,7 @@ from lanetrace.flightctl import FlightControl, TriggerError
 from lanetrace.rundir import RunDir
 from lanetrace.selection import Selection
 from lanetrace.shm import TargetSegment
+from lanetrace.threadstop import StoppedThreads
 from lanetrace.srclocator import SourceLocator
 from lanetrace.stdio import adopt_caller_stdio
 from lanetrace.threadnames import ThreadNames
@@ -85,6 +86,7 @@ class Target:
     timings: dict = field(default_factory=dict)
     modules: list[dict] = field(default_factory=list)
     planned: list[dict] = field(default_factory=list)
+    addresses: dict = field(default_factory=dict)  # function id -> entry, role functions too
     verdicts: dict = field(default_factory=dict)        # function id -> hooksafety.Verdict
     selection_skips: list[dict] = field(default_factory=list)
     prepare_error: Exception | None = None
@@ -383,6 +385,7 @@ class Injector:
         except TriggerError as exc:
             raise TargetError(str(exc)) from None
         target.planned = functions
+        target.addresses = {f["id"]: int(f["address"], 16) for f in planned}
         # what may be patched, decided from the code in memory before the
         # writer is needed
         target.verdicts = hooksafety.decide(pid, plan.get("modules", []), planned)
@@ -404,7 +407,10 @@ class Injector:
         self.publish_functions(target, functions)
         target.mark("published")
         verdicts = target.verdicts
-        installed = agent.install({"verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+        if attached:
+            installed = self.install_stopped(target, agent, verdicts)
+        else:  # spawned: suspended at its entry point, no thread runs
+            installed = agent.install({"verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
         target.mark("live")
         self.record_hooks(target, functions, verdicts, installed, target.selection_skips)
         log.info("pid %d: %d functions planned: %d fast, %d fallback, %d skipped %s", pid,
@@ -442,6 +448,39 @@ class Injector:
             self._summarize_hooks(target)
         elif payload.get("type") == "log":
             log.info("agent in pid %d: %s", target.pid, payload.get("message"))
+
+    BUSY_ROUNDS = 4
+
+    def install_stopped(self, target: Target, agent, verdicts: dict) -> dict:
+        """Install into a running program with its threads stopped: a
+        function some thread is inside of (past its first patched
+        instruction) waits for the next round; after BUSY_ROUNDS it is
+        skipped as ``busy``."""
+        addresses = target.addresses
+        pending = dict(verdicts)
+        total = {"replaced": 0, "attached": 0, "failed": [], "demoted": {}, "roles": 0}
+        for _ in range(self.BUSY_ROUNDS):
+            keep = set(agent.framework_threads())
+            with StoppedThreads(target.pid, keep) as stopped:
+                busy = stopped.inside(hooksafety.patch_ranges(pending, addresses))
+                now = {k: v for k, v in pending.items() if k not in busy}
+                result = agent.install({"verdicts": {str(k): v.to_agent() for k, v in now.items()}})
+            if stopped.unstoppable:
+                log.warning("pid %d: threads %s could not be stopped while hooks were written",
+                            target.pid, stopped.unstoppable)
+            for key in ("replaced", "attached", "roles"):
+                total[key] += int(result.get(key, 0))
+            total["failed"] += result.get("failed", [])
+            for r, n in (result.get("demoted") or {}).items():
+                total["demoted"][r] = total["demoted"].get(r, 0) + n
+            pending = {k: pending[k] for k in busy}
+            if not pending:
+                break
+        for k in pending:  # still busy: left alone, and said so
+            verdicts[k] = hooksafety.Verdict("skip", hooksafety.BUSY)
+        if pending:
+            agent.install({"verdicts": {str(k): verdicts[k].to_agent() for k in pending}})
+        return total
 
     def record_hooks(self, target: Target, functions, verdicts, installed, skipped) -> None:
         target.hook_batches.append([functions, verdicts, installed, skipped])

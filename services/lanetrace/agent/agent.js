@@ -21,6 +21,7 @@
  *           modules:[{name, path, base, size, starts:[address...], slotBase, slotCount}]}
  *   install({verdicts: {id: {kind:'fast', patchOff, patchLen, slot, code, expect, tramp, trampExpect}
  *                          | {kind:'fallback'|'skip', reason}}})
+ *       planned functions without a verdict stay pending for a later install()
  *       -> {replaced, attached, failed:[{name, reason, code}], demoted:{reason: n}}
  *   setTriggers({functionIds:[...]}) -> {set, unknown:[...]}
  *       ENTRY of these functions appends a mark {ts, "symbol", fid, tid} to
@@ -28,6 +29,7 @@
  *       the native hook path; no JS per event). Replaces the previous set;
  *       functions installed later (dlopen) get their flag at install.
  *   addMark({kind, functionId?, tid?}) -> {ok}   kind: crash | manual | time
+ *   frameworkThreads() -> [tid...]  Frida's threads and the caller's
  *   detach(); stats()
  * Later dlopen()s: matching functions are first announced with
  *   send({type:'functions', seq, modules:[...as in plan], functions:[...], skipped})
@@ -365,7 +367,8 @@ function installPending(verdicts) {
   };
   for (const fn of todo) {
     const v = verdicts[fn.id] || verdicts[String(fn.id)];
-    if (v === undefined || v.kind === 'skip') continue; // counted by the injector
+    if (v === undefined) { st.pending.push(fn); continue; } // for a later install() (a thread was inside it)
+    if (v.kind === 'skip') continue; // counted by the injector
     if (v.kind === 'fallback') { if (!fn.role) attach(fn, v.reason); continue; }
     const n = writeHex(code, v.code);
     writeHex(expect, v.expect);
@@ -451,6 +454,7 @@ function init(opts) {
       ['uint32', 'uint32', 'pointer', 'uint32', 'pointer', 'pointer', 'uint32', 'pointer', 'pointer', 'pointer', 'pointer']),
     revert: new NativeFunction(e('lt_revert'), 'int', ['pointer']),
     unlockCode: new NativeFunction(e('lt_unlock_code'), 'int', ['uint64', 'uint64']),
+    ignoredTids: new NativeFunction(e('lt_ignored_tids'), 'uint32', ['pointer', 'uint32']),
     lockCode: new NativeFunction(e('lt_lock_code'), 'void', []),
     ignore: new NativeFunction(e('lt_ignore_thread'), 'void', ['uint32']),
     ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
@@ -550,6 +554,16 @@ function addMark(opts) {
   return { ok: st.nf.addMark(kind, opts.functionId || 0, tid) === 0 };
 }
 
+/* Threads that must keep running while the injector stops the program's
+ * threads to write hooks: Frida's own (the ignored ones) and this one. */
+function frameworkThreads() {
+  const buf = Memory.alloc(4 * 128);
+  const n = st.nf.ignoredTids(buf, 128);
+  const out = [Process.getCurrentThreadId()];
+  for (let i = 0; i < n; i++) out.push(buf.add(4 * i).readU32());
+  return out;
+}
+
 function stats() {
   const out = Memory.alloc(8 * 8);
   st.nf.stats(out);
@@ -566,6 +580,6 @@ function stats() {
 }
 
 rpc.exports = {
-  init, plan, install, detach, stats, setTriggers, addMark,
+  init, plan, install, detach, stats, setTriggers, addMark, frameworkThreads,
   dispose() { try { detach(); } catch (e) { } },
 };
