@@ -306,22 +306,12 @@ def relocate(code: bytes, address: int, new_address: int,
                 if op is None or rel is None:
                     return UNRELOCATABLE
                 out += bytes((0x0F, op)) + rel
-        elif capstone.CS_GRP_JUMP in groups:  # jmp reg / jmp [mem]
-            if _rip_relative(insn):
-                b = _fixed_disp(insn, here)
-                if b is None:
-                    return UNRELOCATABLE
-                out += b
-            else:
-                out += insn.bytes
-            ended = True
-        elif _rip_relative(insn):
-            b = _fixed_disp(insn, here)
+        else:  # moved as it is, its RIP-relative operand re-aimed
+            b = _fixed_disp(insn, here) if _rip_relative(insn) else insn.bytes
             if b is None:
                 return UNRELOCATABLE
             out += b
-        else:
-            out += insn.bytes
+            ended = capstone.CS_GRP_JUMP in groups  # jmp reg / jmp [mem]: the function ends
         covered += insn.size
     if covered < min_len:
         return TOO_SHORT  # ran out of decodable bytes
