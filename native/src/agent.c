@@ -958,20 +958,6 @@ EXPORT void lt_ignore_thread(uint32_t tid)
     }
 }
 
-/* The threads the agent ignores (Frida's own): the injector must never stop
- * them while hooks are written. Returns how many were written to out. */
-EXPORT uint32_t lt_ignored_tids(uint32_t *out, uint32_t cap)
-{
-    uint32_t n = 0;
-    for (int i = 0; i < LT_MAX_IGNORED && n < cap; i++) {
-        uint32_t v = atomic_load_explicit(&g_ignored[i], ACQ);
-        if (!v)
-            break;
-        out[n++] = v;
-    }
-    return n;
-}
-
 /* Frida cloaks its own threads (they are missing from
  * Process.enumerateThreads) and leaves their names alone, so: every thread
  * of the process that agent.js did not see, except the main thread, is

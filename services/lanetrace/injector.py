@@ -460,8 +460,7 @@ class Injector:
         pending = dict(verdicts)
         total = {"replaced": 0, "attached": 0, "failed": [], "demoted": {}, "roles": 0}
         for _ in range(self.BUSY_ROUNDS):
-            keep = set(agent.framework_threads())
-            with StoppedThreads(target.pid, keep) as stopped:
+            with StoppedThreads(target.pid, agent.program_threads()) as stopped:
                 busy = stopped.inside(hooksafety.patch_ranges(pending, addresses))
                 now = {k: v for k, v in pending.items() if k not in busy}
                 result = agent.install({"verdicts": {str(k): v.to_agent() for k, v in now.items()}})

@@ -9,8 +9,10 @@ out of this round the functions some thread is inside of, lets the agent
 write the others, and lets the threads go. Frida's own threads (the agent's
 JS thread writes the patches) are never stopped.
 
-Used for attached targets and for modules loaded while the program runs; a
-spawned target is still suspended at its entry point and needs none of it.
+Used for attached targets; a spawned target is still suspended at its entry
+point and needs none of it. A thread the program starts while the others are
+stopped is not stopped: it begins at a function's first instruction, which a
+patch may replace whole.
 """
 from __future__ import annotations
 
@@ -46,23 +48,18 @@ def _ptrace(req: int, tid: int, addr=None, data=None) -> int:
 
 
 class StoppedThreads:
-    """Context manager: every thread of ``pid`` but ``keep_running`` is
-    stopped inside it. ``rips`` maps each stopped thread to its next
-    instruction; ``unstoppable`` lists the threads that could not be stopped
-    (traced by someone else, or gone)."""
+    """Context manager: the threads ``tids`` of ``pid`` (the program's, as
+    the agent lists them; never Frida's) are stopped inside it. ``rips``
+    maps each stopped thread to its next instruction; ``unstoppable`` lists
+    the threads that could not be stopped (traced by someone else, or
+    gone)."""
 
-    def __init__(self, pid: int, keep_running: set[int]):
+    def __init__(self, pid: int, tids):
         self.pid = pid
-        self.keep = set(keep_running)
+        self.tids = sorted(set(tids))
         self.stopped: list[int] = []
         self.rips: dict[int, int] = {}
         self.unstoppable: list[int] = []
-
-    def _tids(self) -> set[int]:
-        try:
-            return {int(t) for t in os.listdir(f"/proc/{self.pid}/task")}
-        except FileNotFoundError:
-            return set()
 
     def __enter__(self) -> "StoppedThreads":
         try:
@@ -73,12 +70,8 @@ class StoppedThreads:
         return self
 
     def _stop_all(self) -> None:
-        # threads started while we stop the others are caught by the next pass
-        for _ in range(4):
-            fresh = self._tids() - self.keep - set(self.stopped) - set(self.unstoppable)
-            if not fresh:
-                break
-            for tid in sorted(fresh):
+        for tid in self.tids:
+            if os.path.exists(f"/proc/{self.pid}/task/{tid}"):
                 self._stop(tid)
         regs = _Regs()
         for tid in self.stopped:

@@ -17,15 +17,14 @@ def _states(pid: int) -> dict[int, str]:
     return out
 
 
-def test_stopped_threads__sleeper_with_three_threads__then_all_but_kept_stopped_and_resumed_after():
+def test_stopped_threads__three_of_four_threads_asked__then_exactly_those_stopped_and_resumed_after():
     proc = subprocess.Popen([example("sleeper"), "30"], stdout=subprocess.PIPE, text=True)
     try:
         while "ready" not in proc.stdout.readline():
             pass
         tids = sorted(_states(proc.pid))
         assert len(tids) == 4
-        keep = {tids[-1]}
-        with StoppedThreads(proc.pid, keep) as stopped:
+        with StoppedThreads(proc.pid, tids[:-1]) as stopped:
             states = _states(proc.pid)
             assert sorted(stopped.stopped) == tids[:-1]
             assert all(states[t] == "t" for t in tids[:-1])  # stopped by a tracer

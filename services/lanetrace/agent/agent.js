@@ -29,7 +29,7 @@
  *       the native hook path; no JS per event). Replaces the previous set;
  *       functions installed later (dlopen) get their flag at install.
  *   addMark({kind, functionId?, tid?}) -> {ok}   kind: crash | manual | time
- *   frameworkThreads() -> [tid...]  Frida's threads and the caller's
+ *   programThreads() -> [tid...]  the program's threads (not Frida's, not the caller)
  *   detach(); stats()
  * Later dlopen()s: matching functions are first announced with
  *   send({type:'functions', seq, modules:[...as in plan], functions:[...], skipped})
@@ -454,7 +454,6 @@ function init(opts) {
       ['uint32', 'uint32', 'pointer', 'uint32', 'pointer', 'pointer', 'uint32', 'pointer', 'pointer', 'pointer', 'pointer']),
     revert: new NativeFunction(e('lt_revert'), 'int', ['pointer']),
     unlockCode: new NativeFunction(e('lt_unlock_code'), 'int', ['uint64', 'uint64']),
-    ignoredTids: new NativeFunction(e('lt_ignored_tids'), 'uint32', ['pointer', 'uint32']),
     lockCode: new NativeFunction(e('lt_lock_code'), 'void', []),
     ignore: new NativeFunction(e('lt_ignore_thread'), 'void', ['uint32']),
     ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
@@ -554,14 +553,12 @@ function addMark(opts) {
   return { ok: st.nf.addMark(kind, opts.functionId || 0, tid) === 0 };
 }
 
-/* Threads that must keep running while the injector stops the program's
- * threads to write hooks: Frida's own (the ignored ones) and this one. */
-function frameworkThreads() {
-  const buf = Memory.alloc(4 * 128);
-  const n = st.nf.ignoredTids(buf, 128);
-  const out = [Process.getCurrentThreadId()];
-  for (let i = 0; i < n; i++) out.push(buf.add(4 * i).readU32());
-  return out;
+/* The program's own threads, which the injector stops while it writes
+ * hooks into a running process: every thread Frida does not cloak, but the
+ * caller. */
+function programThreads() {
+  const self = Process.getCurrentThreadId();
+  return Process.enumerateThreads().map(t => t.id).filter(id => id !== self);
 }
 
 function stats() {
@@ -580,6 +577,6 @@ function stats() {
 }
 
 rpc.exports = {
-  init, plan, install, detach, stats, setTriggers, addMark, frameworkThreads,
+  init, plan, install, detach, stats, setTriggers, addMark, programThreads,
   dispose() { try { detach(); } catch (e) { } },
 };
