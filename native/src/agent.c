@@ -21,8 +21,10 @@
  *                 more event, never corrupts (frames are always popped).
  *   g_epoch       release by lt_init after g_ctl is set | acquire by the
  *                 per-thread check that re-registers a thread in a new session.
- *   g_free_lock   acquire/release spinlock around the thread free list and
- *                 the stub allocator (rare paths only).
+ *   g_free_lock   acquire/release spinlock around the thread free list
+ *                 (rare paths only).
+ *   g_desc_lock   acquire/release spinlock around the hook descriptor
+ *                 allocator (lifecycle calls only).
  *   g_ignored[]   release by lt_ignore_thread | acquire in thread init.
  *   desc.trigger,
  *   g_trig_fid[]  relaxed flags: a stale read adds or misses one mark around
@@ -674,21 +676,36 @@ EXPORT void lt_cm_leave(uint32_t fid, uint64_t slot, uint64_t rax, uint64_t rdx)
 #define NEAR_LIMIT 0x7ff00000ull /* stay inside a rel32's reach with room to spare */
 
 static lt_desc *g_desc_cur, *g_desc_end;
+/* Descriptors are allocated by lifecycle calls only (the installing
+ * thread), under their own lock: never the one program threads take in
+ * thread_init/thread_exit, which the injector may stop mid-way while hooks
+ * are written. acquire/release. */
+static _Atomic uint32_t g_desc_lock;
+
+static void desc_lock(void)
+{
+    uint32_t z = 0;
+    while (!atomic_compare_exchange_weak_explicit(&g_desc_lock, &z, 1, ACQ, RLX)) {
+        z = 0;
+        __asm__ volatile("pause");
+    }
+}
+static void desc_unlock(void) { atomic_store_explicit(&g_desc_lock, 0, REL); }
 
 static lt_desc *desc_alloc(uint32_t fid)
 {
-    spin_lock();
+    desc_lock();
     if (g_desc_cur == g_desc_end) {
         void *data = mmap(NULL, DESC_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (data == MAP_FAILED) {
-            spin_unlock();
+            desc_unlock();
             return NULL;
         }
         g_desc_cur = data;
         g_desc_end = g_desc_cur + DESC_CHUNK / sizeof(lt_desc);
     }
     lt_desc *d = g_desc_cur++;
-    spin_unlock();
+    desc_unlock();
     d->orig = NULL;
     d->site = NULL;
     d->fid = fid;

@@ -94,13 +94,15 @@ class Verdict:
     expect: bytes = b""       # the bytes at the patch site that were analysed
     tramp: int = 0            # short form: where the jmp rel32 goes (padding before the function)
     tramp_expect: bytes = b""
+    window: tuple[int, int] = (0, 0)  # the r-x mapping the patch lies in, made writable meanwhile
 
     def to_agent(self) -> dict:
         if self.kind != "fast":
             return {"kind": self.kind, "reason": self.reason}
         return {"kind": "fast", "patchOff": self.patch_off, "patchLen": self.patch_len,
                 "slot": hex(self.slot), "code": self.code.hex(), "expect": self.expect.hex(),
-                "tramp": hex(self.tramp), "trampExpect": self.tramp_expect.hex()}
+                "tramp": hex(self.tramp), "trampExpect": self.tramp_expect.hex(),
+                "window": [hex(self.window[0]), hex(self.window[1])]}
 
 
 class ProcessMemory:
@@ -472,6 +474,7 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
         if why in (TOO_SHORT, SHARED_CODE, BRANCH_INTO_PATCH):
             why = _short_patch(mem, branches, start_arr, slot, addr, size, off, head) or why
         if isinstance(why, Verdict):
+            why.window = mem.exec_range_of(addr)
             verdicts[fid] = why
             next_slot += 1
         else:

@@ -356,14 +356,15 @@ function installPending(verdicts) {
       res.failed.push(f);
     }
   };
-  // one writable window per executable range instead of two mprotects per hook
+  // One writable window per executable mapping (the injector names it)
+  // instead of two mprotects per hook. Nothing here may take a libc lock:
+  // in a running program the injector has stopped the program's threads,
+  // one of which may hold it.
   let window = null;
-  const unlockFor = addr => {
-    if (window !== null && addr.compare(window.base) >= 0 && addr.add(8).compare(window.base.add(window.size)) <= 0) return;
+  const unlockFor = w => {
+    if (!w || (window !== null && window[0] === w[0] && window[1] === w[1])) return;
     if (window !== null) { st.nf.lockCode(); window = null; }
-    const r = Process.findRangeByAddress(addr);
-    if (r === null || r.protection !== 'r-x') return;
-    if (st.nf.unlockCode(uint64(r.base.toString()), uint64(r.base.add(r.size).toString())) === 0) window = r;
+    if (st.nf.unlockCode(uint64(w[0]), uint64(w[1])) === 0) window = w;
   };
   for (const fn of todo) {
     const v = verdicts[fn.id] || verdicts[String(fn.id)];
@@ -373,7 +374,7 @@ function installPending(verdicts) {
     const n = writeHex(code, v.code);
     writeHex(expect, v.expect);
     writeHex(texpect, v.trampExpect || '');
-    unlockFor(ptr(fn.address));
+    unlockFor(v.window);
     const stub = st.nf.install(fn.id, fn.role || 0, ptr(fn.address).add(v.patchOff), v.patchLen, ptr(v.slot),
       code, n, expect, ptr(v.tramp || '0x0'), texpect, why);
     if (!stub.isNull()) {
@@ -472,6 +473,9 @@ function init(opts) {
   const rc = st.nf.init(Memory.allocUtf8String(opts.shmName), err, 512);
   if (rc !== 0) throw new Error(`init: ${err.readUtf8String()}`);
   st.detached = false;
+  // compiled now: a fallback hook may be installed while the program's
+  // threads are stopped, when nothing may wait on a lock one of them holds
+  try { glue(); } catch (e) { /* reported per function when it is needed */ }
   const main = Process.mainModule;
   return {
     pid: Process.id, arch: Process.arch, ignoredThreads: ignored, visibleThreads: visible.length,
