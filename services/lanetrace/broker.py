@@ -10,7 +10,7 @@ import sys
 
 import zmq
 
-from lanetrace.rundir import RunDir
+from lanetrace.core.rundir import RunDir
 
 
 def main(argv=None) -> int:

@@ -38,10 +38,10 @@ from collections import OrderedDict
 import orjson
 import zmq
 
-from lanetrace import atf
-from lanetrace.bus import receive
-from lanetrace.datachannel import WriterRejected, WriterUnavailable
-from lanetrace.rundir import RunDir, new_session_id
+from lanetrace.core import atf
+from lanetrace.core.bus import receive
+from lanetrace.core.datachannel import WriterRejected, WriterUnavailable
+from lanetrace.core.rundir import RunDir, new_session_id
 from lanetrace.selection import Selection, SelectionError
 
 log = logging.getLogger("lanetrace.control")

@@ -22,11 +22,11 @@ import signal
 import sys
 import time
 
-from lanetrace import flightrec
-from lanetrace.bus import Bus
+from lanetrace.core import flightrec
+from lanetrace.core.bus import Bus
+from lanetrace.core.rundir import RunDir
 from lanetrace.pipeline import Pipeline
 from lanetrace.preroll import PreRoll
-from lanetrace.rundir import RunDir
 from lanetrace.shm import SegmentError, TargetSegment
 
 # Small enough that the first batch's rings go back while later ones are in

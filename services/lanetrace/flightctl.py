@@ -11,8 +11,8 @@ from __future__ import annotations
 import signal as _signal
 import time
 
-from lanetrace import flightrec
-from lanetrace.flightrec import Trigger, TriggerError
+from lanetrace.core import flightrec
+from lanetrace.core.flightrec import Trigger, TriggerError
 
 DETAIL_RING_BYTES = 256 * 1024
 DETAIL_RINGS_PER_LANE = 8

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import frida
 import orjson
 
-from lanetrace import atf
-from lanetrace.bus import Bus, receive
-from lanetrace.fridaguard import HANG_MESSAGE, HangGuard
-from lanetrace.datachannel import WriterClient, WriterRejected, WriterUnavailable
+from lanetrace.core import atf
+from lanetrace.core.bus import Bus, receive
+from lanetrace.core.datachannel import WriterClient, WriterRejected, WriterUnavailable
+from lanetrace.core.rundir import RunDir
 from lanetrace.flightctl import FlightControl, TriggerError
-from lanetrace.rundir import RunDir
+from lanetrace.fridaguard import HANG_MESSAGE, HangGuard
 from lanetrace.selection import Selection
 from lanetrace.shm import TargetSegment
 from lanetrace.threadnames import ThreadNames

@@ -25,7 +25,7 @@ from typing import Callable
 import orjson
 import zmq
 
-from lanetrace.datachannel import WriterRejected
+from lanetrace.core.datachannel import WriterRejected
 
 
 @dataclass

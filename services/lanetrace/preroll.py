@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 
 from lanetrace._native import ffi, lib
-from lanetrace.flightrec import MARK_LATENCY_S, flat_bounds, seconds_to_ns
+from lanetrace.core.flightrec import MARK_LATENCY_S, flat_bounds, seconds_to_ns
 
 U64_MAX = (1 << 64) - 1
 

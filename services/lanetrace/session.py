@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from lanetrace.rundir import RunDir
+from lanetrace.core.rundir import RunDir
 
 GROUP = "lanetrace"
 START_TIMEOUT_S = 20.0

@@ -40,9 +40,9 @@ import signal
 import sys
 import time
 
-from lanetrace import atf
-from lanetrace.bus import Bus
-from lanetrace.rundir import RunDir
+from lanetrace.core import atf
+from lanetrace.core.bus import Bus
+from lanetrace.core.rundir import RunDir
 from lanetrace.shm import SegmentError, TargetSegment
 
 log = logging.getLogger("lanetrace.watchdog")

@@ -29,10 +29,12 @@ import types
 import orjson
 import zmq
 
-from lanetrace import atf, flightrec
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import flightrec
+
 from lanetrace._native import ffi, lib
-from lanetrace.bus import Bus
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
+from lanetrace.core.bus import Bus
 
 log = logging.getLogger("lanetrace.writer")
 

@@ -33,7 +33,7 @@ def test_procfile__every_command_started_like_honcho__then_the_daemon_traces_a_p
     run_dir = tempfile.mkdtemp(prefix="ltp-", dir="/tmp")
     # What `lanetrace daemon start` would write; the launcher creates it otherwise.
     from lanetrace.control import daemon_defaults, write_daemon_config
-    from lanetrace.rundir import RunDir
+    from lanetrace.core.rundir import RunDir
     cfg = dict(daemon_defaults(), traceRoot=str(tmp_path / "traces"),
                queryBind=f"127.0.0.1:{free_port()}")
     write_daemon_config(RunDir(run_dir).create(), cfg)

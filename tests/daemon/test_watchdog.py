@@ -12,7 +12,7 @@ import time
 import orjson
 import pytest
 
-from lanetrace.rundir import RunDir
+from lanetrace.core.rundir import RunDir
 from lanetrace.shm import TargetSegment
 
 WAIT_S = 30.0

@@ -2,7 +2,7 @@
 (thread, sequence), with the names the in-stream symbol table gives."""
 from __future__ import annotations
 
-from lanetrace import atf
+from lanetrace.core import atf
 
 
 class FlightTrace:

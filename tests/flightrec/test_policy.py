@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lanetrace import flightrec
-from lanetrace.flightrec import Trigger, TriggerError, merge_windows, parse_trigger
+from lanetrace.core import flightrec
+from lanetrace.core.flightrec import Trigger, TriggerError, merge_windows, parse_trigger
 from lanetrace.preroll import PreRoll
 from writer.harness import ENTRY, RETURN, detail_record
 

@@ -1,7 +1,7 @@
 """The writer's flight-recorder side: detail records persisted only inside
 windows, as Events with detail = true next to their index event; thread names;
 SignalDelivery events. Real writer process, decoded with the official runtime."""
-from lanetrace import atf
+from lanetrace.core import atf
 
 from .harness import (ENTRY, ENTRY_REGS, RETURN, RETURN_REGS, Client, WriterProcess, call_pairs,
                       calls_and_returns, detail_record, end_header, functions_header, manifest,

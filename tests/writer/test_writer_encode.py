@@ -5,9 +5,9 @@ from google.protobuf.descriptor import FieldDescriptor as FD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
 from lanetrace._native import ffi, lib
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 
 from .harness import RECORD
 

@@ -6,7 +6,7 @@ import time
 import orjson
 import zmq
 
-from lanetrace import atf
+from lanetrace.core import atf
 
 from .harness import (ENTRY, RETURN, SESSION, UNWOUND, Client, WriterProcess, call_pairs,
                       calls_and_returns, end_header, functions_header, manifest, read_frames,

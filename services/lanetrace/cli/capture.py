@@ -13,12 +13,12 @@ import time
 
 import orjson
 
-from lanetrace import atf
 from lanetrace.cli import CliError, flightopts
 from lanetrace.cli.argtypes import int_range, positive_float
 from lanetrace.cli.maintenance import remove_session_segments
 from lanetrace.cli.status import StatusLine
-from lanetrace.rundir import RunDir, default_run_dir, new_session_id
+from lanetrace.core import atf
+from lanetrace.core.rundir import RunDir, default_run_dir, new_session_id
 from lanetrace.selection import Selection, SelectionError
 from lanetrace.session import SessionConfig, SessionError, Supervisor, remove_run_dir
 

@@ -28,7 +28,7 @@ import orjson
 from lanetrace.cli import CliError
 from lanetrace.cli.argtypes import int_range
 from lanetrace.cli.capture import add_pipeline_options
-from lanetrace.rundir import RunDir, new_session_id
+from lanetrace.core.rundir import RunDir, new_session_id
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 180.0

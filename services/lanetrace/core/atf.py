@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import orjson
 
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf_v4_pb2 as pb
 
 EVENTS_FILE = "events.bin"
 MANIFEST_FILE = "trace.json"
