@@ -7,7 +7,7 @@ import orjson
 import zmq
 
 from lanetrace.cli.status import StatusLine
-from lanetrace.pipeline import Pipeline
+from lanetrace.drainer.pipeline import Pipeline
 from writer.harness import (WriterProcess, call_pairs, calls_and_returns, end_header,
                             functions_header, manifest, read_frames, records, start_header)
 

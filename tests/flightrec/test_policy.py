@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from lanetrace.core import flightrec
 from lanetrace.core.flightrec import Trigger, TriggerError, merge_windows, parse_trigger
-from lanetrace.preroll import PreRoll
+from lanetrace.drainer.preroll import PreRoll
 from writer.harness import ENTRY, RETURN, detail_record
 
 FUNCS = [{"id": 1, "name": "parse_error", "module": "app"},

@@ -9,10 +9,10 @@ killed drainer had collected but not committed is collected again by its
 successor (the shared read position moves only on commit), and the writer
 drops the resent records by sequence number.
 
-Index batches are pipelined (lanetrace.pipeline): a few are in flight, and
-each one's rings are committed when its own ack arrives. Detail rings are
-copied out at once into the target's pre-roll buffer (lanetrace.preroll) and
-sent only where a window claims them.
+Index batches are pipelined (pipeline.py): a few are in flight, and each
+one's rings are committed when its own ack arrives. Detail rings are copied
+out at once into the target's pre-roll buffer (preroll.py) and sent only
+where a window claims them.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import time
 from lanetrace.core import flightrec
 from lanetrace.core.bus import Bus
 from lanetrace.core.rundir import RunDir
-from lanetrace.pipeline import Pipeline
-from lanetrace.preroll import PreRoll
+from lanetrace.drainer.pipeline import Pipeline
+from lanetrace.drainer.preroll import PreRoll
 from lanetrace.shm import SegmentError, TargetSegment
 
 # Small enough that the first batch's rings go back while later ones are in
@@ -47,16 +47,7 @@ COUNTS_INTERVAL_S = 1.0
 MARKS_INTERVAL_S = 0.01
 
 
-def _collect_batch(shard, max_bytes: int):
-    """(records, commit token); segments without tokens (older shm.py) give
-    None, and commit(None) commits everything collected."""
-    batch = getattr(shard, "collect_batch", None)
-    if batch is not None:
-        return batch(max_bytes)
-    return shard.collect(max_bytes), None
-
-
-class Target:
+class DrainedTarget:
     def __init__(self, pid: int, info: dict, shard_index: int, shards: int):
         self.pid = pid
         self.info = info
@@ -104,7 +95,7 @@ class Drainer:
         self.bus = Bus(run_dir, self.name)
         self.pipe = Pipeline(run_dir.writer, self.name, depth=PIPELINE_DEPTH,
                              on_wait=self.beat_while_blocked)
-        self.targets: dict[int, Target] = {}
+        self.targets: dict[int, DrainedTarget] = {}
         self.stopping = False
         self._last_scan = 0.0
         self._window_start = time.monotonic()
@@ -119,26 +110,26 @@ class Drainer:
             if pid in self.targets:
                 continue
             try:
-                self.targets[pid] = Target(pid, info, self.shard_index, self.shards)
+                self.targets[pid] = DrainedTarget(pid, info, self.shard_index, self.shards)
             except SegmentError as exc:
                 # The injector unlinks a segment only after unregistering it,
                 # so this is a target whose registration is going away.
                 self.bus.publish("log.drainer", {"drainer": self.name, "pid": pid,
                                                  "error": str(exc)})
 
-    def forget(self, target: Target) -> None:
+    def forget(self, target: DrainedTarget) -> None:
         # Unregistered before we saw its end: nothing more can be sent for it.
         self.pipe.flush()
         target.preroll.drop_all()
         target.close()
 
     # ---- index lane -------------------------------------------------------------
-    def drain_index(self, target: Target) -> int:
+    def drain_index(self, target: DrainedTarget) -> int:
         """Collect and send what target's shard has committed, up to a full
         pipeline; return the number of bytes sent."""
         moved = 0
         while True:
-            data, token = _collect_batch(target.shard, BATCH_BYTES)
+            data, token = target.shard.collect_batch(BATCH_BYTES)
             if not data:
                 break
             count = len(data) // 32
@@ -146,12 +137,10 @@ class Drainer:
 
             def acked(t=target, tok=token):
                 # Durable at the writer: only now may the producer reuse the rings.
-                t.shard.commit() if tok is None else t.shard.commit(tok)
+                t.shard.commit(tok)
 
             self.pipe.send("index", {"pid": target.pid, "drainer": self.shard_index,
                                      "count": count}, data, on_ack=acked)
-            if token is None:
-                self.pipe.flush()  # a plain commit() covers all collected: one in flight
             target.records += count
             target.batches += 1
             target.index_bytes += len(data)
@@ -161,7 +150,7 @@ class Drainer:
         return moved
 
     # ---- detail lane ----------------------------------------------------------
-    def drain_detail(self, target: Target, final: bool = False) -> int:
+    def drain_detail(self, target: DrainedTarget, final: bool = False) -> int:
         if not target.flight:
             return 0
         # One helping per pass (everything when final): the index lane, which
@@ -196,13 +185,13 @@ class Drainer:
                 target.detail_bytes += len(out)
         return got
 
-    def detail_refused(self, target: Target, nbytes: int, error: str) -> None:
+    def detail_refused(self, target: DrainedTarget, nbytes: int, error: str) -> None:
         # Detail is best effort next to the index lane: a refused batch is
         # reported, never a reason to stop draining.
         self.bus.publish("log.drainer", {"drainer": self.name, "pid": target.pid,
                                          "error": f"detail batch of {nbytes} bytes refused: {error}"})
 
-    def windows_of(self, target: Target) -> list[dict]:
+    def windows_of(self, target: DrainedTarget) -> list[dict]:
         ws = [flightrec.window_of(m, target.pre_ns, target.post_ns, flightrec.mark_label(m))
               for m in target.segment.marks()]
         # time triggers: due on our own clock, whether or not the injector's
@@ -212,7 +201,7 @@ class Drainer:
                for t in target.time_marks if t <= now]
         return flightrec.merge_windows(ws)
 
-    def warn_if_budget_short(self, target: Target) -> None:
+    def warn_if_budget_short(self, target: DrainedTarget) -> None:
         """Say so as soon as the data rate shows that the budget cannot hold
         the pre-roll, not only when a window turns out short."""
         t0, b0 = target.rate_window
@@ -266,7 +255,7 @@ class Drainer:
         self.bus.close()
         return 0
 
-    def finish_if_drained(self, target: Target, now: float) -> None:
+    def finish_if_drained(self, target: DrainedTarget, now: float) -> None:
         self.pipe.flush()  # every ack in, so every commit done
         if not target.shard.idle_and_complete():
             return
@@ -349,6 +338,3 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, stop)
     return drainer.run()
 
-
-if __name__ == "__main__":
-    sys.exit(main())
