@@ -25,6 +25,8 @@ import queue
 
 import frida
 
+from lanetrace.traced import TargetError, TracedProcess
+
 log = logging.getLogger("lanetrace.children")
 
 
@@ -34,10 +36,7 @@ class ChildFollower:
         self.pending: "queue.Queue" = queue.Queue()
         self.followed: set[int] = set()     # pids whose children we gate
         self.passthrough: dict[int, object] = {}  # pid -> frida session (untraced)
-        self.tree: dict[int, int | None] = getattr(injector, "tree", None)
-        if self.tree is None:
-            self.tree = {}
-            injector.tree = self.tree
+        self.tree: dict[int, int | None] = injector.tree
         injector.device.on("child-added", self._on_child_added)
 
     def _on_child_added(self, child) -> None:
@@ -46,7 +45,7 @@ class ChildFollower:
 
     def enable(self, target) -> None:
         """Gate the children of an instrumented target (before resuming it)."""
-        self.tree.setdefault(target.pid, getattr(target, "parent_pid", None))
+        self.tree.setdefault(target.pid, target.parent_pid)
         target.session.enable_child_gating()
         self.followed.add(target.pid)
 
@@ -71,7 +70,6 @@ class ChildFollower:
                     pass
 
     def _handle(self, child) -> None:
-        from lanetrace.injector import Target, TargetError
         inj = self.injector
         parent = child.parent_pid
         if child.origin == "exec":
@@ -89,7 +87,7 @@ class ChildFollower:
                 old.detach()
             except Exception:
                 pass
-        target = Target(pid=child.pid, spawned=False, argv=argv)
+        target = TracedProcess(pid=child.pid, spawned=False, argv=argv)
         target.parent_pid = parent
         inj.targets.append(target)
         try:
@@ -100,8 +98,7 @@ class ChildFollower:
             self._passthrough(child.pid)
             return
         self.enable(target)
-        if hasattr(inj, "write_session"):
-            inj.write_session()
+        inj.write_session()
 
     def _passthrough(self, pid: int) -> None:
         try:
@@ -122,45 +119,31 @@ class ChildFollower:
                 pass
         self.passthrough.clear()
 
-
-
-def follow_target(injector, target) -> None:
-    """Gate and follow the children of an instrumented target (call before
-    resuming it)."""
-    if getattr(injector, "children", None) is None:
-        injector.children = ChildFollower(injector)
-    injector.children.enable(target)
-
-
-def untraced_root(injector, target, exc) -> bool:
-    """A target run with --follow-children whose own image has nothing to
-    hook (``make``, a stripped ``sh``): instead of failing, keep it as an
-    untraced participant (its exit still ends the run; its lifecycle script
-    still reports the exit code) and follow its children."""
-    if target.session is None:
-        return False
-    try:
-        if target.agent is not None:
-            target.agent.unload()
-    except Exception:
-        pass
-    target.agent = None
-    if target.segment is not None:
-        injector.run_dir.unregister_target(target.pid)
+    def adopt_untraced_root(self, target: TracedProcess, exc: TargetError) -> bool:
+        """A target run with --follow-children whose own image has nothing to
+        hook (``make``, a stripped ``sh``): instead of failing, keep it as an
+        untraced participant (its exit still ends the run; its lifecycle script
+        still reports the exit code) and follow its children."""
         try:
-            target.segment.unlink()
-        finally:
-            target.segment.close()
-            target.segment = None
-    target.functions = []
-    target.hooks = {}
-    target.error = f"not traced itself ({exc}); its children were followed"
-    if getattr(injector, "children", None) is None:
-        injector.children = ChildFollower(injector)
-    injector.children.tree.setdefault(target.pid, getattr(target, "parent_pid", None))
-    try:
-        target.session.enable_child_gating()
-    except frida.InvalidOperationError:
-        return False
-    injector.children.followed.add(target.pid)
-    return True
+            if target.agent is not None:
+                target.agent.unload()
+        except Exception:
+            pass
+        target.agent = None
+        if target.segment is not None:
+            self.injector.run_dir.unregister_target(target.pid)
+            try:
+                target.segment.unlink()
+            finally:
+                target.segment.close()
+                target.segment = None
+        target.functions = []
+        target.hooks = {}
+        target.error = f"not traced itself ({exc}); its children were followed"
+        self.tree.setdefault(target.pid, target.parent_pid)
+        try:
+            target.session.enable_child_gating()
+        except frida.InvalidOperationError:
+            return False
+        self.followed.add(target.pid)
+        return True

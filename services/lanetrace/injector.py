@@ -16,20 +16,22 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 import frida
 import orjson
 
+from lanetrace.children import ChildFollower
 from lanetrace.core import atf
 from lanetrace.core.bus import Bus, receive
 from lanetrace.core.datachannel import WriterClient, WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
+from lanetrace.export.dwarf import source_locations
 from lanetrace.flightctl import FlightControl, TriggerError
 from lanetrace.fridaguard import HANG_MESSAGE, HangGuard
 from lanetrace.selection import Selection
 from lanetrace.shm import TargetSegment
 from lanetrace.threadnames import ThreadNames
+from lanetrace.traced import TargetError, TracedProcess
 
 log = logging.getLogger("lanetrace.injector")
 
@@ -41,40 +43,9 @@ TERMINATE_GRACE_S = 2.0
 INJECT_TIMEOUT_S = 60.0
 
 
-class TargetError(Exception):
-    """A target could not be traced; the message is for the user."""
-
-
 def read_agent_source(name: str) -> str:
     with open(os.path.join(AGENT_DIR, name)) as f:
         return f.read()
-
-
-@dataclass
-class Target:
-    pid: int
-    spawned: bool
-    argv: list[str]
-    segment: TargetSegment | None = None
-    session: frida.core.Session | None = None
-    agent: frida.core.Script | None = None
-    lifecycle: frida.core.Script | None = None
-    functions: list[dict] = field(default_factory=list)
-    exit_code: int | None = None
-    signal: int = 0
-    crash: dict | None = None
-    detached: bool = False
-    end_reason: str = ""
-    ended: threading.Event = field(default_factory=threading.Event)
-    start_ns: int = 0
-    end_ns: int = 0
-    error: str = ""
-    hooks: dict = field(default_factory=dict)
-    sent_signal: int = 0  # the signal we ended a spawned target with
-
-    @property
-    def trace_dir_name(self) -> str:
-        return f"pid_{self.pid}"
 
 
 class Injector:
@@ -91,12 +62,14 @@ class Injector:
         # be shared across threads, so that thread gets a client of its own.
         self.callback_writer_lock = threading.Lock()
         self.callback_writer: WriterClient | None = None
-        self.targets: list[Target] = []
+        self.targets: list[TracedProcess] = []
         self.stop_requested = threading.Event()
         self.shards = int(spec.get("drainers", 2))
         self.flight = FlightControl(spec)
         self.thread_names = ThreadNames()
         self._source_cache: dict[str, dict] = {}
+        self.tree: dict[int, int | None] = {}  # pid -> parent pid (--follow-children)
+        self.children: ChildFollower | None = None
 
     # ---- pipeline readiness -------------------------------------------------
     def wait_for_pipeline(self) -> None:
@@ -123,7 +96,7 @@ class Injector:
             self.callback_writer = WriterClient(self.run_dir.writer, "injector-cb")
         return self.callback_writer
 
-    def publish_functions(self, target: Target, functions: list[dict]) -> None:
+    def publish_functions(self, target: TracedProcess, functions: list[dict]) -> None:
         if not functions:
             return
         for fn in functions:
@@ -138,10 +111,6 @@ class Injector:
     def _add_source_locations(self, functions: list[dict]) -> None:
         """file:line from DWARF, once per module (best effort: a stripped
         module just has names)."""
-        try:
-            from lanetrace.export.dwarf import source_locations
-        except ImportError:
-            return
         for fn in functions:
             path = fn.get("modulePath") or ""
             if not path:
@@ -187,17 +156,15 @@ class Injector:
             raise TargetError(f"program not found: {argv[0]}") from None
         except frida.PermissionDeniedError as exc:
             raise TargetError(f"not permitted to run {argv[0]}: {exc}") from None
-        target = Target(pid=pid, spawned=True, argv=argv)
+        target = TracedProcess(pid=pid, spawned=True, argv=argv)
         self.targets.append(target)
         follow = bool(self.spec.get("followChildren"))
         try:
             self.instrument(target, attached=False)
-            if follow:  # --follow-children (lanetrace.children)
-                from lanetrace.children import follow_target
-                follow_target(self, target)
+            if follow:
+                self.follow(target)
         except TargetError as exc:
-            from lanetrace.children import untraced_root
-            if not (follow and untraced_root(self, target, exc)):
+            if not (follow and self.follow_untraced_root(target, exc)):
                 self._kill(target.pid, signal.SIGKILL)
                 raise
         except BaseException:
@@ -207,11 +174,11 @@ class Injector:
 
     def start_attached(self, pid: int) -> None:
         argv = _cmdline(pid)
-        target = Target(pid=pid, spawned=False, argv=argv)
+        target = TracedProcess(pid=pid, spawned=False, argv=argv)
         self.targets.append(target)
         self.instrument(target, attached=True)
 
-    def instrument(self, target: Target, attached: bool) -> None:
+    def instrument(self, target: TracedProcess, attached: bool) -> None:
         pid = target.pid
         try:
             target.session = self.device.attach(pid)
@@ -276,7 +243,7 @@ class Injector:
                                             "functions": len(functions), "attached": attached})
 
     # ---- Frida callbacks (Frida's thread) -----------------------------------
-    def on_agent_message(self, target: Target, message: dict) -> None:
+    def on_agent_message(self, target: TracedProcess, message: dict) -> None:
         if message.get("type") == "error":
             log.error("agent in pid %d: %s", target.pid, message.get("stack") or message)
             return
@@ -292,7 +259,7 @@ class Injector:
         elif payload.get("type") == "log":
             log.info("agent in pid %d: %s", target.pid, payload.get("message"))
 
-    def on_lifecycle_message(self, target: Target, message: dict) -> None:
+    def on_lifecycle_message(self, target: TracedProcess, message: dict) -> None:
         payload = message.get("payload") or {}
         if payload.get("type") == "exit" and target.exit_code is None:
             target.exit_code = int(payload["code"])
@@ -309,7 +276,7 @@ class Injector:
         if target.lifecycle is not None and payload.get("type") in ("exit", "crash"):
             target.lifecycle.post({"type": "exit-ack"})
 
-    def on_detached(self, target: Target, reason: str) -> None:
+    def on_detached(self, target: TracedProcess, reason: str) -> None:
         target.end_reason = target.end_reason or reason
         if reason == "process-terminated" and target.exit_code is None and not target.signal:
             # Killed from outside (SIGKILL and friends): no hook ran.
@@ -317,7 +284,7 @@ class Injector:
         target.end_ns = time.monotonic_ns()
         target.ended.set()
 
-    def discard_target(self, t: Target) -> None:
+    def discard_target(self, t: TracedProcess) -> None:
         """Undo a target whose instrumentation failed half way: unload its
         scripts, detach, remove its registration and segment, forget it. Its
         trace was never started, so there is nothing to finalize."""
@@ -342,7 +309,7 @@ class Injector:
         self.targets[:] = [x for x in self.targets if x is not t]
 
     # ---- stopping -----------------------------------------------------------
-    def stop_target(self, target: Target) -> None:
+    def stop_target(self, target: TracedProcess) -> None:
         """Stop tracing: leave attached targets running, end spawned ones."""
         if target.ended.is_set():
             return
@@ -374,7 +341,7 @@ class Injector:
         except ProcessLookupError:
             pass
 
-    def finish_target(self, target: Target) -> None:
+    def finish_target(self, target: TracedProcess) -> None:
         """Everything the target recorded reaches the writer, then the trace
         is finalized and the segment removed."""
         segment = target.segment
@@ -422,7 +389,7 @@ class Injector:
                 self.bus.heartbeat(targets=len(self.targets))
                 for target in self.targets:
                     self.flight_tick(target)
-                if getattr(self, "children", None) is not None:  # --follow-children
+                if self.children is not None:
                     self.children.pump()
                 time.sleep(0.05)
         except TargetError as exc:
@@ -447,7 +414,7 @@ class Injector:
                 result["targets"].append(self._target_result(target))
         return result
 
-    def flight_tick(self, target: Target) -> None:
+    def flight_tick(self, target: TracedProcess) -> None:
         """Flight-recorder marks and thread names, from the main loop."""
         if target.segment is None:
             return
@@ -457,7 +424,7 @@ class Injector:
             if names:
                 self.writer.request("threads", {"pid": target.pid, "threads": names})
 
-    def _target_result(self, target: Target) -> dict:
+    def _target_result(self, target: TracedProcess) -> dict:
         trace_dir = os.path.join(self.spec["traceRoot"], self.session_id, target.trace_dir_name)
         return {
             "pid": target.pid, "argv": target.argv, "spawned": target.spawned,
@@ -465,16 +432,48 @@ class Injector:
             "detached": target.detached, "endReason": target.end_reason,
             "traceDir": trace_dir, "functions": len(target.functions), "hooks": target.hooks,
             "error": target.error, "startNs": target.start_ns, "endNs": target.end_ns,
-            "parentPid": getattr(target, "parent_pid", None),
-            "control": getattr(target, "control", None),
+            "parentPid": target.parent_pid,
+            "control": target.control,
         }
 
     @staticmethod
-    def _control_counters(target: Target, segment: TargetSegment) -> dict:
+    def _control_counters(target: TracedProcess, segment: TargetSegment) -> dict:
         """Mode transitions and fallback events (watchdog/agent), for the manifest."""
-        from lanetrace.control import control_counters
         target.control = control_counters(segment)
         return target.control
+
+    # ---- --follow-children ----------------------------------------------------
+    def _child_follower(self) -> ChildFollower:
+        if self.children is None:
+            self.children = ChildFollower(self)
+        return self.children
+
+    def follow(self, target: TracedProcess) -> None:
+        """Gate and follow the children of an instrumented target (call before
+        resuming it)."""
+        self._child_follower().enable(target)
+
+    def follow_untraced_root(self, target: TracedProcess, exc: TargetError) -> bool:
+        """A root with nothing to hook (``make``, a stripped ``sh``) is kept as
+        an untraced participant whose children are followed; False if it
+        cannot be."""
+        if target.session is None:
+            return False
+        return self._child_follower().adopt_untraced_root(target, exc)
+
+    def write_session(self) -> None:
+        """Targets changed. The one-shot CLI writes session.json itself from
+        result.json; the daemon's injector overrides this."""
+
+
+def control_counters(segment: TargetSegment) -> dict:
+    """Mode transitions and fallback events of a target (control block)."""
+    try:
+        c = segment.counters()
+    except Exception:
+        return {}
+    return {"modeTransitions": c.get("mode_transitions", 0),
+            "fallbackEvents": c.get("fallback_events", 0), "finalMode": c.get("mode")}
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from supervisor.xmlrpc import SupervisorTransport
 
 from lanetrace.core.rundir import RunDir
+from lanetrace.supervise.services import GROUP
+from lanetrace.supervise.supervisorconf import render_session_config
 
-GROUP = "lanetrace"
 START_TIMEOUT_S = 20.0
 SHUTDOWN_TIMEOUT_S = 60.0
 
@@ -41,100 +42,9 @@ class SessionConfig:
     spec_path: str | None = None  # the injector's spec; no injector without one
 
 
-def _python_cmd(module: str, *args: str) -> str:
-    return " ".join([sys.executable, "-m", module, *args])
-
-
 def render_config(cfg: SessionConfig) -> str:
-    rd = cfg.run_dir
-    logs = rd.logs_dir
-    env = f'PYTHONUNBUFFERED="1",LANETRACE_SESSION="{cfg.session_id}"'
-    writer_args = ["--run-dir", rd.path, "--trace-root", cfg.trace_root, "--session", cfg.session_id]
-    if cfg.inline_symbols:
-        writer_args.append("--inline-symbols")
-    sections = [
-        f"""[unix_http_server]
-file={rd.file('supervisord.sock')}
-chmod=0700
-
-[supervisord]
-nodaemon=true
-silent=true
-logfile={rd.file('supervisord.log')}
-pidfile={rd.file('supervisord.pid')}
-childlogdir={logs}
-loglevel=info
-environment={env}
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{rd.file('supervisord.sock')}
-""",
-        f"""[program:broker]
-command={_python_cmd('lanetrace.broker', '--run-dir', rd.path)}
-priority=10
-autorestart=true
-startsecs=1
-stopsignal=TERM
-stdout_logfile={logs}/broker.log
-redirect_stderr=true
-""",
-        f"""[program:writer]
-command={_python_cmd('lanetrace.writer', *writer_args)}
-priority=20
-autorestart=true
-startsecs=1
-stopsignal=TERM
-stopwaitsecs=60
-stdout_logfile={logs}/writer.log
-redirect_stderr=true
-""",
-        f"""[program:drainer]
-command={_python_cmd('lanetrace.drainer', '--run-dir', rd.path, '--shard', '%(process_num)d', '--shards', str(cfg.drainers))}
-process_name=drainer-%(process_num)d
-numprocs={cfg.drainers}
-priority=30
-autorestart=true
-startsecs=1
-stopsignal=TERM
-stopwaitsecs=60
-stdout_logfile={logs}/%(program_name)s-%(process_num)d.log
-redirect_stderr=true
-""",
-    ]
-    programs = ["broker", "writer", "drainer"]
-    if cfg.spec_path:
-        # The target inherits the injector's stdout/stderr, which supervisord
-        # passes through to its own: the user sees the program's output.
-        sections.append(f"""[program:injector]
-command={_python_cmd('lanetrace.injector', '--run-dir', rd.path, '--spec', cfg.spec_path)}
-priority=40
-autorestart=false
-startsecs=0
-stopsignal=TERM
-stopwaitsecs=60
-stdout_logfile=/dev/stdout
-stdout_logfile_maxbytes=0
-stderr_logfile=/dev/stderr
-stderr_logfile_maxbytes=0
-""")
-        programs.append("injector")
-    sections.append(f"[group:{GROUP}]\nprograms={','.join(programs)}\n")
-    # The watchdog (lanetrace.watchdog): a drainer's exit puts its shard into
-    # fallback at once; its restarted successor's fresh heartbeat ends it.
-    sections.append(f"""[eventlistener:watchdog]
-command={_python_cmd('lanetrace.watchdog', '--run-dir', rd.path, '--group', GROUP)}
-events=PROCESS_STATE,TICK_5
-priority=5
-autorestart=true
-startsecs=1
-stopsignal=TERM
-buffer_size=1024
-stderr_logfile={logs}/watchdog.log
-""")
-    return "\n".join(sections)
+    return render_session_config(cfg.run_dir.path, cfg.session_id, cfg.trace_root, cfg.drainers,
+                                 cfg.inline_symbols, cfg.spec_path)
 
 
 class Supervisor:

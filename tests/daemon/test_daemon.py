@@ -27,15 +27,16 @@ def daemon(tmp_path):
 # ---- configuration ---------------------------------------------------------------
 
 def test_shipped_supervisord_conf__compared_with_the_renderer__then_identical():
-    from lanetrace.control import DEFAULT_DAEMON_DIR, SHIPPED_PYTHON, render_supervisord_conf
+    from lanetrace.supervise.daemonconf import DEFAULT_DAEMON_DIR
+    from lanetrace.supervise.supervisorconf import SHIPPED_PYTHON, render_daemon_config
     with open(os.path.join(REPO, "config", "supervisord.conf")) as f:
         shipped = f.read()
-    assert shipped == render_supervisord_conf(DEFAULT_DAEMON_DIR, SHIPPED_PYTHON, 2, 1), \
-        "config/supervisord.conf is stale: python -m lanetrace.control render > config/supervisord.conf"
+    assert shipped == render_daemon_config(DEFAULT_DAEMON_DIR, SHIPPED_PYTHON, 2, 1), \
+        "config/supervisord.conf is stale: python -m lanetrace.supervise render > config/supervisord.conf"
 
 
 def test_shipped_supervisord_conf__parsed_by_supervisor__then_every_service_is_defined(tmp_path):
-    from lanetrace.control import DEFAULT_DAEMON_DIR
+    from lanetrace.supervise.daemonconf import DEFAULT_DAEMON_DIR
     from supervisor.options import ServerOptions
     with open(os.path.join(REPO, "config", "supervisord.conf")) as f:
         text = f.read()
@@ -57,7 +58,8 @@ def test_shipped_supervisord_conf__parsed_by_supervisor__then_every_service_is_d
 
 
 def test_shipped_procfile__compared_with_the_renderer__then_identical():
-    from lanetrace.control import DEFAULT_DAEMON_DIR, render_procfile
+    from lanetrace.supervise.daemonconf import DEFAULT_DAEMON_DIR
+    from lanetrace.supervise.supervisorconf import render_procfile
     with open(os.path.join(REPO, "Procfile")) as f:
         shipped = f.read()
     assert shipped == render_procfile(DEFAULT_DAEMON_DIR, ".venv/bin/python", 2)

@@ -15,7 +15,7 @@ from e2e.tracecheck import Trace, count_mismatches, load_expectation
 
 
 def _procfile_commands(run_dir: str) -> dict[str, list[str]]:
-    from lanetrace.control import DEFAULT_DAEMON_DIR
+    from lanetrace.supervise.daemonconf import DEFAULT_DAEMON_DIR
     out = {}
     with open(os.path.join(REPO, "Procfile")) as f:
         for line in f:
@@ -32,8 +32,8 @@ def _procfile_commands(run_dir: str) -> dict[str, list[str]]:
 def test_procfile__every_command_started_like_honcho__then_the_daemon_traces_a_program(tmp_path):
     run_dir = tempfile.mkdtemp(prefix="ltp-", dir="/tmp")
     # What `lanetrace daemon start` would write; the launcher creates it otherwise.
-    from lanetrace.control import daemon_defaults, write_daemon_config
     from lanetrace.core.rundir import RunDir
+    from lanetrace.supervise.daemonconf import daemon_defaults, write_daemon_config
     cfg = dict(daemon_defaults(), traceRoot=str(tmp_path / "traces"),
                queryBind=f"127.0.0.1:{free_port()}")
     write_daemon_config(RunDir(run_dir).create(), cfg)

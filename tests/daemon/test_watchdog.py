@@ -28,7 +28,7 @@ def _event(name: str, **fields) -> bytes:
 class Listener:
     def __init__(self, run_dir: RunDir, *extra):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lanetrace.watchdog", "--run-dir", run_dir.path, *extra],
+            [sys.executable, "-m", "lanetrace.supervise.watchdog", "--run-dir", run_dir.path, *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.buf = b""
 

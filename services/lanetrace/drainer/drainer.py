@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import time
 
 from lanetrace.core import flightrec

@@ -1,7 +1,7 @@
 """The broker: a ZeroMQ XSUB/XPUB proxy that carries heartbeats, metrics and
 control events between the services of a session.
 
-Run as ``python -m lanetrace.broker --run-dir DIR``; supervisord restarts it
+Run as ``python -m lanetrace.supervise.broker --run-dir DIR``; supervisord restarts it
 if it dies, and ZeroMQ peers reconnect to the same ipc paths by themselves."""
 import argparse
 import os

@@ -5,7 +5,7 @@ stale drainer heartbeats into per-shard fallback (docs/internals.md,
 Run by supervisord as ``[eventlistener:watchdog]`` with
 ``events=PROCESS_STATE,TICK_5``::
 
-    python -m lanetrace.watchdog --run-dir DIR [--group lanetrace]
+    python -m lanetrace.supervise.watchdog --run-dir DIR [--group lanetrace]
 
 What it does:
 
@@ -45,7 +45,7 @@ from lanetrace.core.bus import Bus
 from lanetrace.core.rundir import RunDir
 from lanetrace.shm import SegmentError, TargetSegment
 
-log = logging.getLogger("lanetrace.watchdog")
+log = logging.getLogger("lanetrace.supervise.watchdog")
 
 DRAINER_RE = re.compile(r"^drainer-(\d+)$")
 DOWN_STATES = {"PROCESS_STATE_STOPPING", "PROCESS_STATE_EXITED", "PROCESS_STATE_BACKOFF",
