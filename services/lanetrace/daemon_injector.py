@@ -15,7 +15,7 @@ from collections import OrderedDict
 import frida
 import orjson
 
-from lanetrace.core import atf
+from lanetrace.core import atf, bus
 from lanetrace.core.bus import receive
 from lanetrace.core.control import VERBS, ControlError
 from lanetrace.core.datachannel import WriterRejected, WriterUnavailable
@@ -47,7 +47,7 @@ class DaemonInjector(Injector):
 
     def __init__(self, run_dir: RunDir, spec: dict):
         super().__init__(run_dir, spec)
-        self.ctl_sub = self.bus.subscriber("ctl.req.", "metrics.")
+        self.ctl_sub = self.bus.subscriber(bus.CONTROL_REQUEST, bus.METRICS)
         self.replies: OrderedDict[str, dict] = OrderedDict()
         self.metrics: dict[str, dict] = {}
         self.finished: list[dict] = []
@@ -84,7 +84,7 @@ class DaemonInjector(Injector):
         if req_id in self.replies:
             reply = self.replies[req_id]
         else:
-            verb = req.get("verb") or topic[len("ctl.req."):]
+            verb = req.get("verb") or topic[len(bus.CONTROL_REQUEST):]
             try:
                 result = getattr(self, f"cmd_{verb}")(req.get("args") or {}) \
                     if verb in VERBS else None
@@ -274,7 +274,7 @@ class DaemonInjector(Injector):
         msg = receive(self.drained_sub, 0)
         while msg is not None:
             topic, body = msg
-            if topic == "target.drained":
+            if topic == bus.TARGET_DRAINED:
                 st = self.ending.get(body.get("pid"))
                 if st is not None:
                     st["drained"].add(int(body.get("shard", -1)))
@@ -310,7 +310,7 @@ class DaemonInjector(Injector):
         segment.unlink()
         segment.close()
         target.segment = None
-        self.bus.publish("target.ended", {"pid": target.pid, "exitCode": target.exit_code,
+        self.bus.publish(bus.TARGET_ENDED, {"pid": target.pid, "exitCode": target.exit_code,
                                           "signal": target.signal, "drops": drops,
                                           "control": target.control})
 
@@ -359,8 +359,8 @@ class DaemonInjector(Injector):
             msg = receive(self.ctl_sub, 50)
             while msg is not None:
                 topic, payload = msg
-                if topic.startswith("metrics."):
-                    self.metrics[topic[len("metrics."):]] = payload
+                if topic.startswith(bus.METRICS):
+                    self.metrics[topic[len(bus.METRICS):]] = payload
                 else:
                     self.handle(topic, payload)
                 msg = receive(self.ctl_sub, 0)

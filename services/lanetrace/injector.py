@@ -21,7 +21,7 @@ import frida
 import orjson
 
 from lanetrace.children import ChildFollower
-from lanetrace.core import atf
+from lanetrace.core import atf, bus
 from lanetrace.core.bus import Bus, receive
 from lanetrace.core.datachannel import WriterClient, WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
@@ -56,7 +56,7 @@ class Injector:
         self.selection = Selection.from_agent(spec.get("selection", {})).validate()
         self.device = frida.get_local_device()
         self.bus = Bus(run_dir, "injector")
-        self.drained_sub = self.bus.subscriber("target.drained", "hb.drainer-")
+        self.drained_sub = self.bus.subscriber(bus.TARGET_DRAINED, bus.HEARTBEAT + "drainer-")
         self.writer = WriterClient(run_dir.writer, "injector")
         # Frida delivers messages on its own thread; a ZeroMQ socket must not
         # be shared across threads, so that thread gets a client of its own.
@@ -85,7 +85,7 @@ class Injector:
                 raise TargetError(f"drainers did not start within {PIPELINE_TIMEOUT_S:.0f}s: "
                                   f"{', '.join(missing)} (see the logs in {self.run_dir.logs_dir})")
             msg = receive(self.drained_sub, 200)
-            if msg and msg[0].startswith("hb.drainer-"):
+            if msg and msg[0].startswith(bus.HEARTBEAT + "drainer-"):
                 seen.add(msg[0][3:])
 
     # ---- writer -------------------------------------------------------------
@@ -239,7 +239,7 @@ class Injector:
         self.publish_functions(target, functions)
         target.hooks = agent.install()
         log.info("pid %d: %d functions hooked (%s)", pid, len(functions), target.hooks)
-        self.bus.publish("target.started", {"pid": pid, "shm": target.segment.name,
+        self.bus.publish(bus.TARGET_STARTED, {"pid": pid, "shm": target.segment.name,
                                             "functions": len(functions), "attached": attached})
 
     # ---- Frida callbacks (Frida's thread) -----------------------------------
@@ -353,7 +353,7 @@ class Injector:
         deadline = time.monotonic() + (DRAIN_TIMEOUT_S if target.hooks else 0)
         while len(drained) < self.shards and time.monotonic() < deadline:
             msg = receive(self.drained_sub, 200)
-            if msg and msg[0] == "target.drained" and msg[1].get("pid") == target.pid:
+            if msg and msg[0] == bus.TARGET_DRAINED and msg[1].get("pid") == target.pid:
                 drained.add(int(msg[1]["shard"]))
         if len(drained) < self.shards:
             target.error = (f"shards {sorted(set(range(self.shards)) - drained)} were not "
@@ -371,7 +371,7 @@ class Injector:
         segment.unlink()
         segment.close()
         target.segment = None
-        self.bus.publish("target.ended", {"pid": target.pid, "exitCode": target.exit_code,
+        self.bus.publish(bus.TARGET_ENDED, {"pid": target.pid, "exitCode": target.exit_code,
                                           "signal": target.signal, "drops": drops})
 
     # ---- main loop ----------------------------------------------------------

@@ -3,7 +3,8 @@ events as ``[topic, orjson payload]`` and subscribes to the topics it needs.
 
 PUB/SUB over the broker is fire-and-forget by design: nothing on the bus may
 be needed for correctness of the recorded data (that travels on the acked
-data channel); a lost heartbeat only delays a decision."""
+data channel); a lost heartbeat only delays a decision. Each topic's payload
+is a message of proto/bus.proto."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,23 @@ import time
 
 import orjson
 import zmq
+
+# Topics; the ones written with <...> are a prefix and a name.
+HEARTBEAT = "hb."                    # hb.<service>
+WRITER_METRICS = "metrics.writer"
+DRAINER_METRICS = "metrics.drainer-"  # metrics.drainer-<k>
+METRICS = "metrics."                 # both of the above
+TARGET_STARTED = "target.started"
+TARGET_ENDED = "target.ended"
+TARGET_DRAINED = "target.drained"
+MODE_CHANGE = "ctl.mode"
+CONTROL_REQUEST = "ctl.req."         # ctl.req.<verb>
+CONTROL_REPLY = "ctl.reply."         # ctl.reply.<client>
+DRAINER_LOG = "log.drainer"
+FLIGHT_BUDGET = "flight.budget"
+TOPICS = (HEARTBEAT + "<service>", WRITER_METRICS, DRAINER_METRICS + "<k>", TARGET_STARTED,
+          TARGET_ENDED, TARGET_DRAINED, MODE_CHANGE, CONTROL_REQUEST + "<verb>",
+          CONTROL_REPLY + "<client>", DRAINER_LOG, FLIGHT_BUDGET)
 
 
 class Bus:
@@ -36,7 +54,7 @@ class Bus:
         if now - self._last_heartbeat < 1.0:
             return False
         self._last_heartbeat = now
-        self.publish(f"hb.{self.service}", {"service": self.service, "pid": os.getpid(),
+        self.publish(f"{HEARTBEAT}{self.service}", {"service": self.service, "pid": os.getpid(),
                                             "ts": time.monotonic_ns(), **extra})
         return True
 

@@ -24,7 +24,7 @@ import time
 import orjson
 import zmq
 
-from lanetrace.core.bus import receive
+from lanetrace.core.bus import CONTROL_REPLY, CONTROL_REQUEST, receive
 from lanetrace.core.rundir import RunDir
 
 RESEND_S = 0.5
@@ -40,7 +40,7 @@ class ControlClient:
         self.run_dir = run_dir
         self.ctx = zmq.Context()
         self.client_id = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.reply_topic = f"ctl.reply.{self.client_id}"
+        self.reply_topic = CONTROL_REPLY + self.client_id
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.connect(run_dir.broker_pub)
@@ -51,7 +51,7 @@ class ControlClient:
 
     def request(self, verb: str, args: dict | None = None, timeout_s: float = 30.0) -> dict:
         req_id = secrets.token_hex(8)
-        msg = [f"ctl.req.{verb}".encode(),
+        msg = [(CONTROL_REQUEST + verb).encode(),
                orjson.dumps({"id": req_id, "verb": verb, "args": args or {},
                              "replyTo": self.reply_topic})]
         deadline = time.monotonic() + timeout_s

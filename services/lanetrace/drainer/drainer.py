@@ -21,7 +21,7 @@ import os
 import signal
 import time
 
-from lanetrace.core import flightrec
+from lanetrace.core import bus, flightrec
 from lanetrace.core.bus import Bus
 from lanetrace.core.rundir import RunDir
 from lanetrace.drainer.pipeline import Pipeline
@@ -113,7 +113,7 @@ class Drainer:
             except SegmentError as exc:
                 # The injector unlinks a segment only after unregistering it,
                 # so this is a target whose registration is going away.
-                self.bus.publish("log.drainer", {"drainer": self.name, "pid": pid,
+                self.bus.publish(bus.DRAINER_LOG, {"drainer": self.name, "pid": pid,
                                                  "error": str(exc)})
 
     def forget(self, target: DrainedTarget) -> None:
@@ -187,7 +187,7 @@ class Drainer:
     def detail_refused(self, target: DrainedTarget, nbytes: int, error: str) -> None:
         # Detail is best effort next to the index lane: a refused batch is
         # reported, never a reason to stop draining.
-        self.bus.publish("log.drainer", {"drainer": self.name, "pid": target.pid,
+        self.bus.publish(bus.DRAINER_LOG, {"drainer": self.name, "pid": target.pid,
                                          "error": f"detail batch of {nbytes} bytes refused: {error}"})
 
     def windows_of(self, target: DrainedTarget) -> list[dict]:
@@ -216,7 +216,7 @@ class Drainer:
         if per_record and need > target.preroll.budget and not target.warned_budget:
             target.warned_budget = True
             holds_s = target.preroll.budget / max(rate * per_record, 1e-9)
-            self.bus.publish("flight.budget", {
+            self.bus.publish(bus.FLIGHT_BUDGET, {
                 "pid": target.pid, "drainer": self.name, "needBytes": int(need),
                 "budgetBytes": target.preroll.budget, "holdsSeconds": holds_s,
                 "preRollSeconds": target.pre_ns / flightrec.NS})
@@ -266,7 +266,7 @@ class Drainer:
             target.final_flushed = True
         # Repeated while registered: PUB/SUB may drop the first one.
         if now - target.announced_drained > 0.2:
-            self.bus.publish("target.drained", {"pid": target.pid, "shard": self.shard_index,
+            self.bus.publish(bus.TARGET_DRAINED, {"pid": target.pid, "shard": self.shard_index,
                                                 "records": target.records})
             target.announced_drained = now
 
@@ -311,7 +311,7 @@ class Drainer:
                 drops, pool = {}, None
             targets[str(t.pid)] = {"lanes": lanes, "drops": drops, "ringPool": pool,
                                    "drainLagMs": t.lag_ns / 1e6, "batches": t.batches}
-        self.bus.publish(f"metrics.{self.name}", {
+        self.bus.publish(bus.METRICS + self.name, {
             "drainer": self.name, "shard": self.shard_index, "ts": time.monotonic_ns(),
             "inFlight": self.pipe.in_flight, "resends": self.pipe.resends, "targets": targets,
             "recordsPerSec": sum(x["lanes"]["index"]["recordsPerSec"] for x in targets.values()),

@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 
-from lanetrace.core import atf
+from lanetrace.core import atf, bus
 from lanetrace.core.bus import Bus
 from lanetrace.core.rundir import RunDir
 from lanetrace.shm import SegmentError, TargetSegment
@@ -166,7 +166,7 @@ class Watchdog:
                  "mode": counters.get("mode"), "epoch": counters.get("registry_epoch")}
         self.history = (self.history + [event])[-100:]
         log.info("pid %d shard %d: fallback %s (%s)", pid, shard, "ON" if on else "OFF", reason)
-        self.bus.publish("ctl.mode", event)
+        self.bus.publish(bus.MODE_CHANGE, event)
 
     def shard_down(self, shard: int, reason: str) -> None:
         if shard not in self.down:

@@ -15,7 +15,7 @@ import types
 import orjson
 import zmq
 
-from lanetrace.core import atf
+from lanetrace.core import atf, bus
 from lanetrace.core.bus import Bus
 from lanetrace.writer.requests import I32, U32, U64, RequestError, field, function_entry, window
 from lanetrace.writer.tracefile import RECORD_SIZE, OutBuffer, Syncer, TraceCorrupt, TraceFile
@@ -364,12 +364,12 @@ class Writer:
             except OSError as exc:
                 log.error("pid %d: cannot write manifest: %s", t.pid, exc)
         # Bus.heartbeat() rate-limits on its own clock and could skip a tick.
-        self.bus.publish("hb.writer", {"service": "writer", "pid": os.getpid(),
+        self.bus.publish(bus.HEARTBEAT + "writer", {"service": "writer", "pid": os.getpid(),
                                        "ts": time.monotonic_ns()})
         m = self.metrics.snapshot()
         m.update(service="writer", pid=os.getpid(), ts=time.monotonic_ns(),
                  targets=len(self.targets))
-        self.bus.publish("metrics.writer", m)
+        self.bus.publish(bus.WRITER_METRICS, m)
 
     def run(self) -> int:
         self.syncer.start()
