@@ -1,4 +1,4 @@
-"""Flight recorder in real processes (issue 4): detail records from both
+"""Flight recorder in real processes: detail records from both
 hook paths, trigger marks, backpressure with exact per-thread accounting."""
 import collections
 import struct

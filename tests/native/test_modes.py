@@ -1,4 +1,4 @@
-"""Registry modes and fallback in real processes (issue 5): DUAL_WRITE,
+"""Registry modes and fallback in real processes: DUAL_WRITE,
 per-shard fallback set from outside and by the agent itself, and the
 agent's own GLOBAL_ONLY -> DUAL_WRITE -> PER_THREAD_ONLY machine."""
 import collections

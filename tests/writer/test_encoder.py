@@ -1,5 +1,5 @@
 """The C encoder (native/src/encode.c) against the official protobuf runtime,
-and the schema against ARCHITECTURE.md's wire-number table."""
+and the schema's base wire numbers (the design card's table)."""
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor as FD
 from hypothesis import HealthCheck, given, settings
@@ -184,7 +184,7 @@ def _field(msg, name):
     return msg.DESCRIPTOR.fields_by_name[name]
 
 
-def test_schema__event_wire_numbers__then_match_architecture_table():
+def test_schema__event_wire_numbers__then_the_base_format_numbers():
     ev = pb.Event
     expect = {
         (ev, "event_id"): (1, FD.TYPE_UINT64), (ev, "thread_id"): (2, FD.TYPE_INT32),

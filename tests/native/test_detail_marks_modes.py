@@ -1,4 +1,4 @@
-"""Shared-memory lanes, issue 4/5 parts that need no target process: the
+"""Shared-memory lanes without a target process: the
 detail lane (records, stack copy, overwrite-oldest backpressure), marks,
 per-thread drop accounting, batches in flight, the agent's mode machine as
 run by the real producer code (shm.c) through cffi."""

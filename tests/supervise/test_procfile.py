@@ -1,5 +1,5 @@
-"""The Procfile as honcho/foreman would run it (each line's command, from
-the repository root, no supervisord), and ``lanetrace run --follow-children``."""
+"""The Procfile as honcho/foreman would run it: each line's command, from the
+repository root, no supervisord."""
 import json
 import os
 import shlex
@@ -9,8 +9,8 @@ import tempfile
 
 import pytest
 
-from conftest import REPO, example, run_lanetrace
-from daemon.daemonkit import free_port, lanetrace, wait_for
+from conftest import REPO, example
+from supervise.daemonkit import free_port, lanetrace, wait_for
 from e2e.tracecheck import Trace, count_mismatches, load_expectation
 
 
@@ -75,29 +75,3 @@ def test_procfile__every_command_started_like_honcho__then_the_daemon_traces_a_p
                 p.wait()
         import shutil
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-@pytest.mark.frida
-def test_run_follow_children__shell_runs_two_programs__then_each_has_its_own_exact_trace(tmp_path):
-    out = tmp_path / "traces"
-    e1, e2 = tmp_path / "e1.json", tmp_path / "e2.json"
-    script = (f"LANETRACE_EXPECT={e1} {example('workers')} 2 100; "
-              f"LANETRACE_EXPECT={e2} {example('workers')} 1 50; exit 3")
-    proc = run_lanetrace(["run", "-o", str(out), "--follow-children",
-                          "-I", "workers", "-i", "libworkutil.so!lib_*", "-i", "libplugin.so!plugin_*",
-                          "--", "/bin/sh", "-c", script])
-    assert proc.returncode == 3, proc.stderr  # the root's exit status, as from a shell
-    session_dir = next(out.iterdir())
-    with open(session_dir / "session.json") as f:
-        session = json.load(f)
-    tree = {t["pid"]: t["parentPid"] for t in session["processTree"]}
-    root = [p for p, parent in tree.items() if parent is None]
-    assert len(root) == 1
-    children = sorted(p for p, parent in tree.items() if parent == root[0])
-    assert len(children) == 2
-    for expect_path in (e1, e2):
-        expect = load_expectation(str(expect_path))
-        assert expect["pid"] in children
-        trace = Trace(str(session_dir / f"pid_{expect['pid']}"))
-        assert count_mismatches(trace, expect) == []
-        assert trace.manifest["complete"] is True

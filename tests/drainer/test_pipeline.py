@@ -1,12 +1,6 @@
-"""The drainers' pipelined data channel against a real writer process, and
-the CLI's status line fed from a real ZeroMQ publisher."""
-import io
-import time
+"""The drainers' pipelined data channel against a real writer process."""
 
-import orjson
-import zmq
 
-from lanetrace.cli.status import StatusLine
 from lanetrace.drainer.pipeline import Pipeline
 from writer.harness import (WriterProcess, call_pairs, calls_and_returns, end_header,
                             functions_header, manifest, read_frames, records, start_header)
@@ -65,40 +59,6 @@ def test_pipeline__writer_killed_with_batches_in_flight__then_resent_and_no_dupl
     finally:
         pipe.close()
         w.close()
-
-
-def test_status_line__not_a_tty__then_plain_lines_with_rates_drops_and_warning(tmp_path):
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    endpoint = f"ipc://{tmp_path}/sub.sock"
-    pub.bind(endpoint)
-    out = io.StringIO()
-    status = StatusLine(endpoint, out=out, tty=False, ctx=ctx)
-    try:
-        writer = {"eventsPerSec": 12345.0, "byTarget": {"7": {"detail": {"eventsPerSec": 100.0}}}}
-        drainer = {"targets": {"7": {"drops": {"pool_exhausted": 5, "no_slot": 0},
-                                     "drainLagMs": 3.0}}}
-        budget = {"pid": 7, "drainer": "drainer-0", "needBytes": 100 << 20,
-                  "budgetBytes": 32 << 20, "holdsSeconds": 0.16, "preRollSeconds": 0.5}
-        deadline = time.monotonic() + 30
-        while "events/s" not in out.getvalue() or "warning" not in out.getvalue():
-            assert time.monotonic() < deadline, out.getvalue()  # a hang guard
-            pub.send_multipart([b"metrics.writer", orjson.dumps(writer)])
-            pub.send_multipart([b"metrics.drainer-0", orjson.dumps(drainer)])
-            pub.send_multipart([b"flight.budget", orjson.dumps(budget)])
-            status.last_print = 0.0  # due now
-            status.tick()
-            time.sleep(0.05)
-        text = out.getvalue()
-        assert "\r" not in text and "\x1b" not in text
-        line = [ln for ln in text.splitlines() if "events/s" in ln][-1]
-        assert "12,345 events/s" in line and "+100 detail/s" in line
-        assert "drops 5 (pool_exhausted=5)" in line
-        assert text.count("warning") == 1 and "raise --detail-buffer-mb" in text
-    finally:
-        status.close()
-        pub.close(0)
-        ctx.term()
 
 
 def test_pipeline__nack_with_handler__then_handler_called_and_later_requests_go_on(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from conftest import example, run_lanetrace
 from e2e.tracecheck import (Trace, count_mismatches, leftover_segments, load_expectation,
                             session_id_of, single_trace_dir)
-from flightrec.frtrace import FlightTrace
+from e2e.flighttrace import FlightTrace
 
 pytestmark = pytest.mark.frida
 
