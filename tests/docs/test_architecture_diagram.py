@@ -10,7 +10,7 @@ import re
 from docs_harness import DOCS, REPO, parse_blocks
 
 from lanetrace.core.rundir import RunDir
-from lanetrace.session import SessionConfig, render_config
+from lanetrace.supervise.session import SessionConfig, render_config
 
 SERVICES = os.path.join(REPO, "services", "lanetrace")
 MARKER = "architecture-diagram"

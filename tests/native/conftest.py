@@ -36,7 +36,7 @@ def session_id():
 @pytest.fixture
 def segments():
     """Factory creating segments that are closed and unlinked after the test."""
-    from lanetrace.shm import TargetSegment
+    from lanetrace.core.shm import TargetSegment
     made = []
 
     def make(session, pid=None, **kw):

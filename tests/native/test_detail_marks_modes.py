@@ -5,7 +5,7 @@ run by the real producer code (shm.c) through cffi."""
 import pytest
 
 from lanetrace._native import ffi, lib
-from lanetrace.shm import MAX_MARKS, SegmentError, TargetSegment, parse_detail, parse_records
+from lanetrace.core.shm import MAX_MARKS, SegmentError, TargetSegment, parse_detail, parse_records
 
 ENTRY, RETURN = 1, 2
 

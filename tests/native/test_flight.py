@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from lanetrace.shm import DETAIL_DROP_REASONS, parse_detail, parse_records
+from lanetrace.core.shm import DETAIL_DROP_REASONS, parse_detail, parse_records
 from native.harness import ENTRY, RETURN, Traced, check_stream
 
 pytestmark = pytest.mark.frida

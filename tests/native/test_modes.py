@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from lanetrace.shm import parse_records
+from lanetrace.core.shm import parse_records
 from native.harness import ENTRY, RETURN, Traced, check_stream
 
 pytestmark = pytest.mark.frida

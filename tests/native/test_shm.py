@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from lanetrace._native import ffi, lib
-from lanetrace.shm import (SegmentError, TargetSegment, list_segments, parse_records,
+from lanetrace.core.shm import (SegmentError, TargetSegment, list_segments, parse_records,
                            remove_stale_segments, segment_name)
 
 

@@ -76,7 +76,7 @@ class Daemon:
         except (OSError, ValueError, KeyError):
             session = None
         if session:  # what a daemon killed here could not remove itself
-            from lanetrace.shm import remove_stale_segments
+            from lanetrace.core.shm import remove_stale_segments
             remove_stale_segments(session)
             shutil.rmtree(f"/tmp/lanetrace-run-{session}", ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)

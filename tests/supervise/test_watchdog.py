@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from lanetrace.core.rundir import RunDir
-from lanetrace.shm import TargetSegment
+from lanetrace.core.shm import TargetSegment
 
 WAIT_S = 30.0
 

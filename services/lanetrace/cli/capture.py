@@ -19,8 +19,8 @@ from lanetrace.cli.maintenance import remove_session_segments
 from lanetrace.cli.status import StatusLine
 from lanetrace.core import atf
 from lanetrace.core.rundir import RunDir, default_run_dir, new_session_id
-from lanetrace.selection import Selection, SelectionError
-from lanetrace.session import SessionConfig, SessionError, Supervisor, remove_run_dir
+from lanetrace.core.selection import Selection, SelectionError
+from lanetrace.supervise.session import SessionConfig, SessionError, Supervisor, remove_run_dir
 
 
 def register(sub) -> None:

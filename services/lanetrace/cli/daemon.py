@@ -258,7 +258,7 @@ def _supervisord_pid(run_dir: RunDir) -> int | None:
 
 
 def cmd_stop(args) -> int:
-    from lanetrace.shm import remove_stale_segments
+    from lanetrace.core.shm import remove_stale_segments
     run_dir = _run_dir(args)
     require_daemon(run_dir, procfile_ok=False)
     cfg = load_daemon_config(run_dir, create=False)
@@ -332,7 +332,7 @@ def _request(run_dir: RunDir, verb: str, body: dict, timeout: float) -> dict:
 
 def cmd_attach(args) -> int:
     from lanetrace.cli.capture import check_pid, resolve_program
-    from lanetrace.selection import Selection, SelectionError
+    from lanetrace.core.selection import Selection, SelectionError
     run_dir = _run_dir(args)
     sel = Selection(args.include, args.exclude, args.include_module, args.exclude_module)
     try:

@@ -24,9 +24,9 @@ import time
 from lanetrace.core import bus, flightrec
 from lanetrace.core.bus import Bus
 from lanetrace.core.rundir import RunDir
+from lanetrace.core.shm import SegmentError, TargetSegment
 from lanetrace.drainer.pipeline import Pipeline
 from lanetrace.drainer.preroll import PreRoll
-from lanetrace.shm import SegmentError, TargetSegment
 
 # Small enough that the first batch's rings go back while later ones are in
 # flight (a lane's whole pool is 8 x 64 KiB by default), large enough that the

@@ -25,9 +25,9 @@ import queue
 
 import frida
 
-from lanetrace.traced import TargetError, TracedProcess
+from lanetrace.injector.traced import TargetError, TracedProcess
 
-log = logging.getLogger("lanetrace.children")
+log = logging.getLogger("lanetrace.injector.children")
 
 
 class ChildFollower:

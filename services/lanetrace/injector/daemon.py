@@ -1,4 +1,4 @@
-"""The daemon's injector (``python -m lanetrace.daemon_injector``): an
+"""The daemon's injector (``python -m lanetrace.injector.daemon``): an
 ``Injector`` whose targets come and go by control command (core/control.py)
 while the others keep being traced. Each target is finished (drained,
 TraceEnd, segment removed) when it ends; ``session.json`` lists them all."""
@@ -20,12 +20,12 @@ from lanetrace.core.bus import receive
 from lanetrace.core.control import VERBS, ControlError
 from lanetrace.core.datachannel import WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
-from lanetrace.injector import DRAIN_TIMEOUT_S, Injector, control_counters
-from lanetrace.selection import Selection, SelectionError
-from lanetrace.shm import SegmentError, TargetSegment
+from lanetrace.core.selection import Selection, SelectionError
+from lanetrace.core.shm import SegmentError, TargetSegment
+from lanetrace.injector.injector import DRAIN_TIMEOUT_S, Injector, control_counters
 from lanetrace.supervise.daemonconf import (DEFAULT_AGENT_STALE_MS, default_daemon_dir,
                                             load_daemon_config)
-from lanetrace.traced import TargetError, TracedProcess
+from lanetrace.injector.traced import TargetError, TracedProcess
 
 log = logging.getLogger("lanetrace.injector")
 
@@ -437,7 +437,7 @@ def finish_orphans(injector) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lanetrace.daemon_injector")
+    parser = argparse.ArgumentParser(prog="python -m lanetrace.injector.daemon")
     parser.add_argument("--run-dir", default=default_daemon_dir())
     parser.add_argument("--shards", type=int, default=2)
     return run(parser.parse_args(argv))

@@ -20,23 +20,25 @@ import time
 import frida
 import orjson
 
-from lanetrace.children import ChildFollower
 from lanetrace.core import atf, bus
 from lanetrace.core.bus import Bus, receive
 from lanetrace.core.datachannel import WriterClient, WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
+from lanetrace.core.selection import Selection
+from lanetrace.core.shm import TargetSegment
 from lanetrace.export.dwarf import source_locations
-from lanetrace.flightctl import FlightControl, TriggerError
-from lanetrace.fridaguard import HANG_MESSAGE, HangGuard
-from lanetrace.selection import Selection
-from lanetrace.shm import TargetSegment
-from lanetrace.threadnames import ThreadNames
-from lanetrace.traced import TargetError, TracedProcess
+from lanetrace.injector.children import ChildFollower
+from lanetrace.injector.flightctl import FlightControl, TriggerError
+from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard
+from lanetrace.injector.threadnames import ThreadNames
+from lanetrace.injector.traced import TargetError, TracedProcess
 
 log = logging.getLogger("lanetrace.injector")
 
-AGENT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent")
-AGENT_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "liblanetrace_agent.so")
+# The build (setup.py) puts the agent library and its scripts into the package.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGENT_DIR = os.path.join(PACKAGE_DIR, "agent")
+AGENT_LIB = os.path.join(PACKAGE_DIR, "liblanetrace_agent.so")
 PIPELINE_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 120.0
 TERMINATE_GRACE_S = 2.0
@@ -135,7 +137,7 @@ class Injector:
 
     def start_spawned(self, spawn: dict) -> None:
         # A spawned target is ours to end: if Frida's injection never returns
-        # (lanetrace.fridaguard), the guard ends it and the user gets a clear
+        # (lanetrace.injector.fridaguard), the guard ends it and the user gets a clear
         # error instead of a session that hangs forever.
         guard = HangGuard(INJECT_TIMEOUT_S)
         try:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import frida
 
-from lanetrace.shm import TargetSegment
+from lanetrace.core.shm import TargetSegment
 
 
 class TargetError(Exception):

@@ -42,7 +42,7 @@ SERVICES = (
             listener=True),
 )
 SERVICE_NAMES = tuple(s.name for s in SERVICES)
-DAEMON_INJECTOR_MODULE = "lanetrace.daemon_injector"
+DAEMON_INJECTOR_MODULE = "lanetrace.injector.daemon"
 
 
 def service(name: str) -> Service:

@@ -43,7 +43,7 @@ import time
 from lanetrace.core import atf, bus
 from lanetrace.core.bus import Bus
 from lanetrace.core.rundir import RunDir
-from lanetrace.shm import SegmentError, TargetSegment
+from lanetrace.core.shm import SegmentError, TargetSegment
 
 log = logging.getLogger("lanetrace.supervise.watchdog")
 
