@@ -17,7 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 AGENT_SOURCES = [
     "native/agent/agent.c",
     "native/agent/tramp_x86_64.S",
-    "native/src/shm.c",
+    "native/agent/lanes.c",
+    "native/src/shm.c",  # maps the segment once, at load; not on the record path
 ]
 # The Frida scripts the injector loads, installed next to the library.
 AGENT_SCRIPTS = ["native/agent/agent.js", "native/agent/lifecycle.js", "native/agent/glue.c"]

@@ -2,7 +2,7 @@
 shared memory (injector, drainers) and the writer's native encoder.
 
 Each C module brings its declarations in ``native/ffi/<module>.cdef``. The
-sources are listed by name: the out-of-target C of ``native/src/``."""
+sources are listed by name."""
 import glob
 import os
 
@@ -16,7 +16,10 @@ cdefs = sorted(glob.glob(os.path.join(HERE, "ffi", "*.cdef")))
 ffibuilder.cdef("\n".join(open(p).read() for p in cdefs))
 
 headers = sorted(glob.glob(os.path.join(INCLUDE, "lanetrace", "*.h")))
-SOURCES = ["src/shm.c", "src/drain.c", "src/detail.c", "src/encode.c", "src/qindex.c"]
+# agent/lanes.c, the producer side, too: tests drive it, and the injector adds
+# time marks with it
+SOURCES = ["src/shm.c", "src/drain.c", "src/detail.c", "src/encode.c", "src/qindex.c",
+           "agent/lanes.c"]
 sources = [os.path.join(HERE, p) for p in SOURCES]
 prelude = "\n".join(f'#include "lanetrace/{os.path.basename(h)}"' for h in headers)
 ffibuilder.set_source(

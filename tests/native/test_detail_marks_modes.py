@@ -1,7 +1,7 @@
 """Shared-memory lanes without a target process: the
 detail lane (records, stack copy, overwrite-oldest backpressure), marks,
 per-thread drop accounting, batches in flight, the agent's mode machine as
-run by the real producer code (shm.c) through cffi."""
+run by the real producer code (native/agent/lanes.c) through cffi."""
 import pytest
 
 from lanetrace._native import ffi, lib

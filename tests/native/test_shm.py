@@ -1,5 +1,6 @@
 """Shared-memory lanes: segment lifecycle, producer/drainer protocol, slot
-reuse and drop accounting, with the real producer code (shm.c) writing."""
+reuse and drop accounting, with the real producer code
+(native/agent/lanes.c) writing."""
 import os
 import subprocess
 import threading
