@@ -27,9 +27,10 @@ import orjson
 
 from lanetrace.cli import CliError
 from lanetrace.cli.argtypes import int_range
-from lanetrace.cli.capture import add_pipeline_options
+from lanetrace.cli.capture import add_pipeline_options, check_pid, resolve_program
 from lanetrace.core.control import ControlClient, ControlError
 from lanetrace.core.rundir import RunDir, new_session_id
+from lanetrace.core.selection import Selection, SelectionError
 from lanetrace.supervise.daemonconf import (DEFAULT_DAEMON_DIR, default_daemon_dir,
                                             load_daemon_config, write_daemon_config)
 from lanetrace.supervise.supervisorconf import render_daemon_config
@@ -331,8 +332,6 @@ def _request(run_dir: RunDir, verb: str, body: dict, timeout: float) -> dict:
 
 
 def cmd_attach(args) -> int:
-    from lanetrace.cli.capture import check_pid, resolve_program
-    from lanetrace.core.selection import Selection, SelectionError
     run_dir = _run_dir(args)
     sel = Selection(args.include, args.exclude, args.include_module, args.exclude_module)
     try:
