@@ -34,7 +34,7 @@ SERVICES = (
     Service("injector", "lanetrace.injector", 40,
             "Spawns or attaches the targets, loads the agent, follows them to their end.",
             stopwaitsecs=60, daemon_stopwaitsecs=150),
-    Service("query", "lanetrace", 50,
+    Service("query", "lanetrace.query", 50,
             "JSON-RPC query server over the daemon's trace root (replicas share the port).",
             replicas="queryReplicas", daemon_only=True),
     Service("watchdog", "lanetrace.supervise.watchdog", 5,
@@ -76,6 +76,6 @@ def service_argv(name: str, run_dir: str, opts: dict, python: str = sys.executab
         argv += ["--run-dir", run_dir, "--group", GROUP]
         return argv + (["--standalone"] if opts.get("standalone") else [])
     if name == "query":
-        return argv + ["serve", "--trace-root", opts["traceRoot"], "--bind", opts["queryBind"],
+        return argv + ["--trace-root", opts["traceRoot"], "--bind", opts["queryBind"],
                        "--reuseport", "--access-log", "off"]
     raise AssertionError(name)
