@@ -5,7 +5,8 @@ PY        := $(VENV)/bin/python
 PIP       := $(VENV)/bin/pip
 APT_STAMP := $(VENV)/.apt-stamp
 DEP_STAMP := $(VENV)/.deps-stamp
-APT_PKGS  := gcc make libc6-dev protobuf-compiler uftrace wrk valgrind
+APT_PKGS  := gcc make libc6-dev protobuf-compiler uftrace wrk valgrind \
+             g++ sqlite3 python3 python3.11 openssl jq xz-utils curl
 BUILD_LOCK := /tmp/lanetrace-build.lock
 PYTEST_WORKERS ?= 2
 

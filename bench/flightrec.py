@@ -46,17 +46,21 @@ def build_rategen(work: str) -> str:
 
 
 def lanetrace_argv(traces: str, detail: bool, extra=()) -> list:
-    argv = [LANETRACE, "run", "-o", traces, "--json", *extra]
+    argv = [LANETRACE, "run", "-o", traces, "--json-out", summary_path(traces), *extra]
     if detail:
         argv += ["-t", NEVER]
     return argv
 
 
-def summary_of(proc) -> dict:
-    out = proc.stdout
+def summary_path(traces: str) -> str:
+    return os.path.join(os.path.dirname(traces), "summary.json")
+
+
+def summary_of(proc, traces: str) -> dict:
     try:
-        return json.loads(out[out.index("{"):])["targets"][0]
-    except (ValueError, KeyError, IndexError):
+        with open(summary_path(traces)) as f:
+            return json.load(f)["targets"][0]
+    except (OSError, ValueError, KeyError, IndexError):
         raise overhead.Unavailable("no JSON summary: " + overhead.last_line(proc.stderr)) from None
 
 
@@ -76,7 +80,7 @@ def hot_variant(name: str, iters: int, work: str, timeout: float):
     argv = lanetrace_argv(traces, name == "detail-on", ["-i", "hot!hot_fn"]) + ["--", hot, str(iters)]
     try:
         r, proc = overhead.run_command(argv, iters, work, timeout, trace_dir=traces)
-        t = summary_of(proc)
+        t = summary_of(proc, traces)
         drops = sum((t.get("drops") or {}).values())
         return r, f"events {t.get('events', 0):,}, drops {drops:,}"
     finally:
@@ -121,7 +125,7 @@ def rate_run(exe: str, threads: int, events_per_s: float, seconds: float, detail
         proc = overhead.run_group(argv, work, dict(os.environ), timeout)
         if proc.returncode != 0:
             raise overhead.Unavailable(overhead.last_line(proc.stderr))
-        t = summary_of(proc)
+        t = summary_of(proc, traces)
         m = manifest_of(traces)
         calls = int(proc.stdout.split("calls=")[1].split()[0])
         drops = sum(v for v in (m.get("drops") or {}).values())

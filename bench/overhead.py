@@ -217,7 +217,8 @@ def variant_lanetrace(iters, work, timeout):
     if probe.returncode != 0:
         raise Unavailable("`lanetrace run` missing: " + last_line(probe.stderr))
     traces = os.path.join(work, "traces")
-    argv = [LANETRACE, "run", "-i", "hot!hot_fn", "-o", traces, "--json", "--",
+    summary_file = os.path.join(work, "summary.json")
+    argv = [LANETRACE, "run", "-i", "hot!hot_fn", "-o", traces, "--json-out", summary_file, "--",
             os.path.join(BIN, "hot"), str(iters)]
     try:
         r, proc = run_command(argv, iters, work, timeout, trace_dir=traces)
@@ -232,11 +233,11 @@ def variant_lanetrace(iters, work, timeout):
     # The summary tells whether the calls were really recorded: a tracer that
     # silently records nothing would otherwise look free.
     try:
-        summary = json.loads(proc.stdout[proc.stdout.index("{"):]) if "{" in proc.stdout else {}
-        target = summary["targets"][0]
-    except (ValueError, KeyError, IndexError):
+        with open(summary_file) as f:
+            target = json.load(f)["targets"][0]
+    except (OSError, ValueError, KeyError, IndexError):
         shutil.rmtree(traces, ignore_errors=True)
-        raise Unavailable("no JSON summary from `lanetrace run --json`") from None
+        raise Unavailable("no JSON summary from `lanetrace run --json-out`") from None
     events, drops = target.get("events", 0), target.get("drops") or {}
     notes = [f"events {events}"]
     if events < 2 * iters:
@@ -284,6 +285,9 @@ def parse_args(argv=None):
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds one run may take before it counts as failed (default 300)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
+    ap.add_argument("--no-corpus", dest="corpus", action="store_false",
+                    help="skip the row of fallback hooks over the real-program corpus "
+                         "(bench/hookcoverage.py, a few minutes)")
     args = ap.parse_args(argv)
     if args.iters < 1:
         ap.error("--iters must be at least 1")
@@ -386,10 +390,24 @@ def main(argv=None):
         print(f"{row['variant']:<14} {DESCRIPTIONS[row['variant']]:<34} {row['loop_ms']:9.1f} "
               f"{row['ratio']:10.2f} {row['ns_per_call']:9.1f} {cpu:>8} {row['spread_pct']:6.1f}% "
               f"{row['wall_s']:7.2f} {bpc:>7}  {row['note']}")
+    corpus = []
+    if args.corpus:
+        # which path the functions of real programs take (bench/hookcoverage.py)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import hookcoverage
+        corpus = hookcoverage.measure()
+        fast = sum(r["fast"] for r in corpus)
+        fallback = sum(r["fallback"] for r in corpus)
+        skipped = sum(r["skipped"] for r in corpus)
+        total = fast + fallback + skipped
+        print(f"{'fallback':<14} {'corpus functions on attach fallback':<34} "
+              f"{fallback:,} of {total:,} selected = {100.0 * fallback / max(total, 1):.2f}% "
+              f"(fast {fast:,}, skipped {skipped:,}; {len(corpus)} programs, "
+              f"{sum(r['same'] for r in corpus)} behave as untraced)")
     if args.json:
         print(json.dumps({"iters": args.iters, "reps": args.reps, "untraced_ns": base,
-                          "untraced_cpu_ns": base_cpu, "load_start": load, "rows": rows},
-                         indent=2))
+                          "untraced_cpu_ns": base_cpu, "load_start": load, "rows": rows,
+                          "corpus": corpus}, indent=2))
     return 0
 
 

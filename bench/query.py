@@ -142,6 +142,19 @@ def build_trace(trace_dir: str, n_events: int) -> None:
         f.write(orjson.dumps(manifest))
 
 
+def ensure_trace(workdir: str, n_events: int) -> tuple[str, str]:
+    """(root, trace id) of the cached n-event bench trace, built if missing."""
+    root = os.path.join(workdir, f"root-{n_events}")
+    trace_id = "bench/pid_1"
+    tdir = os.path.join(root, trace_id)
+    if not os.path.exists(os.path.join(tdir, "trace.json")):
+        print(f"building a {n_events:,}-event trace in {tdir} ...", flush=True)
+        t = time.perf_counter()
+        build_trace(tdir, n_events)
+        print(f"  built in {time.perf_counter() - t:.1f} s", flush=True)
+    return root, trace_id
+
+
 # ---- measuring ----------------------------------------------------------------
 
 def start_server(root, replicas, extra=()):
@@ -230,14 +243,8 @@ def main():
     ap.add_argument("--rebuild-index", action="store_true", help="drop the cached index first")
     args = ap.parse_args()
 
-    root = os.path.join(args.workdir, f"root-{args.events}")
-    trace_id = "bench/pid_1"
+    root, trace_id = ensure_trace(args.workdir, args.events)
     tdir = os.path.join(root, trace_id)
-    if not os.path.exists(os.path.join(tdir, "trace.json")):
-        print(f"building a {args.events:,}-event trace in {tdir} ...", flush=True)
-        t = time.perf_counter()
-        build_trace(tdir, args.events)
-        print(f"  built in {time.perf_counter() - t:.1f} s", flush=True)
     size = os.path.getsize(os.path.join(tdir, "events.bin"))
     if args.rebuild_index:
         shutil.rmtree(os.path.join(tdir, "index"), ignore_errors=True)

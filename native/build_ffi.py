@@ -19,7 +19,7 @@ headers = sorted(glob.glob(os.path.join(INCLUDE, "lanetrace", "*.h")))
 # agent/lanes.c, the producer side, too: tests drive it, and the injector adds
 # time marks with it
 SOURCES = ["src/shm.c", "src/drain.c", "src/detail.c", "src/encode.c", "src/qindex.c",
-           "agent/lanes.c"]
+           "src/hookscan.c", "agent/lanes.c"]
 sources = [os.path.join(HERE, p) for p in SOURCES]
 prelude = "\n".join(f'#include "lanetrace/{os.path.basename(h)}"' for h in headers)
 ffibuilder.set_source(
@@ -28,7 +28,7 @@ ffibuilder.set_source(
     sources=[os.path.relpath(p, os.path.dirname(HERE)) for p in sources],
     include_dirs=[os.path.relpath(INCLUDE, os.path.dirname(HERE))],
     extra_compile_args=["-std=gnu11", "-O2", "-g", "-Wall", "-Wno-unused-function"],
-    libraries=["rt"],
+    libraries=["rt", "dl"],
 )
 
 if __name__ == "__main__":

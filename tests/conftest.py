@@ -17,8 +17,9 @@ def example(name: str) -> str:
     return path
 
 
-def run_lanetrace(args, *, timeout=180, env=None, cwd=None, user=None):
-    """Run ``python -m lanetrace ARGS`` as a user would; returns CompletedProcess.
+def run_lanetrace(args, *, timeout=180, env=None, cwd=None, user=None, text=True):
+    """Run ``python -m lanetrace ARGS`` as a user would; returns CompletedProcess
+    (with ``text=False``, stdout and stderr are bytes: a target's binary output).
 
     A run that ends with lanetrace's own report of the rare Frida injection
     hang (lanetrace.injector.fridaguard) is run once more: that failure is Frida's,
@@ -31,8 +32,9 @@ def run_lanetrace(args, *, timeout=180, env=None, cwd=None, user=None):
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--", *cmd]
     full_env = dict(os.environ, **(env or {}))
     for attempt in (1, 2):
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+        proc = subprocess.run(cmd, capture_output=True, text=text, timeout=timeout,
                               env=full_env, cwd=cwd)
-        if proc.returncode == 0 or HANG_MESSAGE not in proc.stderr:
+        stderr = proc.stderr if text else proc.stderr.decode(errors="replace")
+        if proc.returncode == 0 or HANG_MESSAGE not in stderr:
             return proc
     return proc

@@ -54,7 +54,8 @@
 #define LT_MAX_IGNORED 128
 
 enum { T_ACTIVE = 1, T_IGNORED = 2, T_DEAD = 3, T_PAUSED = 4 };
-#define FRAME_CM 1u
+#define FRAME_CM 1u       /* Interceptor.attach fallback: Frida owns the return */
+#define FRAME_RESTORED 2u /* real return address put back for the unwinder */
 /* lt_entry_tramp's register block: r11 r10 r9 r8 rdi rsi rdx rcx rax, the
  * stub's slot, then the return address */
 #define LT_REG_RET 10 /* pushed by the Interceptor.attach fallback (no return hook) */
@@ -82,11 +83,21 @@ typedef struct lt_thread {
 } lt_thread;
 
 typedef struct lt_desc {
-    void *orig; /* from replaceFast; written before the hook goes live */
+    void *orig;    /* the relocated entry in the slot; written before the patch goes live */
+    uint8_t *site; /* the patched bytes (function entry, after endbr64) */
     uint32_t fid;
     _Atomic uint8_t trigger; /* relaxed: ENTRY appends a mark (setTriggers) */
-    uint8_t pad[3];
+    uint8_t patched;         /* site holds our jmp (lifecycle calls only) */
+    uint8_t role;            /* LT_ROLE_*: not traced, drives the shadow stack; set before the patch */
+    uint8_t pad;
+    uint8_t saved[8];        /* the site's bytes before the patch */
+    uint8_t *tramp;          /* short form: the jmp rel32 in the padding before the function */
+    uint8_t tsaved[8];       /* the padding's bytes before the patch */
 } lt_desc;
+
+/* Functions hooked for the shadow stack's sake, not traced: where C++
+ * exceptions start unwinding and where they are caught. */
+enum { LT_ROLE_TRACE = 0, LT_ROLE_THROW = 1, LT_ROLE_CATCH = 2 };
 
 /* where a detail record's registers come from */
 enum { SRC_NONE, SRC_TRAMP_ENTRY, SRC_TRAMP_EXIT, SRC_VALS_ENTRY, SRC_VALS_EXIT };
@@ -409,7 +420,7 @@ static void unwind_for_entry(lt_thread *t, uint64_t slot, uint64_t cur_ret)
         if (in != fin) {
             stale = in;
         } else {
-            uint64_t left = (f->flags & FRAME_CM) ? f->ret : (uint64_t)&lt_exit_tramp;
+            uint64_t left = (f->flags & (FRAME_CM | FRAME_RESTORED)) ? f->ret : (uint64_t)&lt_exit_tramp;
             stale = f->slot < slot || (f->slot == slot && cur_ret != left);
         }
         if (!stale)
@@ -436,8 +447,20 @@ static inline int session_current(lt_thread *t)
     return 1;
 }
 
+void lt_unwind_begin(void);
+void lt_unwind_caught(uint64_t sp);
+
 HIDDEN void *lt_on_entry(lt_desc *d, uint64_t *regs)
 {
+    if (unlikely(d->role)) {
+        /* never hijacked: __cxa_throw does not return, and the unwinder
+         * must see this frame as it is */
+        if (d->role == LT_ROLE_THROW)
+            lt_unwind_begin();
+        else
+            lt_unwind_caught((uint64_t)&regs[LT_REG_RET]);
+        return d->orig;
+    }
     lt_thread *t = self();
     if (unlikely(t->state != T_ACTIVE)) {
         if (t->state == T_PAUSED && atomic_load_explicit(&g_recording, RLX)) {
@@ -508,6 +531,56 @@ HIDDEN uint64_t lt_on_exit(uint64_t *regs, uint64_t sp)
 }
 
 /* ------------------------------------------------------------------ */
+/* C++ exceptions: __cxa_throw/__cxa_rethrow and __cxa_begin_catch are    */
+/* hooked with LT_ROLE_THROW / LT_ROLE_CATCH (agent.js)                    */
+
+/* An exception is thrown and the unwinder is about to walk this thread's
+ * stack: every hijacked return slot gets its real return address back, so
+ * each frame is found in the unwind tables. The frames stay on the shadow
+ * stack. */
+HIDDEN void lt_unwind_begin(void)
+{
+    lt_thread *t = tls_self;
+    if (!t || t->state != T_ACTIVE)
+        return;
+    for (uint32_t i = 0; i < t->depth; i++) {
+        lt_frame *f = &t->frames[i];
+        if (f->flags & (FRAME_CM | FRAME_RESTORED))
+            continue;
+        uint64_t *slot = (uint64_t *)f->slot;
+        if (*slot == (uint64_t)&lt_exit_tramp) {
+            *slot = f->ret;
+            f->flags |= FRAME_RESTORED;
+        }
+    }
+}
+
+/* A handler was found and __cxa_begin_catch runs; sp is the stack pointer at
+ * its entry, inside the catching frame. Frames below it were unwound: they
+ * are closed as such. The frames above return normally again: their return
+ * is hijacked once more. */
+HIDDEN void lt_unwind_caught(uint64_t sp)
+{
+    lt_thread *t = tls_self;
+    if (!t || t->state != T_ACTIVE)
+        return;
+    uint32_t g = t->guard;
+    t->guard = 1;
+    while (t->depth && t->frames[t->depth - 1].slot < sp && on_stack(t, t->frames[t->depth - 1].slot) == on_stack(t, sp))
+        pop_unwound(t);
+    for (uint32_t i = 0; i < t->depth; i++) {
+        lt_frame *f = &t->frames[i];
+        if (!(f->flags & FRAME_RESTORED))
+            continue;
+        uint64_t *slot = (uint64_t *)f->slot;
+        if (*slot == f->ret)
+            *slot = (uint64_t)&lt_exit_tramp;
+        f->flags &= ~FRAME_RESTORED;
+    }
+    t->guard = g;
+}
+
+/* ------------------------------------------------------------------ */
 /* Interceptor.attach fallback (called from the CModule glue)          */
 
 static inline int fid_trigger(uint32_t fid)
@@ -551,15 +624,19 @@ EXPORT void lt_cm_enter(uint32_t fid, uint64_t sp, uint64_t rdi, uint64_t rsi, u
     t->guard = 0;
 }
 
-EXPORT void lt_cm_leave(uint32_t fid, uint64_t rax, uint64_t rdx)
+/* slot: the hooked call's return slot (Frida's leave context reports the
+ * stack pointer as it was at entry) */
+EXPORT void lt_cm_leave(uint32_t fid, uint64_t slot, uint64_t rax, uint64_t rdx)
 {
     lt_thread *t = tls_self;
     if (!t || t->state != T_ACTIVE || t->guard)
         return;
     t->guard = 1;
-    /* find our frame; replaceFast frames above it were longjmp'd over */
+    /* find our frame by its return slot; frames above it were longjmp'd over.
+     * No frame (its ENTRY was not recorded): nothing to close. */
     uint32_t i = t->depth;
-    while (i && !((t->frames[i - 1].flags & FRAME_CM) && t->frames[i - 1].fid == fid))
+    while (i && !((t->frames[i - 1].flags & FRAME_CM) && t->frames[i - 1].fid == fid &&
+                  t->frames[i - 1].slot == slot))
         i--;
     if (!i) {
         if (t->cm_overflow)
@@ -580,41 +657,50 @@ EXPORT void lt_cm_leave(uint32_t fid, uint64_t rax, uint64_t rdx)
 }
 
 /* ------------------------------------------------------------------ */
-/* stubs                                                               */
+/* slots and patches                                                   */
 
+/*
+ * Each fast-hooked function gets a slot near its module (lt_alloc_near):
+ *   slot + 0   the stub: endbr64; push rax; movabs rax, &desc; jmp [rip+0]; .quad lt_entry_tramp
+ *   slot + 32  the function's first instructions, relocated by the injector
+ *              (hooksafety.py), then a jump back into the function
+ * and its entry (after an endbr64) becomes `jmp rel32` to the slot. Slots and
+ * descriptors are never freed: after a revert, frames may still return
+ * through lt_exit_tramp or run in the relocated copy.
+ */
 #define STUB_SIZE 32u
-#define STUB_DESC_OFF 7 /* agent.js reads the desc pointer here (STUB_DESC_OFFSET) */
-#define STUB_CHUNK 65536u
+#define STUB_DESC_OFF 7
+#define DESC_CHUNK 65536u
+#define NEAR_LIMIT 0x7ff00000ull /* stay inside a rel32's reach with room to spare */
 
-static uint8_t *g_stub_cur, *g_stub_end;
 static lt_desc *g_desc_cur, *g_desc_end;
 
-/* Returns the stub for function id `fid`, or NULL. */
-EXPORT void *lt_make_stub(uint32_t fid)
+static lt_desc *desc_alloc(uint32_t fid)
 {
     spin_lock();
-    if (g_stub_cur == g_stub_end || g_desc_cur == g_desc_end) {
-        void *code = mmap(NULL, STUB_CHUNK, PROT_READ | PROT_WRITE | PROT_EXEC,
-                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        void *data = mmap(NULL, STUB_CHUNK / STUB_SIZE * sizeof(lt_desc), PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (code == MAP_FAILED || data == MAP_FAILED) {
+    if (g_desc_cur == g_desc_end) {
+        void *data = mmap(NULL, DESC_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (data == MAP_FAILED) {
             spin_unlock();
             return NULL;
         }
-        g_stub_cur = code;
-        g_stub_end = g_stub_cur + STUB_CHUNK;
         g_desc_cur = data;
-        g_desc_end = g_desc_cur + STUB_CHUNK / STUB_SIZE;
+        g_desc_end = g_desc_cur + DESC_CHUNK / sizeof(lt_desc);
     }
-    uint8_t *s = g_stub_cur;
-    lt_desc *d = g_desc_cur;
-    g_stub_cur += STUB_SIZE;
-    g_desc_cur++;
+    lt_desc *d = g_desc_cur++;
     spin_unlock();
     d->orig = NULL;
+    d->site = NULL;
     d->fid = fid;
+    d->patched = 0;
+    d->role = 0;
+    d->tramp = NULL;
     atomic_store_explicit(&d->trigger, 0, RLX);
+    return d;
+}
+
+static void write_stub(uint8_t *s, lt_desc *d)
+{
     uint64_t da = (uint64_t)d, ta = (uint64_t)&lt_entry_tramp;
     uint8_t code[STUB_SIZE] = {
         0xf3, 0x0f, 0x1e, 0xfa,             /* endbr64 */
@@ -630,8 +716,6 @@ EXPORT void *lt_make_stub(uint32_t fid)
     }
     for (unsigned i = 0; i < STUB_SIZE; i++)
         s[i] = code[i];
-    atomic_fetch_add_explicit(&g_stat_stubs, 1, RLX);
-    return s;
 }
 
 static lt_desc *stub_desc(void *stub)
@@ -643,9 +727,198 @@ static lt_desc *stub_desc(void *stub)
     return (lt_desc *)d;
 }
 
-/* Set the original-function pointer (agent.js writes it directly instead:
- * a NativeFunction call would commit the Interceptor transaction early). */
-EXPORT void lt_set_orig(void *stub, void *orig) { stub_desc(stub)->orig = orig; }
+static int try_map(uint64_t at, uint64_t bytes, void **out)
+{
+    void *p = mmap((void *)at, bytes, PROT_READ | PROT_WRITE | PROT_EXEC,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (p == MAP_FAILED)
+        return 0;
+    if ((uint64_t)p != at) { /* a kernel without MAP_FIXED_NOREPLACE took it as a hint */
+        munmap(p, bytes);
+        return 0;
+    }
+    *out = p;
+    return 1;
+}
+
+/* `bytes` of RWX memory within rel32 reach of all of [lo, hi), or NULL.
+ * Probes free addresses below the module, then above it. */
+EXPORT void *lt_alloc_near(uint64_t lo, uint64_t hi, uint64_t bytes)
+{
+    const uint64_t page = 4096, step = 1ull << 20;
+    bytes = (bytes + page - 1) & ~(page - 1);
+    if (!bytes || hi - lo + bytes >= NEAR_LIMIT)
+        return NULL;
+    void *p;
+    uint64_t reach = NEAR_LIMIT - (hi - lo) - bytes;
+    uint64_t below = (lo & ~(page - 1)) - bytes;
+    for (uint64_t d = 0; d < reach && d + 0x10000 < below; d += (d < step ? page * 16 : step))
+        if (try_map(below - d, bytes, &p))
+            return p;
+    uint64_t above = (hi + page - 1) & ~(page - 1);
+    for (uint64_t d = 0; d < reach; d += (d < step ? page * 16 : step))
+        if (try_map(above + d, bytes, &p))
+            return p;
+    return NULL;
+}
+
+/* Write 5 bytes of code that other threads may be executing: with one
+ * 8-byte store when the 8 bytes share a cache line (atomic for instruction
+ * fetch), else by first parking the entry on a 2-byte `jmp .` so no thread
+ * runs a half-written instruction. The page must be writable. Plain (release)
+ * stores, never locked ones: a locked write to code pages takes a bus-lock
+ * trap on some machines, which the kernel throttles by milliseconds. */
+static void write_code5(uint8_t *site, const uint8_t *code)
+{
+    uint64_t a = (uint64_t)site;
+    if ((a & 63) <= 56) {
+        uint64_t q;
+        __builtin_memcpy(&q, site, 8);
+        uint8_t *qb = (uint8_t *)&q;
+        for (int i = 0; i < 5; i++)
+            qb[i] = code[i];
+        __atomic_store_n((uint64_t *)site, q, __ATOMIC_RELEASE);
+        return;
+    }
+    uint16_t park = 0xfeeb; /* eb fe: jmp . */
+    __atomic_store_n((uint16_t *)site, park, __ATOMIC_RELEASE);
+    for (int i = 2; i < 5; i++)
+        __atomic_store_n(&site[i], code[i], __ATOMIC_RELEASE);
+    uint16_t head = (uint16_t)(code[0] | code[1] << 8);
+    __atomic_store_n((uint16_t *)site, head, __ATOMIC_RELEASE);
+}
+
+/* A range made writable for a batch of installs (lt_unlock_code): one
+ * mprotect for the batch instead of two per function. Lifecycle calls only
+ * (the Frida JS thread). */
+static uint64_t g_unlocked_lo, g_unlocked_hi;
+
+EXPORT int lt_unlock_code(uint64_t lo, uint64_t hi)
+{
+    lo &= ~4095ull;
+    hi = (hi + 4095) & ~4095ull;
+    if (mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE | PROT_EXEC) != 0)
+        return -1;
+    g_unlocked_lo = lo;
+    g_unlocked_hi = hi;
+    return 0;
+}
+
+EXPORT void lt_lock_code(void)
+{
+    if (g_unlocked_hi)
+        mprotect((void *)g_unlocked_lo, g_unlocked_hi - g_unlocked_lo, PROT_READ | PROT_EXEC);
+    g_unlocked_lo = g_unlocked_hi = 0;
+}
+
+static int make_writable(uint8_t *site, int on)
+{
+    if ((uint64_t)site >= g_unlocked_lo && (uint64_t)site + 8 <= g_unlocked_hi)
+        return 0;
+    uint64_t page = 4096;
+    uint64_t lo = (uint64_t)site & ~(page - 1), hi = ((uint64_t)site + 8 + page - 1) & ~(page - 1);
+    return mprotect((void *)lo, hi - lo, PROT_READ | PROT_EXEC | (on ? PROT_WRITE : 0));
+}
+
+static void jmp32(uint8_t out[5], const uint8_t *from, const uint8_t *to)
+{
+    int64_t rel = (int64_t)((uint64_t)to - ((uint64_t)from + 5));
+    out[0] = 0xe9;
+    for (int i = 0; i < 4; i++)
+        out[1 + i] = (uint8_t)(rel >> (8 * i));
+}
+
+/* 2-byte code store: atomic for instruction fetch unless it straddles a
+ * cache line (hooksafety never asks for that). */
+static void write_code2(uint8_t *site, const uint8_t *code)
+{
+    __atomic_store_n((uint16_t *)site, (uint16_t)(code[0] | code[1] << 8), __ATOMIC_RELEASE);
+}
+
+/* Hook function `fid`: site = its entry (after endbr64), slot = its slot
+ * (from lt_alloc_near), code = the relocated first `patch_len` bytes with
+ * their jump back, expect = those bytes as analysed. The full form writes
+ * `jmp slot` at the site; the short form (tramp != NULL) writes `jmp slot`
+ * into the padding at tramp (tramp_expect: its bytes as analysed) and a
+ * 2-byte `jmp tramp` at the site. Returns the stub (the handle for
+ * lt_set_trigger and lt_revert) or NULL; *why: 1 the code changed since it
+ * was analysed, 2 mprotect refused, 3 out of memory. */
+EXPORT void *lt_install(uint32_t fid, uint32_t role, uint8_t *site, uint32_t patch_len, uint8_t *slot,
+                        const uint8_t *code, uint32_t code_len, const uint8_t *expect,
+                        uint8_t *tramp, const uint8_t *tramp_expect, int *why)
+{
+    for (uint32_t i = 0; i < patch_len; i++)
+        if (site[i] != expect[i]) {
+            *why = 1;
+            return NULL;
+        }
+    for (uint32_t i = 0; tramp && i < 5; i++)
+        if (tramp[i] != tramp_expect[i]) {
+            *why = 1;
+            return NULL;
+        }
+    lt_desc *d = desc_alloc(fid);
+    if (!d) {
+        *why = 3;
+        return NULL;
+    }
+    for (uint32_t i = 0; i < code_len; i++)
+        slot[STUB_SIZE + i] = code[i];
+    write_stub(slot, d);
+    d->orig = slot + STUB_SIZE;
+    d->role = (uint8_t)role;
+    d->site = site;
+    __builtin_memcpy(d->saved, site, 8);
+    uint8_t jmp[5];
+    if (make_writable(site, 1) != 0 || (tramp && make_writable(tramp, 1) != 0)) {
+        *why = 2;
+        return NULL;
+    }
+    /* the stub and descriptor are complete before a jump to them is visible */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (tramp) {
+        d->tramp = tramp;
+        __builtin_memcpy(d->tsaved, tramp, 8);
+        jmp32(jmp, tramp, slot);
+        write_code5(tramp, jmp);
+        uint8_t j8[2] = {0xeb, (uint8_t)(int8_t)((int64_t)tramp - ((int64_t)site + 2))};
+        write_code2(site, j8);
+        make_writable(tramp, 0);
+    } else {
+        jmp32(jmp, site, slot);
+        write_code5(site, jmp);
+    }
+    make_writable(site, 0);
+    d->patched = 1;
+    atomic_fetch_add_explicit(&g_stat_stubs, 1, RLX);
+    *why = 0;
+    return slot;
+}
+
+/* Put the function's own bytes back. Returns 0, or -1 when its site no
+ * longer holds our jump (the module was unloaded and something else mapped). */
+EXPORT int lt_revert(void *stub)
+{
+    lt_desc *d = stub_desc(stub);
+    if (!d->patched)
+        return 0;
+    if (d->site[0] != (d->tramp ? 0xeb : 0xe9))
+        return -1;
+    if (make_writable(d->site, 1) != 0)
+        return -1;
+    if (d->tramp) {
+        write_code2(d->site, d->saved);
+        if (make_writable(d->tramp, 1) == 0) {
+            write_code5(d->tramp, d->tsaved);
+            make_writable(d->tramp, 0);
+        }
+    } else {
+        write_code5(d->site, d->saved);
+    }
+    make_writable(d->site, 0);
+    d->patched = 0;
+    return 0;
+}
 
 /* Flag function `fid` as a trigger (or not): its ENTRY appends a mark.
  * stub: its replaceFast stub, or NULL for an Interceptor-fallback function. */
@@ -683,6 +956,20 @@ EXPORT void lt_ignore_thread(uint32_t tid)
         if (atomic_compare_exchange_strong_explicit(&g_ignored[i], &z, tid, REL, RLX))
             return;
     }
+}
+
+/* The threads the agent ignores (Frida's own): the injector must never stop
+ * them while hooks are written. Returns how many were written to out. */
+EXPORT uint32_t lt_ignored_tids(uint32_t *out, uint32_t cap)
+{
+    uint32_t n = 0;
+    for (int i = 0; i < LT_MAX_IGNORED && n < cap; i++) {
+        uint32_t v = atomic_load_explicit(&g_ignored[i], ACQ);
+        if (!v)
+            break;
+        out[n++] = v;
+    }
+    return n;
 }
 
 /* Frida cloaks its own threads (they are missing from

@@ -4,28 +4,38 @@
  * reports; every event is recorded by the native agent library
  * (liblanetrace_agent.so) — no JS runs per call.
  *
- * Hook path: Interceptor.replaceFast(fn, stub) where the stub is generated
- * by the native library (push rax; movabs rax, &desc; jmp lt_entry_tramp). Functions
- * replaceFast refuses (very short ones) fall back to Interceptor.attach with
- * the CModule glue (glue.c) calling lt_cm_enter/lt_cm_leave.
+ * Hook path: our own 5-byte `jmp rel32` at the function's entry (after an
+ * endbr64) into a slot near its module, which holds the stub (push rax;
+ * movabs rax, &desc; jmp lt_entry_tramp) and the relocated first
+ * instructions (native/src/agent.c, lt_install). Whether a function may be
+ * patched, and the relocated bytes, are decided outside the target by the
+ * injector (hooksafety.py) from the code as it is in memory. Functions it
+ * cannot relocate fall back to Interceptor.attach with the CModule glue
+ * (glue.c) calling lt_cm_enter/lt_cm_leave.
  *
  * RPC (driven by the injector):
  *   init({shmName, agentLibPath, glueSource?})
  *   plan({include, exclude, includeModules, excludeModules})
- *       -> {functions:[{id, module, modulePath, name, address, size}], skipped:[{name, reason}]}
- *   install() -> {replaced, attached, failed:[{name, reason}]}
+ *       -> {functions:[{id, module, modulePath, name, address, size, ifunc?}],
+ *           skipped:[{name, reason}],
+ *           modules:[{name, path, base, size, starts:[address...], slotBase, slotCount}]}
+ *   install({verdicts: {id: {kind:'fast', patchOff, patchLen, slot, code, expect, tramp, trampExpect}
+ *                          | {kind:'fallback'|'skip', reason}}})
+ *       planned functions without a verdict stay pending for a later install()
+ *       -> {replaced, attached, failed:[{name, reason, code}], demoted:{reason: n}}
  *   setTriggers({functionIds:[...]}) -> {set, unknown:[...]}
  *       ENTRY of these functions appends a mark {ts, "symbol", fid, tid} to
  *       the control block (a flag byte in the hook descriptor, checked by
  *       the native hook path; no JS per event). Replaces the previous set;
  *       functions installed later (dlopen) get their flag at install.
  *   addMark({kind, functionId?, tid?}) -> {ok}   kind: crash | manual | time
+ *   frameworkThreads() -> [tid...]  Frida's threads and the caller's
  *   detach(); stats()
  * Later dlopen()s: matching functions are first announced with
- *   send({type:'functions', seq, module, functions:[...]})
+ *   send({type:'functions', seq, modules:[...as in plan], functions:[...], skipped})
  * and the loading thread blocks on recv('functions-ack') (the injector
- * posts {type:'functions-ack', seq} once the writer acked them) before the
- * hooks are installed, before dlopen returns.
+ * posts {type:'functions-ack', seq, verdicts} once the writer acked them)
+ * before the hooks are installed, before dlopen returns.
  */
 
 /* ---- Built-in excludes ------------------------------------------------------
@@ -82,7 +92,8 @@ const BUILTIN_EXCLUDE_FUNCTIONS = [
   ['getcontext', 'returns twice'], ['setcontext', 'never returns'], ['swapcontext', 'switches stacks'],
   ['makecontext', 'switches stacks'], ['__start_context', 'switches stacks'],
   ['__restore_rt', 'signal return trampoline'],
-  ['__cxa_throw', 'unwinds through hooked frames'], ['_Unwind_*', 'unwinder'],
+  ['__cxa_throw', 'unwinds through hooked frames'], ['__cxa_rethrow', 'unwinds through hooked frames'],
+  ['__cxa_begin_catch', 'unwinder (hooked to re-arm returns)'], ['_Unwind_*', 'unwinder'],
   ['__gxx_personality_v0', 'unwinder'], ['__gcc_personality_v0', 'unwinder'],
   // never return
   ['exit', 'never returns'], ['_exit', 'never returns'], ['_Exit', 'never returns'],
@@ -90,8 +101,16 @@ const BUILTIN_EXCLUDE_FUNCTIONS = [
   ['__stack_chk_fail', 'never returns'], ['__assert_fail', 'never returns'],
 ];
 
-/* The stub is `endbr64; push rax; movabs rax, &desc; ...`: desc pointer at +7 (agent.c). */
-const STUB_DESC_OFFSET = 7;
+/* Bytes per hook slot (hooksafety.SLOT_BYTES) */
+const SLOT_BYTES = 96;
+/* Hooked in every module that defines them, whatever the selection, but not
+ * traced: where a C++ exception starts unwinding (our hijacked returns are
+ * put back for the unwinder) and where it is caught (frames below are closed
+ * as unwound, the rest re-armed). agent.c LT_ROLE_*. Frida's own
+ * Interceptor.attach on __cxa_throw breaks unwinding, so these take our
+ * patch or nothing. */
+const ROLE_FUNCTIONS = [['__cxa_throw', 1], ['__cxa_rethrow', 1], ['__cxa_begin_catch', 2]];
+const LT_INSTALL_WHY = { 1: 'code-changed', 2: 'mprotect-refused', 3: 'out-of-memory' };
 
 /* ---- state ----------------------------------------------------------------- */
 const st = {
@@ -101,7 +120,7 @@ const st = {
   byAddress: new Map(),      // address string -> fn
   plannedModules: new Set(), // module paths already planned
   pending: [],               // planned, not installed yet
-  installed: [],             // {fn, kind:'replaced'|'attached', listener?}
+  installed: [],             // {fn, kind:'replaced'|'attached', listener?, stub?}
   failed: [],
   skippedTotal: 0,
   dlopenHooks: [],
@@ -173,16 +192,44 @@ function moduleFunctions(mod) {
   };
   let symbols = [];
   try { symbols = mod.enumerateSymbols(); } catch (e) { /* stripped or unreadable */ }
-  for (const s of symbols) if (s.type === 'function') add(s.name, s.address, s.size, s.isGlobal ? 2 : 0);
+  const starts = new Set();
+  for (const s of symbols) {
+    if (s.type === 'function') {
+      add(s.name, s.address, s.size, s.isGlobal ? 2 : 0);
+      starts.add(s.address.toString());
+    } else if (s.type === 'unknown' && s.isGlobal) {
+      // An IFUNC is listed at its resolver; the loader's choice is what runs
+      // (dlsym runs the resolver). Several names may share one implementation.
+      starts.add(s.address.toString());
+      const impl = mod.findExportByName(s.name);
+      if (impl !== null && !impl.equals(s.address)) {
+        add(s.name, impl, 0, 3);
+        const f = byAddr.get(impl.toString());
+        if (f !== undefined) f.ifunc = true;
+      }
+    }
+  }
   let exports = [];
   try { exports = mod.enumerateExports(); } catch (e) { }
-  for (const e of exports) if (e.type === 'function') add(e.name, e.address, 0, 4);
-  return Array.from(byAddr.values());
+  for (const e of exports) if (e.type === 'function') { add(e.name, e.address, 0, 4); starts.add(e.address.toString()); }
+  const fns = Array.from(byAddr.values());
+  for (const f of fns) starts.add(f.address.toString());
+  return { fns, starts: Array.from(starts) };
 }
 
-/* Selection for one module -> {functions, skipped}; assigns ids. */
+/* moduleFunctions, enumerated once per module and plan */
+const functionsCache = new Map();
+function moduleFunctionsOnce(mod) {
+  let r = functionsCache.get(mod.path);
+  if (r === undefined) { r = moduleFunctions(mod); functionsCache.set(mod.path, r); }
+  return r;
+}
+
+/* Selection for one module -> {functions, skipped, starts}; assigns ids.
+ * starts: every function entry of the module (for the injector's safety
+ * analysis), when it was enumerated. */
 function planModule(mod, sel, isMain) {
-  const out = { functions: [], skipped: [] };
+  const out = { functions: [], skipped: [], starts: null };
   if (st.plannedModules.has(mod.path)) return out;
   st.plannedModules.add(mod.path);
   if (builtinModuleExclude(mod)) return out;
@@ -191,7 +238,9 @@ function planModule(mod, sel, isMain) {
     (sel.include.length === 0 && sel.includeModules.length === 0 && isMain);
   const incPatterns = sel.include.filter(p => p.module === null || p.module.test(mod.name));
   if (!wholeModule && incPatterns.length === 0) return out;
-  for (const f of moduleFunctions(mod)) {
+  const { fns, starts } = moduleFunctionsOnce(mod);
+  out.starts = starts;
+  for (const f of fns) {
     const aliasMatch = re => f.aliases.find(n => re.test(n));
     let name = f.name;
     if (!wholeModule) {
@@ -210,6 +259,7 @@ function planModule(mod, sel, isMain) {
       id: st.nextId++, module: mod.name, modulePath: mod.path, name,
       address: key, size: f.size,
     };
+    if (f.ifunc) fn.ifunc = true;
     st.byAddress.set(key, fn);
     st.pending.push(fn);
     out.functions.push(fn);
@@ -217,15 +267,46 @@ function planModule(mod, sel, isMain) {
   return out;
 }
 
+/* The ROLE_FUNCTIONS this module defines itself (dlsym also finds its
+ * dependencies' ones). */
+function planRoles(mod) {
+  const out = [];
+  if (builtinModuleExclude(mod)) return out;
+  for (const [name, role] of ROLE_FUNCTIONS) {
+    const a = mod.findExportByName(name);
+    if (a === null || a.compare(mod.base) < 0 || a.compare(mod.base.add(mod.size)) >= 0) continue;
+    const key = a.toString();
+    if (st.byAddress.has(key)) continue;
+    const sym = moduleFunctionsOnce(mod).fns.find(x => x.address.equals(a));
+    const fn = { id: st.nextId++, module: mod.name, modulePath: mod.path, name, address: key,
+      size: sym ? sym.size : 0, role };
+    st.byAddress.set(key, fn);
+    st.pending.push(fn);
+    out.push(fn);
+  }
+  return out;
+}
+
 function planModules(mods) {
-  const res = { functions: [], skipped: [] };
+  const res = { functions: [], skipped: [], modules: [] };
   const main = Process.mainModule;
   for (const m of mods) {
     const r = planModule(m, st.selection, m.path === main.path);
-    res.functions.push(...r.functions);
+    const roles = planRoles(m);
+    const fns = r.functions.concat(roles);
+    res.functions.push(...fns);
     res.skipped.push(...r.skipped);
+    if (fns.length === 0) continue;
+    const slots = st.nf.allocNear(uint64(m.base.toString()), uint64(m.base.add(m.size).toString()),
+      uint64(fns.length * SLOT_BYTES));
+    res.modules.push({
+      name: m.name, path: m.path, base: m.base.toString(), size: m.size,
+      starts: r.starts || moduleFunctionsOnce(m).starts,
+      slotBase: slots.isNull() ? '0x0' : slots.toString(), slotCount: slots.isNull() ? 0 : fns.length,
+    });
   }
   st.skippedTotal += res.skipped.length;
+  functionsCache.clear();
   return res;
 }
 
@@ -243,45 +324,75 @@ function glue() {
   return st.cm;
 }
 
-/* All hooks of one batch go live together: GumJS keeps Interceptor changes
- * in a transaction until the thread leaves the JS runtime (a NativeFunction
- * call, send(), the end of this RPC call). So the stubs are made first, and
- * between replaceFast and the commit only JS memory writes happen: the
- * descriptor's original pointer is set before any thread can reach the stub. */
-function installPending() {
-  const res = { replaced: 0, attached: 0, failed: [] };
+function writeHex(buf, hex) {
+  const bytes = new Array(hex.length / 2);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.substr(2 * i, 2), 16);
+  if (bytes.length) buf.writeByteArray(bytes);
+  return bytes.length;
+}
+
+/* Install the pending functions as the injector decided (verdicts by id).
+ * A fast hook goes live when its jump is written (lt_install); spawned
+ * targets are suspended meanwhile, running ones see hooks appear one by one
+ * and are recorded from each thread's next call. */
+function installPending(verdicts) {
+  const res = { replaced: 0, attached: 0, failed: [], demoted: {} };
   const todo = st.pending;
   st.pending = [];
   if (todo.length === 0 || st.detached) return res;
-  const stubs = todo.map(fn => st.nf.makeStub(fn.id));
+  verdicts = verdicts || {};
   let cm = null, cmError = null;
-  try { cm = glue(); } catch (e) { cmError = e.message; }
-  todo.forEach((fn, i) => {
-    const target = ptr(fn.address);
-    const stub = stubs[i];
-    let whyFast = 'out of stub memory';
-    if (!stub.isNull()) {
-      try {
-        const orig = Interceptor.replaceFast(target, stub);
-        stub.add(STUB_DESC_OFFSET).readPointer().writePointer(orig);
-        st.installed.push({ fn, kind: 'replaced', stub });
-        res.replaced++;
-        return;
-      } catch (e) {
-        whyFast = e.message;
-      }
-    }
+  const code = Memory.alloc(256), expect = Memory.alloc(64), texpect = Memory.alloc(16), why = Memory.alloc(4);
+  const attach = (fn, reason) => {
     try {
+      if (cm === null && cmError === null) { try { cm = glue(); } catch (e) { cmError = e.message; } }
       if (cm === null) throw new Error(`CModule glue unavailable: ${cmError}`);
-      const listener = Interceptor.attach(target, { onEnter: cm.on_enter, onLeave: cm.on_leave }, ptr(fn.id));
+      const listener = Interceptor.attach(ptr(fn.address), { onEnter: cm.on_enter, onLeave: cm.on_leave }, ptr(fn.id));
       st.installed.push({ fn, kind: 'attached', listener, stub: null });
       res.attached++;
     } catch (e) {
-      const f = { name: `${fn.module}!${fn.name}`, reason: `replaceFast: ${whyFast}; attach: ${e.message}` };
+      const f = { name: `${fn.module}!${fn.name}`, reason: `${reason}; Interceptor.attach: ${e.message}`, code: 'attach-failed' };
       st.failed.push(f);
       res.failed.push(f);
     }
-  });
+  };
+  // one writable window per executable range instead of two mprotects per hook
+  let window = null;
+  const unlockFor = addr => {
+    if (window !== null && addr.compare(window.base) >= 0 && addr.add(8).compare(window.base.add(window.size)) <= 0) return;
+    if (window !== null) { st.nf.lockCode(); window = null; }
+    const r = Process.findRangeByAddress(addr);
+    if (r === null || r.protection !== 'r-x') return;
+    if (st.nf.unlockCode(uint64(r.base.toString()), uint64(r.base.add(r.size).toString())) === 0) window = r;
+  };
+  for (const fn of todo) {
+    const v = verdicts[fn.id] || verdicts[String(fn.id)];
+    if (v === undefined) { st.pending.push(fn); continue; } // for a later install() (a thread was inside it)
+    if (v.kind === 'skip') continue; // counted by the injector
+    if (v.kind === 'fallback') { if (!fn.role) attach(fn, v.reason); continue; }
+    const n = writeHex(code, v.code);
+    writeHex(expect, v.expect);
+    writeHex(texpect, v.trampExpect || '');
+    unlockFor(ptr(fn.address));
+    const stub = st.nf.install(fn.id, fn.role || 0, ptr(fn.address).add(v.patchOff), v.patchLen, ptr(v.slot),
+      code, n, expect, ptr(v.tramp || '0x0'), texpect, why);
+    if (!stub.isNull()) {
+      st.installed.push({ fn, kind: 'replaced', stub });
+      if (fn.role) res.roles = (res.roles || 0) + 1; else res.replaced++;
+      continue;
+    }
+    const reason = LT_INSTALL_WHY[why.readS32()] || 'install-failed';
+    if (reason === 'code-changed') {
+      const f = { name: `${fn.module}!${fn.name}`, reason: 'its code changed after the safety analysis', code: reason };
+      st.failed.push(f);
+      res.failed.push(f);
+      continue;
+    }
+    if (fn.role) continue;
+    res.demoted[reason] = (res.demoted[reason] || 0) + 1;
+    attach(fn, reason);
+  }
+  if (window !== null) st.nf.lockCode();
   Interceptor.flush();
   // triggers chosen before these functions existed
   for (const h of st.installed.slice(st.installed.length - res.replaced - res.attached))
@@ -298,14 +409,17 @@ function onModulesMaybeLoaded() {
   const r = planModules(fresh);
   if (r.functions.length > 0) {
     const seq = ++st.seq;
-    let acked = false;
+    let acked = false, verdicts = {};
     // register before sending, in one JS turn: acks arrive in send order
-    const op = recv('functions-ack', msg => { acked = true; });
-    send({ type: 'functions', seq, modules: fresh.map(m => m.name), functions: r.functions, skipped: r.skipped });
+    const op = recv('functions-ack', msg => { acked = true; verdicts = msg.verdicts || {}; });
+    send({ type: 'functions', seq, modules: r.modules, functions: r.functions, skipped: r.skipped });
     op.wait();
     if (!acked) return;
+    const res = installPending(verdicts);
+    send({ type: 'installed', failed: res.failed, demoted: res.demoted, replaced: res.replaced, attached: res.attached });
+    return;
   }
-  const res = installPending();
+  const res = installPending({});
   if (res.failed.length) send({ type: 'install-failed', failed: res.failed });
 }
 
@@ -335,7 +449,13 @@ function init(opts) {
   const e = n => st.lib.getExportByName(n);
   st.nf = {
     init: new NativeFunction(e('lt_init'), 'int', ['pointer', 'pointer', 'uint32']),
-    makeStub: new NativeFunction(e('lt_make_stub'), 'pointer', ['uint32']),
+    allocNear: new NativeFunction(e('lt_alloc_near'), 'pointer', ['uint64', 'uint64', 'uint64']),
+    install: new NativeFunction(e('lt_install'), 'pointer',
+      ['uint32', 'uint32', 'pointer', 'uint32', 'pointer', 'pointer', 'uint32', 'pointer', 'pointer', 'pointer', 'pointer']),
+    revert: new NativeFunction(e('lt_revert'), 'int', ['pointer']),
+    unlockCode: new NativeFunction(e('lt_unlock_code'), 'int', ['uint64', 'uint64']),
+    ignoredTids: new NativeFunction(e('lt_ignored_tids'), 'uint32', ['pointer', 'uint32']),
+    lockCode: new NativeFunction(e('lt_lock_code'), 'void', []),
     ignore: new NativeFunction(e('lt_ignore_thread'), 'void', ['uint32']),
     ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
     detach: new NativeFunction(e('lt_detach'), 'void', []),
@@ -374,9 +494,9 @@ function plan(opts) {
   return r;
 }
 
-function install() {
+function install(opts) {
   if (st.selection === null) throw new Error('install: call plan first');
-  return installPending();
+  return installPending((opts && opts.verdicts) || {});
 }
 
 function detach() {
@@ -387,9 +507,13 @@ function detach() {
   st.dlopenHooks = [];
   for (const h of st.installed) {
     try {
-      if (h.kind === 'replaced') Interceptor.revert(ptr(h.fn.address));
-      else h.listener.detach();
-      reverted++;
+      if (h.kind === 'replaced') {
+        if (Process.findModuleByAddress(ptr(h.fn.address)) === null) continue; // gone with its module
+        if (st.nf.revert(h.stub) === 0) reverted++;
+      } else {
+        h.listener.detach();
+        reverted++;
+      }
     } catch (e) { /* already gone with its module */ }
   }
   Interceptor.flush();
@@ -430,6 +554,16 @@ function addMark(opts) {
   return { ok: st.nf.addMark(kind, opts.functionId || 0, tid) === 0 };
 }
 
+/* Threads that must keep running while the injector stops the program's
+ * threads to write hooks: Frida's own (the ignored ones) and this one. */
+function frameworkThreads() {
+  const buf = Memory.alloc(4 * 128);
+  const n = st.nf.ignoredTids(buf, 128);
+  const out = [Process.getCurrentThreadId()];
+  for (let i = 0; i < n; i++) out.push(buf.add(4 * i).readU32());
+  return out;
+}
+
 function stats() {
   const out = Memory.alloc(8 * 8);
   st.nf.stats(out);
@@ -446,6 +580,6 @@ function stats() {
 }
 
 rpc.exports = {
-  init, plan, install, detach, stats, setTriggers, addMark,
+  init, plan, install, detach, stats, setTriggers, addMark, frameworkThreads,
   dispose() { try { detach(); } catch (e) { } },
 };

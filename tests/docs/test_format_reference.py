@@ -20,8 +20,10 @@ PROTO = os.path.join(REPO, "proto", "atf_v4.proto")
 # Objects whose keys are data (reasons, names), not fields: only the object
 # itself is documented; drop reasons have their own table in troubleshooting.
 MAP_KEYS = {
-    "trace.json": {"drops", "flightRecorder.config", "flightRecorder.drainers"},
-    "session.json": {"targets[].crash"},
+    "trace.json": {"drops", "flightRecorder.config", "flightRecorder.drainers",
+                   "hooks.skippedByReason", "hooks.fallbackByReason"},
+    # the same object as trace.json's hooks, documented there
+    "session.json": {"targets[].crash", "targets[].hooks"},
     "symbols.json": set(),
 }
 

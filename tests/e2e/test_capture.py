@@ -155,12 +155,33 @@ def test_attach__pid_not_found__then_specific_error(tmp_path):
     assert f"no such process: {pid}" in proc.stderr
 
 
+NOBODY = 65534
+
+
+def _skip_unless_root(why: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root: {why}")
+
+
+def _skip_unless_nobody_can_import_lanetrace() -> None:
+    """lanetrace runs as uid 65534 only if that user can read this clone
+    (not so for a clone under a 0700 directory such as `mktemp -d`)."""
+    _skip_unless_root("switching to uid 65534")
+    probe = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                            "--", sys.executable, "-c", "import lanetrace.cli"],
+                           capture_output=True, text=True, cwd="/")
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"uid {NOBODY} cannot run lanetrace from this clone ({reason})")
+
+
 def test_attach__pid_of_another_user__then_not_permitted_error(tmp_path):
+    _skip_unless_nobody_can_import_lanetrace()
     out = tmp_path / "traces"
     out.mkdir()
     out.chmod(0o777)
     tmp_path.chmod(0o755)
-    proc = run_lanetrace(["attach", "-o", str(out), "1"], user=65534, cwd=str(tmp_path))
+    proc = run_lanetrace(["attach", "-o", str(out), "1"], user=NOBODY, cwd=str(tmp_path))
     assert proc.returncode != 0
     assert "not permitted to trace pid 1" in proc.stderr
 
@@ -193,3 +214,48 @@ def test_run__unwritable_output_directory__then_specific_error(tmp_path):
     proc = run_lanetrace(["run", "-o", str(blocker / "traces"), "--", example("workers"), "1"])
     assert proc.returncode != 0
     assert f"cannot write traces to {blocker / 'traces'}" in proc.stderr
+
+
+PYTHON_MALLOC_LOOP = ("import json\n"
+                      "doc = {'k%d' % i: 'v' * 40 for i in range(40)}\n"
+                      "print('ready', flush=True)\n"
+                      "while True:\n"
+                      "    json.dumps(doc)\n")
+
+
+def test_attach__root_to_a_process_of_another_user__then_calls_recorded_and_segment_private(
+        tmp_path):
+    """A root lanetrace attaching to a service account's process."""
+    _skip_unless_root("attaching to another user's process")
+    python = "/usr/bin/python3.11"
+    if not os.path.exists(python):
+        pytest.skip(f"{python} is not installed")
+    target = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                               "--clear-groups", "--", python, "-c", PYTHON_MALLOC_LOOP],
+                              stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert target.stdout.readline().strip() == "ready"
+        out = tmp_path / "traces"
+        seen_owners = []
+        proc = subprocess.Popen([sys.executable, "-m", "lanetrace", "attach", "-o", str(out),
+                                 "-i", "libc.so*!malloc", "--duration", "3", str(target.pid)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None:  # the segment, while it exists
+            for name in os.listdir("/dev/shm"):
+                if name.startswith("lanetrace-") and name.endswith(f"-{target.pid}-lanes"):
+                    try:
+                        st = os.stat(os.path.join("/dev/shm", name))
+                        seen_owners.append((st.st_uid, st.st_gid, st.st_mode & 0o777))
+                    except FileNotFoundError:
+                        pass
+            time.sleep(0.05)
+        _, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr
+        assert target.poll() is None, "the target must keep running after detach"
+        trace = Trace(single_trace_dir(str(out)))
+        assert sum(n for (_, name), n in trace.entries.items() if name == "malloc") > 0
+        assert trace.manifest["detached"] is True
+        assert seen_owners and set(seen_owners) == {(NOBODY, NOBODY, 0o600)}
+    finally:
+        target.kill()
+        target.wait()

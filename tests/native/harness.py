@@ -8,6 +8,7 @@ import time
 
 import frida
 
+from lanetrace import hooksafety
 from lanetrace.injector.fridaguard import HangGuard
 
 from lanetrace.core.shm import TargetSegment, parse_records
@@ -121,7 +122,7 @@ class Traced:
                  ring_bytes=65536, rings_per_lane=8, pass_fds=(), stdin=None, _wait_line=None,
                  mode="PER_THREAD_ONLY", global_records=16384, detail_ring_bytes=65536,
                  detail_rings_per_lane=4, detail=None, triggers=None, heartbeat=False,
-                 before_install=None):
+                 before_install=None, fallback=("tiny",)):
         self.functions = {}
         self.messages = []
         self.output = []
@@ -166,7 +167,12 @@ class Traced:
         self.drainers = Drainers(self.seg, heartbeat=heartbeat)
         if before_install is not None:
             before_install(self)
-        self.install = self.api.install()
+        self.verdicts = hooksafety.decide(self.pid, self.plan.get("modules", []), self.plan["functions"])
+        # keep the Interceptor.attach fallback path covered: these functions take it
+        for fn in self.plan["functions"]:
+            if fn["name"] in fallback and self.verdicts[fn["id"]].kind == "fast":
+                self.verdicts[fn["id"]] = hooksafety.Verdict("fallback", "forced by the test")
+        self.install = self.api.install({"verdicts": {str(k): v.to_agent() for k, v in self.verdicts.items()}})
         if triggers is not None:
             ids = [fid for fid, fn in self.functions.items() if fn["name"] in triggers]
             self.triggers = self.api.set_triggers({"functionIds": ids})
@@ -182,7 +188,9 @@ class Traced:
             if p.get("type") == "functions":
                 for fn in p["functions"]:
                     self.functions[fn["id"]] = fn
-                self.script.post({"type": "functions-ack", "seq": p["seq"]})
+                verdicts = hooksafety.decide(self.pid, p.get("modules", []), p["functions"])
+                self.script.post({"type": "functions-ack", "seq": p["seq"],
+                                  "verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
 
     def resume(self):
         self.device.resume(self.pid)

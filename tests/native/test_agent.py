@@ -32,7 +32,7 @@ def test_agent__spawned_program_with_threads_recursion_floats_longjmp__then_exac
         skipped = {s["name"]: s["reason"] for s in t.plan["skipped"]}
         assert "built-in exclude" in skipped[os.path.basename(target_bin) + "!_start"]
         assert t.install["failed"] == []
-        assert t.install["attached"] >= 1  # tiny() is too short for replaceFast
+        assert t.install["attached"] >= 1  # tiny(): the Interceptor fallback path (forced by the harness)
         ids = sorted(t.functions)
         assert ids == list(range(1, len(ids) + 1))
         t.resume()

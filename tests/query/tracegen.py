@@ -38,6 +38,7 @@ class Ev:
     args: list = field(default_factory=list)
     signal: int = 0
     detail: bool = False  # ours: registers go to a flight-recorder detail copy
+    unwound: bool = False  # a return synthesized for a frame left by longjmp/exception
 
 
 def _address_of(name: str, module: str) -> int:
@@ -100,6 +101,8 @@ def write_trace(trace_dir, events, flavour="ours", pid=4242, os_name="linux", ar
                 else:
                     body.symbol = ev.func
             body.address = addr
+            if ev.kind == "ret" and ev.unwound:
+                body.unwound = True
             regs = body.argument_registers if ev.kind == "call" else body.return_registers
             if not (ours and ev.detail):
                 regs.update(ev.regs)

@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # Order here is the order of ``lanetrace --help``.
-COMMAND_MODULES = ("capture", "daemon", "query", "serve", "export", "diff", "maintenance")
+COMMAND_MODULES = ("capture", "daemon", "query", "views", "serve", "mcp", "export", "diff", "maintenance")
 
 
 class CliError(Exception):

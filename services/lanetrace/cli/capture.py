@@ -13,14 +13,17 @@ import time
 
 import orjson
 
-from lanetrace.cli import CliError, flightopts
+from lanetrace.cli import CliError, flightopts, human
 from lanetrace.cli.argtypes import int_range, positive_float
 from lanetrace.cli.maintenance import remove_session_segments
 from lanetrace.cli.status import StatusLine
 from lanetrace.core import atf
 from lanetrace.core.rundir import RunDir, default_run_dir, new_session_id
 from lanetrace.core.selection import Selection, SelectionError
+from lanetrace.stdio import StdioServer
 from lanetrace.supervise.session import SessionConfig, SessionError, Supervisor, remove_run_dir
+
+CLI_START_NS = time.monotonic_ns()  # the origin of session.json "timings"
 
 
 def register(sub) -> None:
@@ -55,7 +58,11 @@ def _add_capture_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=positive_float, metavar="SECONDS",
                    help="stop after this long: detach from attached targets, end spawned ones")
     add_pipeline_options(p)
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON on stderr instead of text (stdout is the "
+                        "traced program's alone); no progress lines")
+    p.add_argument("--json-out", metavar="FILE",
+                   help="also write the summary as JSON to FILE")
     p.add_argument("--follow-children", action="store_true",
                    help="also trace the processes the target forks and execs, each in its "
                         "own pid_<pid> trace (session.json records the process tree)")
@@ -92,18 +99,70 @@ def resolve_program(program: list[str]) -> list[str]:
         program = program[1:]
     if not program:
         raise CliError("no program given: lanetrace run [OPTIONS] -- PROGRAM [ARGS...]")
-    name = program[0]
+    path = _find_executable(program[0])
+    return resolve_script([path, *program[1:]])
+
+
+def _find_executable(name: str, via: str = "") -> str:
     if "/" in name:
         path = os.path.abspath(name)
         if not os.path.exists(path):
-            raise CliError(f"program not found: {name}")
+            raise CliError(f"program not found: {name}{via}")
         if os.path.isdir(path) or not os.access(path, os.X_OK):
-            raise CliError(f"program is not executable: {name}")
-    else:
-        path = shutil.which(name)
-        if path is None:
-            raise CliError(f"program not found: {name} (not in PATH)")
-    return [path, *program[1:]]
+            raise CliError(f"program is not executable: {name}{via}")
+        return path
+    path = shutil.which(name)
+    if path is None:
+        raise CliError(f"program not found: {name} (not in PATH){via}")
+    return path
+
+
+MAX_INTERPRETER_DEPTH = 4  # as the kernel's binfmt_script allows
+
+
+def resolve_script(argv: list[str]) -> list[str]:
+    """A script (``#!``) is traced as its interpreter, started the way the
+    kernel would start it: ``INTERPRETER [ARG] SCRIPT ARGS...``, with
+    ``#!/usr/bin/env NAME`` looked up in PATH. Frida spawns only native
+    executables, and the interpreter is the program that runs."""
+    script = argv[0]
+    for _ in range(MAX_INTERPRETER_DEPTH):
+        line = _shebang(argv[0])
+        if line is None:
+            if argv[0] != script:
+                print(f"lanetrace: {script} is a script: tracing its interpreter {argv[0]}",
+                      file=sys.stderr)
+            return argv
+        parts = line.split(None, 1)
+        if not parts:
+            raise CliError(f"{argv[0]} starts with '#!' but names no interpreter; "
+                           f"run its interpreter yourself: lanetrace run -- INTERPRETER {argv[0]}")
+        interpreter, arg = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+        via = f" (the interpreter of the script {argv[0]})"
+        if os.path.basename(interpreter) == "env" and arg:
+            words = arg.split()
+            if words[0] == "-S":
+                words = words[1:]
+            if not words or words[0].startswith("-") or "=" in words[0]:
+                raise CliError(f"{argv[0]} starts with '#!{line}', which lanetrace cannot "
+                               f"resolve; run the interpreter yourself: "
+                               f"lanetrace run -- INTERPRETER {argv[0]}")
+            argv = [_find_executable(words[0], via), *words[1:], *argv]
+        else:
+            argv = [_find_executable(interpreter, via), *([arg] if arg else []), *argv]
+    raise CliError(f"{script}: more than {MAX_INTERPRETER_DEPTH} levels of '#!' interpreters")
+
+
+def _shebang(path: str) -> str | None:
+    """The interpreter line of a script, or None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as exc:
+        raise CliError(f"cannot read program {path}: {exc.strerror}") from None
+    if not head.startswith(b"#!"):
+        return None
+    return head[2:].split(b"\n", 1)[0].decode(errors="replace").strip()
 
 
 def check_pid(text: str) -> int:
@@ -153,8 +212,20 @@ def cmd_attach(args) -> int:
     return capture(args, {"attach": pids})
 
 
+def check_json_out(path: str | None) -> None:
+    if not path:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CliError(f"cannot write the summary to {path}: it is a directory")
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise CliError(f"cannot write the summary to {path}: "
+                       f"{directory} is not a writable directory")
+
+
 def capture(args, target_spec: dict) -> int:
     selection = _selection(args)
+    check_json_out(args.json_out)
     flight = flightopts.flight_spec(args)
     session_id = new_session_id()
     trace_root = prepare_output(args.output, session_id)
@@ -166,6 +237,11 @@ def capture(args, target_spec: dict) -> int:
         "ringBytes": args.ring_kb * 1024, "ringsPerLane": args.rings_per_lane,
         "flight": flight, "followChildren": args.follow_children, **target_spec,
     }
+    stdio = None
+    if "spawn" in target_spec:
+        # the target writes to the caller's own stdout/stderr (lanetrace.stdio)
+        stdio = StdioServer(run_dir.file("stdio.sock"))
+        spec["stdioSocket"] = stdio.path
     spec_path = run_dir.file("spec.json")
     with open(spec_path, "wb") as f:
         f.write(orjson.dumps(spec))
@@ -174,6 +250,7 @@ def capture(args, target_spec: dict) -> int:
                         spec_path=spec_path)
     supervisor = Supervisor(cfg)
     started = time.time()
+    timings = {"cliStart": CLI_START_NS}
     interrupted = []
 
     def on_interrupt(signum, frame):
@@ -193,10 +270,13 @@ def capture(args, target_spec: dict) -> int:
     status = None
     try:
         supervisor.start()
+        timings["supervisordUp"] = time.monotonic_ns()
         if flightopts.describe(flight):
             print(flightopts.describe(flight), file=sys.stderr)
-        status = StatusLine(run_dir.broker_sub)
-        supervisor.wait_until_exited("injector", on_tick=status.tick)
+        if not args.json:
+            status = StatusLine(run_dir.broker_sub)
+        supervisor.wait_until_exited("injector", on_tick=status.tick if status else None)
+        timings["injectorExited"] = time.monotonic_ns()
         result_path = run_dir.file("result.json")
         if os.path.exists(result_path):
             with open(result_path, "rb") as f:
@@ -207,18 +287,24 @@ def capture(args, target_spec: dict) -> int:
     finally:
         if status is not None:
             status.close()
+        if stdio is not None:
+            stdio.close()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
         supervisor.shutdown()
         remove_run_dir(run_dir, keep_logs_in=session_dir if failed else None)
         remove_session_segments(session_id)
+        timings["servicesStopped"] = time.monotonic_ns()
     if result is None:
         raise CliError(f"the injector ended without a result; logs are in {session_dir}/logs",
                        status=1)
+    result.setdefault("timings", {}).update(timings)
     write_session_file(session_dir, spec, result, started)
     if result.get("error"):
         raise CliError(result["error"], status=1)
     summary = summarize(result)
+    if args.json_out:
+        write_json_summary(args.json_out, summary)
     print_summary(summary, as_json=args.json)
     return exit_status(result, target_spec)
 
@@ -229,6 +315,7 @@ def write_session_file(session_dir: str, spec: dict, result: dict, started: floa
         "options": {k: spec[k] for k in ("selection", "duration", "drainers", "slots",
                                          "ringBytes", "ringsPerLane")},
         "targets": result.get("targets", []), "error": result.get("error", ""),
+        "timings": result.get("timings", {}),
         "processTree": [{"pid": t["pid"], "parentPid": t.get("parentPid")}
                         for t in result.get("targets", [])],
     }
@@ -240,6 +327,7 @@ def summarize(result: dict) -> dict:
     for t in result["targets"]:
         entry = {"pid": t["pid"], "program": " ".join(t["argv"]) or "?", "traceDir": t["traceDir"],
                  "exitCode": t["exitCode"], "signal": t["signal"], "detached": t["detached"],
+                 "endReason": t.get("endReason", ""),
                  "error": t.get("error", "")}
         try:
             manifest = atf.read_manifest(t["traceDir"])
@@ -248,36 +336,53 @@ def summarize(result: dict) -> dict:
             manifest = {}
         entry["events"] = manifest.get("eventCount", 0)
         entry["threads"] = manifest.get("threadCount", 0)
+        t0, t1 = manifest.get("timeStartNs"), manifest.get("timeEndNs")
+        entry["durationNs"] = t1 - t0 if isinstance(t0, int) and isinstance(t1, int) else None
         entry["drops"] = {k: v for k, v in (manifest.get("drops") or {}).items() if v}
         entry["dropsByThread"] = manifest.get("dropsByThread") or []
         entry["flight"] = flightopts.summary_lines(manifest)
         entry["topFunctions"] = (manifest.get("topFunctions") or [])[:10]
+        entry["hooks"] = manifest.get("hooks") or t.get("hooks") or {}
         targets.append(entry)
     return {"sessionId": result["sessionId"], "traceRoot": result["traceRoot"], "targets": targets}
 
 
+def write_json_summary(path: str, summary: dict) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as exc:  # the trace is written; only the copy is missing
+        print(f"lanetrace: cannot write the summary to {path}: {exc.strerror}", file=sys.stderr)
+
+
 def print_summary(summary: dict, as_json: bool) -> None:
-    if as_json:
-        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
-        return
     out = sys.stderr  # stdout belongs to the traced program's output
+    if as_json:
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode(), file=out)
+        return
     print(f"\nlanetrace session {summary['sessionId']}", file=out)
     for t in summary["targets"]:
         if t["detached"]:
             how = "detached, still running"
+        elif t.get("endReason") == "process-replaced":
+            how = ("replaced its program with exec; the new program runs untraced "
+                   "(--follow-children traces it)")
         elif t["signal"]:
             how = f"killed by {_signame(t['signal'])}"
         else:
             how = f"exit code {t['exitCode']}"
         drops = ", ".join(f"{k}={v}" for k, v in sorted(t["drops"].items())) or "none"
         print(f"  pid {t['pid']} ({t['program']}): {how}", file=out)
-        print(f"    events recorded: {t['events']} on {t['threads']} threads; drops: {drops}",
+        span = f" over {human.duration(t['durationNs'])}" if t.get("durationNs") is not None else ""
+        print(f"    events recorded: {t['events']} on {t['threads']} threads{span}; drops: {drops}",
               file=out)
         for d in t.get("dropsByThread", [])[:10]:
             print(f"      dropped on tid {d.get('tid')} ({d.get('lane')} lane, "
                   f"{d.get('reason')}): {d.get('count')}", file=out)
         for line in t.get("flight", []):
             print(line, file=out)
+        if t.get("hooks"):
+            print(f"    {hooks_line(t['hooks'])}", file=out)
         print(f"    trace: {t['traceDir']}", file=out)
         if t["error"]:
             print(f"    problem: {t['error']}", file=out)
@@ -285,6 +390,16 @@ def print_summary(summary: dict, as_json: bool) -> None:
             print("    most-called functions:", file=out)
             for fn in t["topFunctions"]:
                 print(f"      {fn['calls']:>10}  {fn['name']}  ({fn.get('module', '')})", file=out)
+
+
+def hooks_line(hooks: dict) -> str:
+    """'hooks: 1329 fast, 39 fallback (unrelocatable 39), 2 skipped (...)':
+    every selected function is in one of the three, with the reasons."""
+    def by_reason(counts: dict) -> str:
+        return f" ({', '.join(f'{r} {n}' for r, n in counts.items())})" if counts else ""
+    return (f"hooks: {hooks.get('fast', 0)} fast, {hooks.get('fallback', 0)} fallback"
+            f"{by_reason(hooks.get('fallbackByReason') or {})}, {hooks.get('skipped', 0)} skipped"
+            f"{by_reason(hooks.get('skippedByReason') or {})}; the list is in trace.json")
 
 
 def _signame(num: int) -> str:

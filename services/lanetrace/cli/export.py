@@ -12,19 +12,22 @@ from lanetrace.export.tracedir import TraceNotFound, resolve_trace
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="export a trace to Perfetto, Chrome JSON, folded stacks or JSON lines",
+        "export", help="export a trace to Perfetto, Chrome JSON, folded stacks, JSON lines "
+        "or Parquet",
         description="Stream a trace into another tool's format, in bounded memory. "
         "Calls still open when the trace ends are closed at trace end and flagged "
         "(openAtTraceEnd); selective-persistence windows are marked in every format.")
     p.add_argument("trace_id", metavar="TRACE",
                    help="trace directory, or a path relative to --trace-root "
                    "(e.g. 20261121-101500-ab12/pid_4242)")
-    p.add_argument("--format", "-f", required=True, choices=FORMATS,
+    p.add_argument("--format", "-f", required=True, choices=FORMATS + ("parquet",),
                    help="perfetto: protobuf for ui.perfetto.dev / trace_processor; "
                    "chrome: Trace Event JSON; folded: flamegraph.pl/speedscope/inferno "
-                   "stacks; jsonl: one JSON object per event")
+                   "stacks; jsonl: one JSON object per event; parquet: the SQL tables "
+                   "(calls, events, functions, threads) as files in the directory -o")
     p.add_argument("-o", "--output", required=True,
-                   help="output file ('-' for stdout); written atomically")
+                   help="output file ('-' for stdout), or directory for parquet; "
+                   "written atomically")
     p.add_argument("--trace-root", default="traces", help="root of trace ids (default: ./traces)")
     p.add_argument("--time-start", type=non_negative_int("an integer number of ns"), metavar="NS",
                    help="export only from this CLOCK_MONOTONIC time (ns, inclusive); "
@@ -52,6 +55,8 @@ def run(args) -> int:
         trace_dir = resolve_trace(args.trace_id, args.trace_root)
     except TraceNotFound as exc:
         raise CliError(str(exc)) from None
+    if args.format == "parquet":
+        return _run_parquet(args, trace_dir)
     if args.format == "perfetto" and args.output == "-" and sys.stdout.isatty():
         raise CliError("refusing to write binary Perfetto data to a terminal; use -o FILE")
     options = ExportOptions(time_start=args.time_start, time_end=args.time_end,
@@ -73,4 +78,23 @@ def run(args) -> int:
     extra = f" ({'; '.join(notes)})" if notes else ""
     print(f"wrote {files}: {stats.events} events, {stats.slices} slices, "
           f"{stats.threads} threads, {stats.bytes_written} bytes{extra}", file=sys.stderr)
+    return 0
+
+
+def _run_parquet(args, trace_dir) -> int:
+    from lanetrace.export.parquet import ParquetExportError, export_parquet
+
+    other = [flag for flag, v in (("--time-start", args.time_start), ("--time-end", args.time_end),
+                                  ("--split-mb", args.split_mb), ("--per-thread", args.per_thread),
+                                  ("--weight", args.weight != "time")) if v]
+    if other:
+        raise CliError(f"{', '.join(other)}: not applicable to the parquet format")
+    if args.output == "-":
+        raise CliError("parquet writes a directory of files: give -o DIR")
+    try:
+        r = export_parquet(trace_dir, args.output)
+    except ParquetExportError as exc:
+        raise CliError(str(exc)) from None
+    rows = ", ".join(f"{k} {v}" for k, v in r["rows"].items())
+    print(f"wrote {args.output}: {rows} rows, {r['bytesWritten']} bytes", file=sys.stderr)
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from lanetrace.cli import CliError
+from lanetrace.cli import CliError, human
 from lanetrace.cli.argtypes import int_range
 from lanetrace.core import flightrec
 
@@ -81,12 +81,14 @@ def summary_lines(manifest: dict) -> list[str]:
     if not fr.get("config"):
         return []
     windows = manifest.get("windows") or []
+    t0 = manifest.get("timeStartNs")
     lines = [f"    flight recorder: {len(windows)} window(s), detail kept "
              f"{manifest.get('detailKept', 0)}, discarded {manifest.get('detailDiscarded', 0)}"]
     for w in windows[:10]:
         ms = (w["endNs"] - w["startNs"]) / 1e6
         short = " (shortened: pre-roll buffer full)" if w.get("shortened") else ""
-        lines.append(f"      window {w['trigger']}: {ms:.0f} ms{short}")
+        at = f" at {human.relative(w['startNs'], t0)}" if isinstance(t0, int) else ""
+        lines.append(f"      window {w['trigger']}{at}: {ms:.0f} ms{short}")
     if manifest.get("windowsShortened"):
         lines.append(f"      {manifest['windowsShortened']} window(s) lost pre-roll to the "
                      f"buffer budget (--detail-buffer-mb)")

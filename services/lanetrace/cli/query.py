@@ -10,6 +10,7 @@ import sys
 import orjson
 
 from lanetrace.cli import CliError
+from lanetrace.cli import human
 
 DEFAULT_SERVER = "http://127.0.0.1:9090"
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -33,6 +34,9 @@ def register(subparsers):
                    help="query this trace root in-process, without a server")
     g.add_argument("--token", default=None, help="bearer token (default: $LANETRACE_TOKEN)")
     g.add_argument("--json", action="store_true", help="print the JSON result")
+    g.add_argument("--budget", type=int, metavar="TOKENS", default=None,
+                   help="fit the table into this many tokens (200-20000), as the MCP server "
+                        "does: whole rows only, saying how many were left out and how to get them")
 
     p = subparsers.add_parser("query", help="query traces (JSON-RPC client)",
                               description="Query traces through the query server or in-process.")
@@ -133,13 +137,38 @@ def _call(args, method, params):
         raise CliError(str(exc), status=1) from None
 
 
-def _emit(args, result, rows, columns, footer=None):
+def _emit(args, result, rows, columns, footer=None, meta=None, more=None, align_numbers=True):
+    if args.json and args.budget is not None:
+        raise CliError("--budget fits the table for people; --json prints the whole result")
     if args.json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
+    if args.budget is not None:
+        return _emit_budgeted(args, rows, columns, meta, more, align_numbers)
     print_table(rows, columns)
     if footer:
         print(footer)
+    return 0
+
+
+def _emit_budgeted(args, rows, columns, meta, more, align_numbers):
+    import io
+
+    from lanetrace.mcp.budget import BudgetError, check_budget, fit_table
+
+    try:
+        budget = check_budget(args.budget, "--budget")
+    except BudgetError as exc:
+        raise CliError(str(exc)) from None
+    buf = io.StringIO()
+    print_table(rows, columns, out=buf, align_numbers=align_numbers)
+    header, *lines = buf.getvalue().splitlines()
+    total = meta["totalCount"] - meta["offset"] if meta else len(lines)
+    if meta and more is None:
+        more = lambda shown: f"--offset {meta['offset'] + shown} (without --cursor)"  # noqa: E731
+    r = fit_table(budget, f"lanetrace query {args.query_command}", header, lines, total=total,
+                  noun="rows", more=more or "raise --budget")
+    print(r.text)
     return 0
 
 
@@ -161,8 +190,12 @@ def _cell(v):
     return str(v)
 
 
+_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?( ?(ns|us|ms|s))?")
+
+
 def _numeric(v: str) -> bool:
-    return v.lstrip("-").replace(".", "", 1).isdigit()
+    """Numbers, durations ('1.5 ms') and relative times ('+1.25s') align right."""
+    return _NUMBER.fullmatch(v) is not None
 
 
 def _filters(args, **extra):
@@ -195,6 +228,27 @@ def _page_footer(meta):
     if meta.get("nextCursor"):
         s += f"; next page: --cursor {meta['nextCursor']}"
     return s
+
+
+def _origin(args):
+    """The trace's start (ns): human tables show times relative to it."""
+    return _call(args, "trace.info", {"traceId": args.trace_id}).get("timeStartNs")
+
+
+def _humanize(rows, origin, times=(), durations=()):
+    """Rows for a table: ``times`` as '+1.25ms' after the trace start,
+    ``durations`` with units (the JSON output keeps raw nanoseconds)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        for src, dst in times:
+            if src in row:
+                row[dst] = human.relative(row.pop(src), origin)
+        for src, dst in durations:
+            if src in row:
+                row[dst] = human.duration(row.pop(src))
+        out.append(row)
+    return out
 
 
 def _pipe_safe(fn):
@@ -235,6 +289,8 @@ def cmd_info(args):
         if k == "samples":
             continue
         rows.append({"field": k, "value": v})
+    if args.budget is not None:
+        return _emit(args, r, rows, ["field", "value"], align_numbers=False)
     print_table(rows, ["field", "value"], align_numbers=False)
     for name, evs in (r.get("samples") or {}).items():
         print(f"\n{name}:")
@@ -250,10 +306,13 @@ def cmd_events(args):
                                                   "args": args.args},
                                    "orderBy": args.order_by, "ascending": not args.desc})
     r = _call(args, "events.get", params)
-    cols = ["timestampNs", "threadId", "eventType", "functionName", "depth"]
+    if args.json:
+        return _emit(args, r, [], [])
+    cols = ["time", "threadId", "eventType", "functionName", "depth"]
     if args.args:
         cols.append("args")
-    return _emit(args, r, r["events"], cols, _page_footer(r["metadata"]))
+    rows = _humanize(r["events"], _origin(args), times=[("timestampNs", "time")])
+    return _emit(args, r, rows, cols, _page_footer(r["metadata"]), meta=r["metadata"])
 
 
 @_pipe_safe
@@ -265,9 +324,13 @@ def cmd_spans(args):
                                    "projection": {"threadId": True, "depth": True,
                                                   "childCount": True}})
     r = _call(args, "spans.list", params)
-    cols = ["spanId", "threadId", "functionName", "startTimeNs", "endTimeNs", "durationNs",
-            "depth", "childCount"]
-    return _emit(args, r, r["spans"], cols, _page_footer(r["metadata"]))
+    if args.json:
+        return _emit(args, r, [], [])
+    cols = ["spanId", "threadId", "functionName", "start", "end", "duration", "depth",
+            "childCount"]
+    rows = _humanize(r["spans"], _origin(args), times=[("startTimeNs", "start"), ("endTimeNs", "end")],
+                     durations=[("durationNs", "duration")])
+    return _emit(args, r, rows, cols, _page_footer(r["metadata"]), meta=r["metadata"])
 
 
 @_pipe_safe
@@ -275,17 +338,23 @@ def cmd_functions(args):
     f = _filters(args)
     r = _call(args, "functions.list", {"traceId": args.trace_id, "filters": f,
                                        "orderBy": args.order_by, "limit": args.top})
-    rows = r["functions"]
-    columns = ["functionName", "module", "calls", "totalTimeNs", "selfTimeNs", "maxDurationNs"]
+    if args.json:
+        return _emit(args, r, [], [])
+    rows = _humanize(r["functions"], None, durations=[
+        ("totalTimeNs", "total"), ("selfTimeNs", "self"), ("maxDurationNs", "max")])
+    columns = ["functionName", "module", "calls", "total", "self", "max"]
     if any("sourceFile" in row for row in rows):
         # file:line where DWARF had it; the basename keeps the table narrow
         rows = [dict(row, source=f"{os.path.basename(row['sourceFile'])}:{row['sourceLine']}")
                 if "sourceFile" in row else row for row in rows]
         columns.append("source")
-    return _emit(args, r, rows, columns)
+    return _emit(args, r, rows, columns, more="raise --top or --budget")
 
 
 @_pipe_safe
 def cmd_threads(args):
     r = _call(args, "threads.list", {"traceId": args.trace_id})
-    return _emit(args, r, r["threads"], ["threadId", "name", "eventCount", "firstNs", "lastNs"])
+    if args.json:
+        return _emit(args, r, [], [])
+    rows = _humanize(r["threads"], _origin(args), times=[("firstNs", "first"), ("lastNs", "last")])
+    return _emit(args, r, rows, ["threadId", "name", "eventCount", "first", "last"])

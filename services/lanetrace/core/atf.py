@@ -146,8 +146,34 @@ class SymbolTable:
     by_id: dict[int, Symbol] = field(default_factory=dict)
 
     def add_definition(self, d: pb.SymbolDefinition) -> None:
+        source_file, source_line = d.source_file, d.source_line
+        known = self.by_id.get(d.function_id)
+        if not source_file and known is not None and known.name == d.symbol:
+            # a definition without a location does not erase one known
+            # (source locations are published after the hooks go live)
+            source_file, source_line = known.source_file, known.source_line
         self.by_id[d.function_id] = Symbol(d.function_id, d.symbol, d.module, d.address,
-                                           d.size, d.source_file, d.source_line)
+                                           d.size, source_file, source_line)
+
+    @classmethod
+    def with_sidecar(cls, trace_dir: str) -> "SymbolTable":
+        """A table primed from the trace's symbols.json, the writer's final
+        view (with source locations that reached it after the first calls);
+        in-stream definitions read later still apply."""
+        table = cls()
+        try:
+            with open(os.path.join(trace_dir, SYMBOLS_FILE), "rb") as f:
+                rows = orjson.loads(f.read())
+        except (OSError, ValueError):
+            return table
+        if isinstance(rows, dict):
+            rows = rows.get("functions")
+        for r in rows if isinstance(rows, list) else []:
+            if isinstance(r, dict) and isinstance(r.get("id"), int):
+                table.by_id[r["id"]] = Symbol(r["id"], str(r.get("name", "")), str(r.get("module", "")),
+                                              int(r.get("address") or 0), int(r.get("size") or 0),
+                                              str(r.get("sourceFile", "")), int(r.get("sourceLine") or 0))
+        return table
 
     def name_of(self, event: pb.Event) -> tuple[str, str]:
         """(function name, module) of a call/return; ("", "") if unknown."""

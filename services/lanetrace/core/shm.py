@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 
 from lanetrace._native import ffi, lib
 
@@ -72,6 +73,28 @@ def _err(buf) -> str:
     return ffi.string(buf).decode("utf-8", "replace")
 
 
+def give_to(name: str, uid: int, gid: int) -> None:
+    """Hand a segment we just created (O_EXCL, 0600) to uid:gid. Through an
+    fd opened without O_CREAT and O_NOFOLLOW, so neither a symlink nor
+    fs.protected_regular in the sticky /dev/shm is in play, and only after
+    checking it is still the file we created."""
+    path = os.path.join(SHM_DIR, name.lstrip("/"))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SegmentError(f"cannot open {path} to hand it to uid {uid}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise SegmentError(f"{path} is not the segment this process created")
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o600)
+    except OSError as exc:
+        raise SegmentError(f"cannot hand {path} to uid {uid}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 class TargetSegment:
     """One mapped segment. Not thread-safe across shards' commit/collect of the
     same shard; different shards may be drained from different threads."""
@@ -99,11 +122,14 @@ class TargetSegment:
     def create(cls, session_id: str, pid: int, slots: int = 64, shards: int = 1,
                ring_bytes: int = 65536, rings_per_lane: int = 8,
                global_records: int = 16384, detail_ring_bytes: int = 65536,
-               detail_rings_per_lane: int = 4) -> "TargetSegment":
+               detail_rings_per_lane: int = 4,
+               owner: tuple[int, int] | None = None) -> "TargetSegment":
         """Create the segment of target ``pid``. It starts in GLOBAL_ONLY with
         the agent's mode machine on and the detail lane off. The detail rings
         (slots * detail_rings_per_lane * detail_ring_bytes) take memory only
-        once the detail lane is used."""
+        once the detail lane is used. ``owner`` (uid, gid): a target that runs
+        as another user must open it, so it is handed to that user, still
+        0600 (that user and root only)."""
         if not isinstance(session_id, str) or not _SESSION_RE.match(session_id) or len(session_id) > 63:
             raise SegmentError(f"invalid session id {session_id!r}: use letters, digits, '.', '_', '-' (max 63)")
         for k, v in (("slots", slots), ("shards", shards), ("ring_bytes", ring_bytes),
@@ -122,7 +148,15 @@ class TargetSegment:
         rc = lib.lt_shm_create(name.encode(), cfg, pid, session_id.encode(), m, err, 512)
         if rc != 0:
             raise SegmentError(_err(err))
-        return cls(name, m, True)
+        segment = cls(name, m, True)
+        if owner is not None:
+            try:
+                give_to(name, *owner)
+            except SegmentError:
+                segment.unlink()
+                segment.close()
+                raise
+        return segment
 
     @classmethod
     def open(cls, name: str) -> "TargetSegment":
@@ -144,6 +178,26 @@ class TargetSegment:
         if self._m is not None and self._m.base != ffi.NULL:
             lib.lt_shm_close(self._m)
         self._m = None
+
+    def preallocate(self) -> None:
+        """Allocate the pages of everything but the detail rings (which stay
+        untouched until the detail lane is used), so that a later populating
+        map only has to map them. Best effort: lack of memory shows up later,
+        counted, as it would without this."""
+        c = self.config
+        detail = c["slots"] * c["detail_rings_per_lane"] * c["detail_ring_bytes"]
+        length = max(0, c["size"] - detail)
+        try:
+            fd = os.open(os.path.join(SHM_DIR, self.name.lstrip("/")),
+                         os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, length)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def unlink(self) -> None:
         rc = lib.lt_shm_unlink(self.name.encode())

@@ -67,7 +67,7 @@ class _Collector(Sink):
 
 def _collect(trace_dir: str, interned: dict[str, int]) -> tuple[_Collector, dict]:
     meta = read_meta(trace_dir)
-    symbols = atf.SymbolTable()
+    symbols = atf.SymbolTable.with_sidecar(trace_dir)
     sink = _Collector(interned)
     tracker = SliceTracker(sink, meta, symbols)
     tracker.feed(stream_events(trace_dir, symbols))

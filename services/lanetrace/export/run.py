@@ -98,7 +98,7 @@ def export_trace(trace_dir: str, fmt: str, out_path: str,
                 sink = FoldedSink(out, options.weight, options.per_thread)
             else:
                 sink = JsonlSink(out)
-        symbols = atf.SymbolTable()
+        symbols = atf.SymbolTable.with_sidecar(trace_dir)
         tracker = SliceTracker(sink, meta, symbols, options.time_start, options.time_end)
         progress = Progress(f"exporting {fmt}", enabled=options.progress)
         try:

@@ -22,7 +22,8 @@ from lanetrace.core.datachannel import WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
 from lanetrace.core.selection import Selection, SelectionError
 from lanetrace.core.shm import SegmentError, TargetSegment
-from lanetrace.injector.injector import DRAIN_TIMEOUT_S, Injector, control_counters
+from lanetrace.injector.injector import (DRAIN_TIMEOUT_S, SOURCE_LOCATIONS_TIMEOUT_S, Injector,
+                                         control_counters)
 from lanetrace.supervise.daemonconf import (DEFAULT_AGENT_STALE_MS, default_daemon_dir,
                                             load_daemon_config)
 from lanetrace.injector.traced import TargetError, TracedProcess
@@ -295,6 +296,10 @@ class DaemonInjector(Injector):
             target.error = (f"shards {missing} were not drained within "
                             f"{DRAIN_TIMEOUT_S:.0f}s")
         self.flight_tick(target)
+        # file:line of its functions are in (found after the hooks went live)
+        problem = self.sources.wait(target.pid, SOURCE_LOCATIONS_TIMEOUT_S)
+        if problem:
+            target.error = target.error or problem
         drops = segment.drops()
         target.control = control_counters(segment)
         header = {

@@ -10,28 +10,34 @@ finished and drained, it writes ``result.json`` into the run directory.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import signal
+import stat
 import sys
+import tempfile
 import threading
 import time
 
 import frida
 import orjson
 
+from lanetrace import hooksafety
 from lanetrace.core import atf, bus
 from lanetrace.core.bus import Bus, receive
 from lanetrace.core.datachannel import WriterClient, WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
 from lanetrace.core.selection import Selection
 from lanetrace.core.shm import TargetSegment
-from lanetrace.export.dwarf import source_locations
 from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
 from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard
 from lanetrace.injector.threadnames import ThreadNames
 from lanetrace.injector.traced import TargetError, TracedProcess
+from lanetrace.srclocator import SourceLocator
+from lanetrace.stdio import adopt_caller_stdio
+from lanetrace.threadstop import StoppedThreads
 
 log = logging.getLogger("lanetrace.injector")
 
@@ -43,6 +49,7 @@ PIPELINE_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 120.0
 TERMINATE_GRACE_S = 2.0
 INJECT_TIMEOUT_S = 60.0
+SOURCE_LOCATIONS_TIMEOUT_S = 300.0
 
 
 def read_agent_source(name: str) -> str:
@@ -69,7 +76,8 @@ class Injector:
         self.shards = int(spec.get("drainers", 2))
         self.flight = FlightControl(spec)
         self.thread_names = ThreadNames()
-        self._source_cache: dict[str, dict] = {}
+        self.sources = SourceLocator(lambda: WriterClient(run_dir.writer, "injector-src"))
+        self.timings = {"injectorStart": time.monotonic_ns()}
         self.tree: dict[int, int | None] = {}  # pid -> parent pid (--follow-children)
         self.children: ChildFollower | None = None
 
@@ -104,45 +112,99 @@ class Injector:
         for fn in functions:
             if isinstance(fn.get("address"), str):  # the agent reports "0x..." strings
                 fn["address"] = int(fn["address"], 16)
-        self._add_source_locations(functions)
         with self.callback_writer_lock:
             self._writer_for_current_thread().request(
                 "functions", {"pid": target.pid, "functions": functions})
         target.functions.extend(functions)
-
-    def _add_source_locations(self, functions: list[dict]) -> None:
-        """file:line from DWARF, once per module (best effort: a stripped
-        module just has names)."""
-        for fn in functions:
-            path = fn.get("modulePath") or ""
-            if not path:
-                continue
-            if path not in self._source_cache:
-                try:
-                    self._source_cache[path] = source_locations(path)
-                except Exception as exc:  # a module we cannot parse keeps its names
-                    log.info("no source locations for %s: %s", path, exc)
-                    self._source_cache[path] = {}
-            loc = self._source_cache[path].get(fn["name"])
-            if loc:
-                fn["sourceFile"], fn["sourceLine"] = loc[0], int(loc[1])
+        self.sources.locate(target.pid, functions)
 
     # ---- targets ------------------------------------------------------------
     def start_targets(self) -> None:
+        """Attach to (or spawn) every target and plan its hooks while the
+        services start, then, once the pipeline is ready, make the hooks
+        live (and resume spawned targets)."""
         spawn = self.spec.get("spawn")
+        prepared: list[tuple[TracedProcess, bool]] = []
         if spawn:
-            self.start_spawned(spawn)
+            prepared.append((self._spawn_prepared(spawn), False))
         for pid in self.spec.get("attach", []):
-            self.start_attached(int(pid))
+            target = self._new_attached(int(pid))
+            self._set_up(target, self.prepare)
+            prepared.append((target, True))
+        self.wait_for_pipeline()
+        self.timings["pipelineReady"] = time.monotonic_ns()
+        for target, attached in prepared:
+            if attached:
+                self._set_up(target, lambda t: self.go_live(t, attached=True))
+            else:
+                self.guarded_spawn(spawn, lambda _: self._finish_spawned(target), target.pid)
 
     def start_spawned(self, spawn: dict) -> None:
+        """Spawn, instrument and resume one target (the pipeline is ready)."""
+        target = self._spawn_prepared(spawn)
+        self.guarded_spawn(spawn, lambda _: self._finish_spawned(target), target.pid)
+
+    def _spawn_prepared(self, spawn: dict) -> TracedProcess:
+        """A spawned target has not run any of its own code before it is
+        resumed, so when Frida's injection hangs (lanetrace.injector.fridaguard) it is
+        ended and spawned once more."""
+        before = len(self.targets)
+        try:
+            return self.guarded_spawn(spawn, self._prepare_spawned)
+        except TargetError as exc:
+            if not str(exc).startswith(HANG_MESSAGE):
+                raise
+            log.warning("%s; spawning %s once more", exc, spawn["argv"][0])
+            for t in self.targets[before:]:
+                self.discard_target(t)
+        return self.guarded_spawn(spawn, self._prepare_spawned)
+
+    def _set_up(self, target: TracedProcess, step) -> None:
+        """Run a set-up step; a target that dies meanwhile is reported as
+        such, not as Frida's 'script has been destroyed'. An attached target
+        is not ours to end when Frida's injection hangs in it (spawned ones
+        have their HangGuard): the session is detached instead, which fails
+        the call that hangs, and the process keeps running."""
+        hung = threading.Event()
+
+        def give_up() -> None:
+            hung.set()
+            try:
+                if target.session is not None:
+                    target.session.detach()
+            except frida.InvalidOperationError:
+                pass
+
+        timer = None
+        if not target.spawned:
+            timer = threading.Timer(INJECT_TIMEOUT_S, give_up)
+            timer.daemon = True
+            timer.start()
+        try:
+            step(target)
+        except (frida.InvalidOperationError, frida.TransportError) as exc:
+            if hung.is_set():
+                raise TargetError(f"{HANG_MESSAGE} into pid {target.pid} within "
+                                  f"{INJECT_TIMEOUT_S:.0f}s (a rare hang inside Frida); lanetrace "
+                                  "detached and the process keeps running, attach again") from None
+            if target.ended.wait(2.0):
+                raise TargetError(f"pid {target.pid} {_how_it_ended(target)} while its hooks "
+                                  "were being set up") from None
+            raise TargetError(f"lost pid {target.pid} while its hooks were being set up: "
+                              f"{exc}") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def guarded_spawn(self, spawn: dict, step, pid: int | None = None):
         # A spawned target is ours to end: if Frida's injection never returns
         # (lanetrace.injector.fridaguard), the guard ends it and the user gets a clear
-        # error instead of a session that hangs forever.
-        guard = HangGuard(INJECT_TIMEOUT_S)
+        # error instead of a session that hangs forever. Before the spawn has
+        # returned a pid, the guard ends what was spawned during the step.
+        guard = HangGuard(INJECT_TIMEOUT_S, pid)
         try:
             with guard:
-                self._start_spawned(spawn)
+                return step(spawn)
         except Exception:
             if guard.fired:
                 raise TargetError(f"{HANG_MESSAGE} into {spawn['argv'][0]} within "
@@ -150,19 +212,39 @@ class Injector:
                                   "the target was ended, run again") from None
             raise
 
-    def _start_spawned(self, spawn: dict) -> None:
+    def _prepare_spawned(self, spawn: dict) -> TracedProcess:
         argv = spawn["argv"]
         try:
-            pid = self.device.spawn(argv, envp=spawn.get("env"), cwd=spawn.get("cwd"))
+            pid = self.device.spawn(argv, envp=spawn.get("env"), cwd=spawn.get("cwd"),
+                                    stdio="inherit")
         except frida.ExecutableNotFoundError:
             raise TargetError(f"program not found: {argv[0]}") from None
         except frida.PermissionDeniedError as exc:
             raise TargetError(f"not permitted to run {argv[0]}: {exc}") from None
+        except (frida.ExecutableNotSupportedError, frida.NotSupportedError) as exc:
+            raise TargetError(f"cannot spawn {argv[0]}: not a native executable for this "
+                              f"machine ({exc}); a script is traced through its "
+                              "interpreter: lanetrace run -- INTERPRETER SCRIPT") from None
         target = TracedProcess(pid=pid, spawned=True, argv=argv)
         self.targets.append(target)
+        try:
+            self._set_up(target, self.prepare)
+        except TargetError as exc:
+            if not self.spec.get("followChildren"):
+                self._kill(target.pid, signal.SIGKILL)
+                raise
+            target.prepare_error = exc  # may still be followed untraced
+        except BaseException:
+            self._kill(target.pid, signal.SIGKILL)
+            raise
+        return target
+
+    def _finish_spawned(self, target: TracedProcess) -> None:
         follow = bool(self.spec.get("followChildren"))
         try:
-            self.instrument(target, attached=False)
+            if target.prepare_error is not None:
+                raise target.prepare_error
+            self._set_up(target, lambda t: self.go_live(t, attached=False))
             if follow:
                 self.follow(target)
         except TargetError as exc:
@@ -172,16 +254,37 @@ class Injector:
         except BaseException:
             self._kill(target.pid, signal.SIGKILL)
             raise
-        self.device.resume(pid)
+        self.device.resume(target.pid)
+
+    def _new_attached(self, pid: int) -> TracedProcess:
+        target = TracedProcess(pid=pid, spawned=False, argv=_cmdline(pid))
+        self.targets.append(target)
+        return target
 
     def start_attached(self, pid: int) -> None:
-        argv = _cmdline(pid)
-        target = TracedProcess(pid=pid, spawned=False, argv=argv)
-        self.targets.append(target)
-        self.instrument(target, attached=True)
+        self.instrument(self._new_attached(pid), attached=True)
 
     def instrument(self, target: TracedProcess, attached: bool) -> None:
+        self._set_up(target, self.prepare)
+        self._set_up(target, lambda t: self.go_live(t, attached))
+
+    def prepare(self, target: TracedProcess) -> None:
+        """Attach, create the segment, load the scripts and plan the hooks:
+        nothing that needs the writer or the drainers."""
         pid = target.pid
+        target.mark("attachStart")
+        uid, gid = _credentials(pid)
+        foreign = uid != os.geteuid()  # a service account's process, attached by root
+        target.segment = TargetSegment.create(
+            self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
+            ring_bytes=int(self.spec.get("ringBytes", 256 * 1024)),
+            rings_per_lane=int(self.spec.get("ringsPerLane", 8)),
+            owner=(uid, gid) if foreign else None, **self.flight.segment_kwargs())
+        # The agent maps the segment with its pages populated; allocating them
+        # here, while Frida attaches, takes that work off the way to live hooks.
+        allocating = threading.Thread(target=target.segment.preallocate, daemon=True,
+                                      name=f"preallocate-{pid}")
+        allocating.start()
         try:
             target.session = self.device.attach(pid)
         except frida.ProcessNotFoundError:
@@ -190,13 +293,15 @@ class Injector:
             raise TargetError(f"not permitted to attach to pid {pid}: {exc}") from None
         except frida.ProcessNotRespondingError as exc:
             raise TargetError(f"pid {pid} is not responding: {exc}") from None
+        finally:
+            if target.session is None:  # no trace begins: leave no segment behind
+                allocating.join()
+                target.segment.unlink()
+                target.segment.close()
+                target.segment = None
         target.session.on("detached", lambda reason, crash: self.on_detached(target, reason))
         target.start_ns = time.monotonic_ns()
-
-        target.segment = TargetSegment.create(
-            self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
-            ring_bytes=int(self.spec.get("ringBytes", 256 * 1024)),
-            rings_per_lane=int(self.spec.get("ringsPerLane", 8)), **self.flight.segment_kwargs())
+        target.mark("attached")
         # Targets start in GLOBAL_ONLY (the segment's initial mode): nothing is
         # lost before the drainers beat; the agent then moves through
         # DUAL_WRITE to PER_THREAD_ONLY by itself.
@@ -208,19 +313,26 @@ class Injector:
         target.lifecycle = target.session.create_script(read_agent_source("lifecycle.js"))
         target.lifecycle.on("message", lambda m, d: self.on_lifecycle_message(target, m))
         target.lifecycle.load()
-        modules = target.lifecycle.exports_sync.modules()
+        target.modules = target.lifecycle.exports_sync.modules()
 
         target.agent = target.session.create_script(read_agent_source("agent.js"))
         target.agent.on("message", lambda m, d: self.on_agent_message(target, m))
         target.agent.load()
+        target.mark("scriptsLoaded")
         agent = target.agent.exports_sync
         glue_path = os.path.join(AGENT_DIR, "glue.c")
         glue = open(glue_path).read() if os.path.exists(glue_path) else None
-        agent.init({"shmName": target.segment.name, "agentLibPath": AGENT_LIB,
+        agent_lib = agent_library_for(uid, gid) if foreign else AGENT_LIB
+        allocating.join()
+        target.mark("allocated")
+        agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
                     "glueSource": glue})
+        target.mark("initialized")
         plan = agent.plan(self.selection.to_agent())
-        functions = plan["functions"]
-        problems = self.selection.unmatched(functions, [m["name"] for m in modules])
+        planned = plan["functions"]
+        functions = traced_functions(planned)
+        target.mark("planned")
+        problems = self.selection.unmatched(functions, [m["name"] for m in target.modules])
         if not self.selection.include and not self.selection.include_modules and not functions:
             problems.append(f"the main executable of pid {pid} has no function symbols "
                             "(stripped?); name functions with -i MODULE!FUNCTION")
@@ -230,7 +342,19 @@ class Injector:
             self.flight.arm(pid, agent, functions)
         except TriggerError as exc:
             raise TargetError(str(exc)) from None
+        target.planned = functions
+        target.addresses = {f["id"]: int(f["address"], 16) for f in planned}
+        # what may be patched, decided from the code in memory before the
+        # writer is needed
+        target.verdicts = hooksafety.decide(pid, plan.get("modules", []), planned)
+        target.selection_skips = plan.get("skipped", [])
+        target.mark("analysed")
 
+    def go_live(self, target: TracedProcess, attached: bool) -> None:
+        """The writer learns the target and its function table, then the
+        hooks go live. The pipeline must be ready."""
+        pid, functions, modules = target.pid, target.planned, target.modules
+        agent = target.agent.exports_sync
         executable = modules[0]["path"] if modules else (target.argv[0] if target.argv else "")
         self.writer.request("target_start", {
             "sessionId": self.session_id, "pid": pid, "executablePath": executable,
@@ -239,8 +363,17 @@ class Injector:
             "flightRecorder": self.flight.describe(),
         })
         self.publish_functions(target, functions)
-        target.hooks = agent.install()
-        log.info("pid %d: %d functions hooked (%s)", pid, len(functions), target.hooks)
+        target.mark("published")
+        verdicts = target.verdicts
+        if attached:
+            installed = self.install_stopped(target, agent, verdicts)
+        else:  # spawned: suspended at its entry point, no thread runs
+            installed = agent.install({"verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+        target.mark("live")
+        self.record_hooks(target, functions, verdicts, installed, target.selection_skips)
+        log.info("pid %d: %d functions planned: %d fast, %d fallback, %d skipped %s", pid,
+                 len(functions), target.hooks["fast"], target.hooks["fallback"],
+                 target.hooks["skipped"], target.hooks["skippedByReason"])
         self.bus.publish(bus.TARGET_STARTED, {"pid": pid, "shm": target.segment.name,
                                             "functions": len(functions), "attached": attached})
 
@@ -252,14 +385,79 @@ class Injector:
         payload = message.get("payload") or {}
         if payload.get("type") == "functions":
             # A module loaded with dlopen: the writer must know the ids before
-            # the agent installs the hooks, so the agent waits for this ack.
+            # the agent installs the hooks, so the agent waits for this ack,
+            # which carries the safety verdicts.
+            planned = payload.get("functions", [])
+            functions = traced_functions(planned)
             try:
-                self.publish_functions(target, payload.get("functions", []))
+                verdicts = hooksafety.decide(target.pid, payload.get("modules", []), planned)
+            except Exception as exc:  # never patch what was not analysed
+                log.error("pid %d: hook safety analysis failed: %s", target.pid, exc)
+                verdicts = {f["id"]: hooksafety.Verdict("skip", hooksafety.UNREADABLE) for f in planned}
+            try:
+                self.publish_functions(target, functions)
             except (WriterUnavailable, WriterRejected) as exc:
                 log.error("pid %d: could not publish late functions: %s", target.pid, exc)
-            target.agent.post({"type": "functions-ack"})
+            target.hook_batches.append([functions, verdicts, {}, payload.get("skipped", [])])
+            target.agent.post({"type": "functions-ack",
+                               "verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+        elif payload.get("type") == "installed" and target.hook_batches:
+            target.hook_batches[-1][2] = payload
+            self._summarize_hooks(target)
         elif payload.get("type") == "log":
             log.info("agent in pid %d: %s", target.pid, payload.get("message"))
+
+    BUSY_ROUNDS = 4
+
+    def install_stopped(self, target: TracedProcess, agent, verdicts: dict) -> dict:
+        """Install into a running program with its threads stopped: a
+        function some thread is inside of (past its first patched
+        instruction) waits for the next round; after BUSY_ROUNDS it is
+        skipped as ``busy``."""
+        addresses = target.addresses
+        pending = dict(verdicts)
+        total = {"replaced": 0, "attached": 0, "failed": [], "demoted": {}, "roles": 0}
+        for _ in range(self.BUSY_ROUNDS):
+            keep = set(agent.framework_threads())
+            with StoppedThreads(target.pid, keep) as stopped:
+                busy = stopped.inside(hooksafety.patch_ranges(pending, addresses))
+                now = {k: v for k, v in pending.items() if k not in busy}
+                result = agent.install({"verdicts": {str(k): v.to_agent() for k, v in now.items()}})
+            if stopped.unstoppable:
+                log.warning("pid %d: threads %s could not be stopped while hooks were written",
+                            target.pid, stopped.unstoppable)
+            for key in ("replaced", "attached", "roles"):
+                total[key] += int(result.get(key, 0))
+            total["failed"] += result.get("failed", [])
+            for r, n in (result.get("demoted") or {}).items():
+                total["demoted"][r] = total["demoted"].get(r, 0) + n
+            pending = {k: pending[k] for k in busy}
+            if not pending:
+                break
+        for k in pending:  # still busy: left alone, and said so
+            verdicts[k] = hooksafety.Verdict("skip", hooksafety.BUSY)
+        if pending:
+            agent.install({"verdicts": {str(k): verdicts[k].to_agent() for k in pending}})
+        return total
+
+    def record_hooks(self, target: TracedProcess, functions, verdicts, installed, skipped) -> None:
+        target.hook_batches.append([functions, verdicts, installed, skipped])
+        self._summarize_hooks(target)
+
+    @staticmethod
+    def _summarize_hooks(target: TracedProcess) -> None:
+        functions, verdicts, skipped = [], {}, []
+        installed = {"replaced": 0, "attached": 0, "failed": [], "demoted": {}}
+        for fns, vs, inst, sk in target.hook_batches:
+            functions += fns
+            verdicts.update(vs)
+            skipped += sk
+            installed["replaced"] += int(inst.get("replaced", 0))
+            installed["attached"] += int(inst.get("attached", 0))
+            installed["failed"] += inst.get("failed", [])
+            for r, n in (inst.get("demoted") or {}).items():
+                installed["demoted"][r] = installed["demoted"].get(r, 0) + n
+        target.hooks = hooksafety.summarize(functions, verdicts, installed, skipped)
 
     def on_lifecycle_message(self, target: TracedProcess, message: dict) -> None:
         payload = message.get("payload") or {}
@@ -361,6 +559,10 @@ class Injector:
             target.error = (f"shards {sorted(set(range(self.shards)) - drained)} were not "
                             f"drained within {DRAIN_TIMEOUT_S:.0f}s")
         self.flight_tick(target)
+        problem = self.sources.wait(target.pid, SOURCE_LOCATIONS_TIMEOUT_S)
+        if problem:
+            log.warning("pid %d: %s", target.pid, problem)
+            target.error = target.error or problem
         drops = segment.drops()
         self.writer.request("target_end", {
             "pid": target.pid, "exitCode": target.exit_code if target.exit_code is not None else 0,
@@ -368,6 +570,7 @@ class Injector:
             "endNs": target.end_ns or time.monotonic_ns(), "drops": drops,
             "dropsByThread": segment.drops_by_thread(),
             "control": self._control_counters(target, segment),
+            "hooks": target.hooks,
         })
         self.run_dir.unregister_target(target.pid)
         segment.unlink()
@@ -379,9 +582,8 @@ class Injector:
     # ---- main loop ----------------------------------------------------------
     def run(self) -> dict:
         result = {"sessionId": self.session_id, "traceRoot": self.spec["traceRoot"],
-                  "targets": [], "error": ""}
+                  "targets": [], "error": "", "timings": self.timings}
         try:
-            self.wait_for_pipeline()
             self.start_targets()
             duration = self.spec.get("duration")
             deadline = time.monotonic() + float(duration) if duration else None
@@ -414,6 +616,7 @@ class Injector:
                 except (WriterUnavailable, WriterRejected) as exc:
                     target.error = f"writer: {exc}"
                 result["targets"].append(self._target_result(target))
+            self.sources.close()
         return result
 
     def flight_tick(self, target: TracedProcess) -> None:
@@ -436,6 +639,7 @@ class Injector:
             "error": target.error, "startNs": target.start_ns, "endNs": target.end_ns,
             "parentPid": target.parent_pid,
             "control": target.control,
+            "timings": target.timings,
         }
 
     @staticmethod
@@ -478,6 +682,12 @@ def control_counters(segment: TargetSegment) -> dict:
             "fallbackEvents": c.get("fallback_events", 0), "finalMode": c.get("mode")}
 
 
+def traced_functions(planned: list[dict]) -> list[dict]:
+    """The planned functions that are traced: not those hooked only to keep
+    the shadow stack right (``role``: C++ throw and catch)."""
+    return [f for f in planned if not f.get("role")]
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -486,6 +696,69 @@ def _cmdline(pid: int) -> list[str]:
         raise TargetError(f"no such process: {pid}") from None
     except PermissionError:
         raise TargetError(f"not permitted to inspect pid {pid}") from None
+
+
+def _how_it_ended(target: TracedProcess) -> str:
+    if target.crash:
+        return (f"crashed ({target.crash.get('kind', 'signal')} at "
+                f"{target.crash.get('address', '?')})")
+    if target.signal:
+        try:
+            return f"was killed by {signal.Signals(target.signal).name}"
+        except ValueError:
+            return f"was killed by signal {target.signal}"
+    if target.exit_code is not None:
+        return f"exited with status {target.exit_code}"
+    return f"went away ({target.end_reason or 'detached'})"
+
+
+def _credentials(pid: int) -> tuple[int, int]:
+    """The uid and gid the process opens files with (fsuid, fsgid)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["Uid"].split()[3]), int(fields["Gid"].split()[3])
+    except FileNotFoundError:
+        raise TargetError(f"no such process: {pid}") from None
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        raise TargetError(f"cannot read the credentials of pid {pid}: {exc}") from None
+
+
+def agent_library_for(uid: int, gid: int) -> str:
+    """A copy of the agent library that a process of uid can load: the one
+    next to this package may sit in a directory only we can read (a clone in
+    a 0700 home or `mktemp -d`). One copy per user and library build, owned
+    by that user, 0700/0500, so a later attach loads the same file (the
+    loader reuses it) and no other user can read or replace it."""
+    with open(AGENT_LIB, "rb") as f:
+        data = f.read()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    directory = os.path.join(tempfile.gettempdir(), f"lanetrace-agent-{uid}-{digest}")
+    path = os.path.join(directory, os.path.basename(AGENT_LIB))
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+            raise TargetError(f"{directory} exists but is not a private directory of uid "
+                              f"{uid}; remove it and try again") from None
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return path
+        except OSError:
+            pass
+    else:
+        os.chown(directory, uid, gid)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o500)
+    try:
+        os.write(fd, data)
+        os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
 
 
 def _signal_of_dead_process(pid: int) -> int:
@@ -505,6 +778,15 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with open(args.spec, "rb") as f:
         spec = orjson.loads(f.read())
+    if spec.get("stdioSocket"):
+        # before Frida starts its helper, which the target inherits from
+        try:
+            adopt_caller_stdio(spec["stdioSocket"])
+        except OSError as exc:
+            atf.write_json_atomic(run_dir.file("result.json"), {
+                "sessionId": spec["sessionId"], "traceRoot": spec["traceRoot"], "targets": [],
+                "error": f"could not take over the caller's stdin/stdout/stderr: {exc}"})
+            return 1
     injector = Injector(run_dir, spec)
     signal.signal(signal.SIGTERM, lambda *_: injector.stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: injector.stop_requested.set())

@@ -21,10 +21,11 @@ import orjson
 
 from lanetrace.core import atf
 from lanetrace.core import atf_v4_pb2 as pb
+from lanetrace.query import callgraph, calltree, sql
 from lanetrace.query import index as ix
 from lanetrace.query import params as P
 from lanetrace.query.errors import INTERNAL_ERROR, METHOD_NOT_FOUND, RpcError, invalid_params
-from lanetrace.query.store import Trace, TraceStore
+from lanetrace.query.store import Trace, TraceStore, thread_names as _thread_names
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 1000
@@ -186,6 +187,9 @@ class Engine:
             "functions.list": self.functions_list,
             "threads.list": self.threads_list,
             "trace.diff": self.trace_diff,
+            "calltree.get": self.calltree_get,
+            "callgraph.get": self.callgraph_get,
+            "sql.query": self.sql_query,
         }
 
     def call(self, method: str, params):
@@ -680,6 +684,20 @@ class Engine:
             span_mask &= _isin(idx.sp_fidx, fidx)
         return ix.function_stats(idx.arrays, call_mask, span_mask, len(t.names))
 
+    # ---- calltree.get / callgraph.get ---------------------------------------
+
+    def calltree_get(self, params):
+        """A page of the replay tree; see calltree.calltree_get for params and result."""
+        return calltree.calltree_get(self.store, params)
+
+    def callgraph_get(self, params):
+        """The aggregated call graph; see callgraph.callgraph_get."""
+        return callgraph.callgraph_get(self.store, params)
+
+    def sql_query(self, params):
+        """One sandboxed read-only SQL query; see sql.sql_query."""
+        return sql.sql_query(self.store, params)
+
     # ---- trace.diff ------------------------------------------------------
 
     def trace_diff(self, params):
@@ -814,18 +832,4 @@ def _windows(w):
             if isinstance(x, dict):
                 out.append({"startNs": x.get("startNs"), "endNs": x.get("endNs"),
                             "trigger": x.get("trigger")})
-    return out
-
-
-def _thread_names(m) -> dict:
-    th = m.get("threads")
-    out = {}
-    if isinstance(th, dict):
-        for k, v in th.items():
-            if str(k).lstrip("-").isdigit() and isinstance(v, str):
-                out[int(k)] = v
-    elif isinstance(th, list):
-        for x in th:
-            if isinstance(x, dict) and isinstance(x.get("threadId"), int) and isinstance(x.get("name"), str):
-                out[x["threadId"]] = x["name"]
     return out

@@ -28,7 +28,7 @@ import orjson
 from lanetrace.core import atf
 from lanetrace.core import atf_v4_pb2 as pb
 
-INDEX_VERSION = 7  # 7: function source locations
+INDEX_VERSION = 8  # 8: event sequence numbers, span return ranks and parents
 INDEX_DIR = "index"
 LOCK_FILE = "index.lock"
 
@@ -41,11 +41,11 @@ KIND_FILTER_NAMES = {"unknown": K_UNKNOWN, "traceStart": K_TRACE_START,
                      "functionReturn": K_RETURN, "signalDelivery": K_SIGNAL}
 
 EVENT_COLUMNS = ("ev_ts", "ev_tid", "ev_kind", "ev_fidx", "ev_depth", "ev_off", "ev_len",
-                 "ev_detail")
+                 "ev_detail", "ev_seq")
 ARRAYS = EVENT_COLUMNS + ("det_off", "det_len",
     "th_ranks", "th_tids", "th_off", "fn_ranks", "fn_off",
     "sp_start", "sp_end", "sp_dur", "sp_tid", "sp_fidx", "sp_depth", "sp_children", "sp_self",
-    "sp_call_rank", "sp_fn_ids", "sp_fn_off", "sp_th_ids", "sp_th_off")
+    "sp_call_rank", "sp_ret_rank", "sp_parent", "sp_fn_ids", "sp_fn_off", "sp_th_ids", "sp_th_off")
 
 try:  # the C scanner; the pure-Python path below gives the same columns
     from lanetrace._native import ffi as _ffi, lib as _lib
@@ -465,7 +465,7 @@ def _assemble(buf, c, sidecar=None):
     rank[order] = np.arange(n, dtype=np.int32)
     a = {"ev_ts": c["ts"][order], "ev_tid": c["tid"][order], "ev_kind": c["kind"][order],
          "ev_fidx": fidx[order], "ev_depth": ev_depth[order], "ev_off": c["off"][order],
-         "ev_len": c["plen"][order]}
+         "ev_len": c["plen"][order], "ev_seq": c["seq"][order]}
     a["ev_detail"], a["det_off"], a["det_len"] = _join_details(a, c, is_cr[order], order)
 
     tids, tid_idx = thread_numbers(a["ev_tid"])
@@ -483,6 +483,7 @@ def _assemble(buf, c, sidecar=None):
     call_rank = call_rank[sorder]
     ret_rank = rank[sp_ret][sorder]
     a["sp_call_rank"] = call_rank.astype(np.int32)
+    a["sp_ret_rank"] = ret_rank.astype(np.int32)
     a["sp_start"] = a["ev_ts"][call_rank]
     a["sp_end"] = a["ev_ts"][ret_rank]
     a["sp_tid"] = a["ev_tid"][call_rank]
@@ -493,6 +494,8 @@ def _assemble(buf, c, sidecar=None):
     a["sp_self"] = dur - sp_child_ns[sorder]
     a["sp_fn_ids"], a["sp_fn_off"] = _groups(a["sp_fidx"], nfun)
     a["sp_th_ids"], a["sp_th_off"] = _groups(tid_idx[call_rank], len(tids))
+    a["sp_parent"] = span_parents(tid_idx[call_rank], a["sp_depth"], a["sp_call_rank"],
+                                  a["sp_ret_rank"])
 
     functions = function_stats(a, a["ev_kind"] == K_CALL, None, nfun,
                                grouped=(a["sp_fn_ids"], a["sp_fn_off"]))
@@ -512,6 +515,32 @@ def _assemble(buf, c, sidecar=None):
         "eventsValidSize": int(c["off"][-1] + c["plen"][-1]) if n else 0,
     }
     return a, meta
+
+
+def span_parents(thread_no, depth, call_rank, ret_rank) -> np.ndarray:
+    """Per span (start order), the id of the completed span that called it, or
+    -1. On one thread the spans at one depth never overlap, so the caller is
+    the last span one level up that started before it, if it still runs;
+    when that frame never returned (no span), the call has no parent."""
+    n = len(depth)
+    parent = np.full(n, -1, np.int32)
+    if n == 0:
+        return parent
+    levels = int(depth.max()) + 2
+    group = thread_no.astype(np.int64) * levels + depth.astype(np.int64)
+    key = (group << 32) | call_rank.astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
+    child = np.flatnonzero(depth > 0)
+    want = ((group[child] - 1) << 32) | call_rank[child].astype(np.int64)
+    pos = np.searchsorted(skey, want, "left") - 1
+    ok = pos >= 0
+    pos = np.maximum(pos, 0)
+    cand = order[pos]
+    ok &= (skey[pos] >> 32) == (group[child] - 1)
+    ok &= ret_rank[cand] > call_rank[child]
+    parent[child[ok]] = cand[ok]
+    return parent
 
 
 def thread_numbers(tid: np.ndarray):

@@ -307,3 +307,18 @@ def _pid_from_dir(path):
     if base.startswith("pid_") and base[4:].isdigit():
         return int(base[4:])
     return None
+
+
+def thread_names(m) -> dict:
+    """Thread id -> name from a manifest's ``threads`` (a map or a list)."""
+    th = m.get("threads")
+    out = {}
+    if isinstance(th, dict):
+        for k, v in th.items():
+            if str(k).lstrip("-").isdigit() and isinstance(v, str):
+                out[int(k)] = v
+    elif isinstance(th, list):
+        for x in th:
+            if isinstance(x, dict) and isinstance(x.get("threadId"), int) and isinstance(x.get("name"), str):
+                out[x["threadId"]] = x["name"]
+    return out

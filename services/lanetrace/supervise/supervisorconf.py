@@ -42,10 +42,10 @@ def _stanza(svc: Service, command: str, logs: str, count: int, daemon: bool) -> 
     if svc.listener:
         opts += [("buffer_size", "1024"), ("stderr_logfile", f"{log}.log")]
     elif owner:
-        # The target inherits the injector's stdout/stderr, which supervisord
-        # passes through to its own: the user sees the program's output.
-        opts += [("stdout_logfile", "/dev/stdout"), ("stdout_logfile_maxbytes", "0"),
-                 ("stderr_logfile", "/dev/stderr"), ("stderr_logfile_maxbytes", "0")]
+        # A spawned target gets the caller's own stdin/stdout/stderr from the
+        # CLI (lanetrace.stdio), not through supervisord: what the injector
+        # itself prints goes to its log.
+        opts += [("stdout_logfile", f"{logs}/injector-output.log"), ("redirect_stderr", "true")]
     else:
         # injector.log is the injector's own logging; its output goes next to it
         suffix = ".out" if svc.name == "injector" else ".log"

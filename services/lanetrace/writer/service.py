@@ -272,6 +272,8 @@ class Writer:
             raise RequestError("dropsByThread must be a list of objects")
         # registry-mode history from the control block: {modeTransitions, fallbackEvents, finalMode}
         control = field(h, "control", dict, {})
+        # how each selected function was hooked, or why not (hooksafety.summarize)
+        hooks = field(h, "hooks", dict, {})
         t = self._existing(pid)
         st = t.stats()
         default_end = max(st.max_ts_ns if st.min_ts_ns != U64 else 0, t.start["startNs"])
@@ -283,6 +285,7 @@ class Writer:
             t.agent_drops = dict(drops)
             t.drops_by_thread = by_thread
             t.control = control
+            t.hooks = hooks
             self._guarded(t, lambda: (t.write_end(end), t.sync()))
         try:
             t.write_manifest(self.session)

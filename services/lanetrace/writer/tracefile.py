@@ -72,6 +72,7 @@ class TraceFile:
         self.agent_drops: dict[str, int] = {}
         self.drops_by_thread: list[dict] = []
         self.control: dict = {}  # registry-mode counters from target_end
+        self.hooks: dict = {}  # hook summary from target_end (hooksafety.summarize)
         # Flight recorder: merged windows, and each drainer instance's
         # cumulative pre-roll counts (cumulative, so a resent request or a
         # repeated report never counts twice).
@@ -177,6 +178,7 @@ class TraceFile:
         self.base["events_after_end"] = int(old.get("eventsAfterEnd", 0))
         self.drops_by_thread = list(old.get("dropsByThread") or [])
         self.control = dict(old.get("registryModes") or {})
+        self.hooks = dict(old.get("hooks") or {})
         self.windows = flightrec.merge_windows(old.get("windows") or [])
         self.threads = {int(t["threadId"]): t["name"] for t in old.get("threads") or []}
         fr = old.get("flightRecorder") or {}
@@ -384,6 +386,7 @@ class TraceFile:
             "drops": dict(self.agent_drops),
             "dropsByThread": self.drops_by_thread,
             "registryModes": self.control,
+            "hooks": self.hooks,
             "writerDrops": {"duplicate": duplicates, "invalid_record": invalid},
             # written although they arrived after higher numbers of their
             # thread (another lane's drainer was slower): not drops
