@@ -1,7 +1,8 @@
 /*
  * agent.c — the native agent library loaded into a target with Frida's
  * Module.load: per-function stubs, the C halves of the trampolines, the
- * per-thread shadow stack, and the producer side of the lanes (shm.c).
+ * per-thread shadow stack; it writes through the producer side of the lanes
+ * (lanes.c).
  *
  * Hot path (lt_on_entry / lt_on_exit): one initial-exec TLS load, no
  * syscalls, no locks, one clock_gettime (vDSO), one 32-byte ring write with

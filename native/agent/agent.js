@@ -7,7 +7,7 @@
  * Hook path: our own 5-byte `jmp rel32` at the function's entry (after an
  * endbr64) into a slot near its module, which holds the stub (push rax;
  * movabs rax, &desc; jmp lt_entry_tramp) and the relocated first
- * instructions (native/src/agent.c, lt_install). Whether a function may be
+ * instructions (agent.c, lt_install). Whether a function may be
  * patched, and the relocated bytes, are decided outside the target by the
  * injector (hooksafety.py) from the code as it is in memory. Functions it
  * cannot relocate fall back to Interceptor.attach with the CModule glue

@@ -8,7 +8,7 @@ import time
 
 import frida
 
-from lanetrace import hooksafety
+from lanetrace.injector import hooksafety
 from lanetrace.injector.fridaguard import HangGuard
 
 from lanetrace.core.shm import TargetSegment, parse_records

@@ -23,21 +23,21 @@ import time
 import frida
 import orjson
 
-from lanetrace import hooksafety
 from lanetrace.core import atf, bus
 from lanetrace.core.bus import Bus, receive
 from lanetrace.core.datachannel import WriterClient, WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
 from lanetrace.core.selection import Selection
 from lanetrace.core.shm import TargetSegment
+from lanetrace.core.stdio import adopt_caller_stdio
+from lanetrace.injector import hooksafety
 from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
 from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard
+from lanetrace.injector.srclocator import SourceLocator
 from lanetrace.injector.threadnames import ThreadNames
+from lanetrace.injector.threadstop import StoppedThreads
 from lanetrace.injector.traced import TargetError, TracedProcess
-from lanetrace.srclocator import SourceLocator
-from lanetrace.stdio import adopt_caller_stdio
-from lanetrace.threadstop import StoppedThreads
 
 log = logging.getLogger("lanetrace.injector")
 

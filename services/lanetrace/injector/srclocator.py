@@ -20,7 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, 
 
 import orjson
 
-log = logging.getLogger("lanetrace.srclocator")
+log = logging.getLogger("lanetrace.injector.srclocator")
 
 
 def cache_dir() -> str:

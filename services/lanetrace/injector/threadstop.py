@@ -19,7 +19,7 @@ import errno
 import logging
 import os
 
-log = logging.getLogger("lanetrace.threadstop")
+log = logging.getLogger("lanetrace.injector.threadstop")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.restype = ctypes.c_long

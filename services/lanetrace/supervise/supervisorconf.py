@@ -43,7 +43,7 @@ def _stanza(svc: Service, command: str, logs: str, count: int, daemon: bool) -> 
         opts += [("buffer_size", "1024"), ("stderr_logfile", f"{log}.log")]
     elif owner:
         # A spawned target gets the caller's own stdin/stdout/stderr from the
-        # CLI (lanetrace.stdio), not through supervisord: what the injector
+        # CLI (lanetrace.core.stdio), not through supervisord: what the injector
         # itself prints goes to its log.
         opts += [("stdout_logfile", f"{logs}/injector-output.log"), ("redirect_stderr", "true")]
     else:
