@@ -48,4 +48,4 @@ bench-query: native
 	$(PY) bench/query.py
 
 clean:
-	rm -rf build services/lanetrace/*.so services/lanetrace/_native*.c examples/bin traces
+	rm -rf build services/lanetrace/*.so services/lanetrace/agent services/lanetrace/_native*.c examples/bin traces

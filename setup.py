@@ -1,8 +1,8 @@
 """Build glue: the cffi extension (``lanetrace._native``) and the native agent
 library (``lanetrace/liblanetrace_agent.so``) come from the same ``native/``
 sources, so ``pip install`` is the only build step a user ever runs."""
-import glob
 import os
+import shutil
 import subprocess
 import sysconfig
 
@@ -12,14 +12,16 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def agent_sources():
-    src = os.path.join(HERE, "native", "src")
-    files = sorted(glob.glob(os.path.join(src, "agent*.c")))
-    files += sorted(glob.glob(os.path.join(src, "*_x86_64.S")))
-    shm = os.path.join(src, "shm.c")
-    if os.path.exists(shm):
-        files.append(shm)
-    return files
+# Everything that runs inside the target (native/agent/README.md), listed by
+# name: a file outside this list never ends up in a traced process.
+AGENT_SOURCES = [
+    "native/agent/agent.c",
+    "native/agent/tramp_x86_64.S",
+    "native/agent/lanes.c",
+    "native/src/shm.c",  # maps the segment once, at load; not on the record path
+]
+# The Frida scripts the injector loads, installed next to the library.
+AGENT_SCRIPTS = ["native/agent/agent.js", "native/agent/lifecycle.js", "native/agent/glue.c"]
 
 
 # The agent runs inside foreign processes on their hooked functions' stacks:
@@ -40,9 +42,7 @@ class BuildExtWithAgent(build_ext):
         self.build_agent()
 
     def build_agent(self):
-        sources = agent_sources()
-        if not any(s.endswith(".c") and "agent" in os.path.basename(s) for s in sources):
-            return  # agent sources not written yet
+        sources = [os.path.join(HERE, p) for p in AGENT_SOURCES]
         if self.inplace:
             out_dir = os.path.join(HERE, "services", "lanetrace")
         else:
@@ -54,6 +54,11 @@ class BuildExtWithAgent(build_ext):
                "-o", out, *sources, "-lrt"]
         print(" ".join(cmd))
         subprocess.check_call(cmd)
+        scripts_dir = os.path.join(out_dir, "agent")
+        os.makedirs(scripts_dir, exist_ok=True)
+        for path in AGENT_SCRIPTS:
+            shutil.copyfile(os.path.join(HERE, path),
+                            os.path.join(scripts_dir, os.path.basename(path)))
 
 
 setup(

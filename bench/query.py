@@ -90,8 +90,8 @@ def _thread_stream(tid, n, rng, t0):
 
 
 def build_trace(trace_dir: str, n_events: int) -> None:
-    from lanetrace import atf
-    from lanetrace import atf_v4_pb2 as pb
+    from lanetrace.core import atf
+    from lanetrace.core import atf_v4_pb2 as pb
 
     os.makedirs(trace_dir, exist_ok=True)
     rng = random.Random(42)

@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.join(REPO, "services"))
 
 from supervisor.xmlrpc import SupervisorTransport  # noqa: E402
 
-from lanetrace.datachannel import WriterClient  # noqa: E402
-from lanetrace.shm import TargetSegment  # noqa: E402
+from lanetrace.core.datachannel import WriterClient  # noqa: E402
+from lanetrace.core.shm import TargetSegment  # noqa: E402
 
 TIMEOUT_S = 60.0
 

@@ -1,8 +1,8 @@
 """cffi builder for ``lanetrace._native``: the Python services' view of the
 shared memory (injector, drainers) and the writer's native encoder.
 
-Each C module brings its declarations in ``native/ffi/<module>.cdef``; every
-``native/src/*.c`` that is not part of the in-target agent is compiled in."""
+Each C module brings its declarations in ``native/ffi/<module>.cdef``. The
+sources are listed by name."""
 import glob
 import os
 
@@ -13,14 +13,15 @@ INCLUDE = os.path.join(HERE, "include")
 
 ffibuilder = FFI()
 cdefs = sorted(glob.glob(os.path.join(HERE, "ffi", "*.cdef")))
-ffibuilder.cdef("\n".join(open(p).read() for p in cdefs) or "int lt_native_placeholder(void);")
+ffibuilder.cdef("\n".join(open(p).read() for p in cdefs))
 
 headers = sorted(glob.glob(os.path.join(INCLUDE, "lanetrace", "*.h")))
-sources = [p for p in sorted(glob.glob(os.path.join(HERE, "src", "*.c")))
-           if not os.path.basename(p).startswith("agent")]
+# agent/lanes.c, the producer side, too: tests drive it, and the injector adds
+# time marks with it
+SOURCES = ["src/shm.c", "src/drain.c", "src/detail.c", "src/encode.c", "src/qindex.c",
+           "src/hookscan.c", "agent/lanes.c"]
+sources = [os.path.join(HERE, p) for p in SOURCES]
 prelude = "\n".join(f'#include "lanetrace/{os.path.basename(h)}"' for h in headers)
-if not cdefs:
-    prelude += "\nint lt_native_placeholder(void) { return 0; }\n"
 ffibuilder.set_source(
     "lanetrace._native",
     prelude,

@@ -22,10 +22,10 @@ def run_lanetrace(args, *, timeout=180, env=None, cwd=None, user=None, text=True
     (with ``text=False``, stdout and stderr are bytes: a target's binary output).
 
     A run that ends with lanetrace's own report of the rare Frida injection
-    hang (lanetrace.fridaguard) is run once more: that failure is Frida's,
+    hang (lanetrace.injector.fridaguard) is run once more: that failure is Frida's,
     it is reported to the user as such, and it says nothing of the case under
     test. Any other failure is returned as it is."""
-    from lanetrace.fridaguard import HANG_MESSAGE
+    from lanetrace.injector.fridaguard import HANG_MESSAGE
 
     cmd = [sys.executable, "-m", "lanetrace", *args]
     if user is not None:

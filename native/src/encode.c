@@ -184,7 +184,7 @@ static inline uint8_t *put_ev_head(uint8_t *p, const ev_head *h) {
     return p;
 }
 
-/* The seed's symbol string (only with --inline-symbols) and the runtime
+/* The base format's symbol string (only with --inline-symbols) and the runtime
  * address, first in both FunctionCall and FunctionReturn payloads. */
 static inline size_t symbol_address_size(size_t symlen, uint64_t addr) {
     return (symlen ? 1 + varint_size(symlen) + symlen : 0) + (addr ? 1 + varint_size(addr) : 0);

@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from conftest import example
-from daemon.daemonkit import Daemon, wait_for
+from supervise.daemonkit import Daemon, wait_for
 from e2e.tracecheck import Trace, count_mismatches, load_expectation
 
 pytestmark = [pytest.mark.frida, pytest.mark.slow]

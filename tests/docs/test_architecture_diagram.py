@@ -2,15 +2,15 @@
 ``[name]`` boxes are exactly the programs supervisord runs (the session config
 that ``lanetrace run`` generates, plus the daemon's config/supervisord.conf and
 the Procfile when they exist), and every service module those programs run
-(``python -m lanetrace.<module>``) is named in it."""
+(``python -m lanetrace.<module>``, a module or a package with ``__main__``) is named in it."""
 import configparser
 import os
 import re
 
 from docs_harness import DOCS, REPO, parse_blocks
 
-from lanetrace.rundir import RunDir
-from lanetrace.session import SessionConfig, render_config
+from lanetrace.core.rundir import RunDir
+from lanetrace.supervise.session import SessionConfig, render_config
 
 SERVICES = os.path.join(REPO, "services", "lanetrace")
 MARKER = "architecture-diagram"
@@ -87,7 +87,7 @@ def procfile_processes() -> dict[str, str]:
 def modules_run(commands) -> set[str]:
     mods = set()
     for cmd in commands:
-        mods.update(re.findall(r"-m\s+lanetrace\.([a-z_]+)\b", cmd))
+        mods.update(re.findall(r"-m\s+lanetrace\.([a-z_.]*[a-z_])", cmd))
     return mods
 
 
@@ -117,8 +117,10 @@ def test_architecture_diagram__modules_supervisord_runs__then_each_is_named(tmp_
 
 def test_architecture_diagram__named_modules__then_each_exists_and_is_run(tmp_path):
     commands = all_commands(tmp_path)
-    named = set(re.findall(r"lanetrace\.([a-z_]+)", diagram()))
+    named = set(re.findall(r"lanetrace\.([a-z_.]*[a-z_])", diagram()))
     for mod in named:
-        assert os.path.exists(os.path.join(SERVICES, f"{mod}.py")), f"lanetrace.{mod} does not exist"
+        path = os.path.join(SERVICES, *mod.split("."))
+        assert os.path.exists(path + ".py") or os.path.exists(os.path.join(path, "__main__.py")), \
+            f"lanetrace.{mod} does not exist"
     assert named - modules_run(commands) == set(), (
         "docs/architecture.md names modules that supervisord does not run")

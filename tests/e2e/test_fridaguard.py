@@ -1,7 +1,7 @@
 import subprocess
 import time
 
-from lanetrace.fridaguard import HangGuard
+from lanetrace.injector.fridaguard import HangGuard
 
 
 def test_hang_guard__block_outlives_timeout__then_processes_spawned_in_it_are_killed():

@@ -7,8 +7,8 @@ import json
 import os
 from collections import Counter, defaultdict
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 
 
 class Trace:

@@ -9,8 +9,8 @@ import os
 
 import orjson
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 
 
 class TraceBuilder:

@@ -5,8 +5,8 @@ import pytest
 
 from .atf_builder import TraceBuilder, nested_trace
 
-from lanetrace import atf
 from lanetrace.cli import main
+from lanetrace.core import atf
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 import capstone
 import pytest
 
-from lanetrace import hooksafety as hs
+from lanetrace.injector import hooksafety as hs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)

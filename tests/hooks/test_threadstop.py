@@ -1,12 +1,12 @@
 """Stopping a running program's threads while hooks are written
-(lanetrace.threadstop): all of them but the ones asked to keep running, and
+(lanetrace.injector.threadstop): all of them but the ones asked to keep running, and
 every one of them running again afterwards."""
 import os
 import subprocess
 import time
 
 from conftest import example
-from lanetrace.threadstop import StoppedThreads
+from lanetrace.injector.threadstop import StoppedThreads
 
 
 def _states(pid: int) -> dict[int, str]:

@@ -9,7 +9,9 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 INCLUDE = os.path.join(REPO, "native", "include")
-SHM_C = os.path.join(REPO, "native", "src", "shm.c")
+# the segment mapping and the producer side, as the agent library links them
+SHM_SOURCES = [os.path.join(REPO, "native", "src", "shm.c"),
+               os.path.join(REPO, "native", "agent", "lanes.c")]
 
 
 def compile_c(out_dir, name, sources, flags=(), libs=("-pthread", "-lrt")):
@@ -25,7 +27,7 @@ def compile_c(out_dir, name, sources, flags=(), libs=("-pthread", "-lrt")):
 @pytest.fixture(scope="session")
 def producer_bin(tmp_path_factory):
     d = tmp_path_factory.mktemp("producer")
-    return compile_c(d, "producer", [os.path.join(HERE, "producer.c"), SHM_C])
+    return compile_c(d, "producer", [os.path.join(HERE, "producer.c"), *SHM_SOURCES])
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def session_id():
 @pytest.fixture
 def segments():
     """Factory creating segments that are closed and unlinked after the test."""
-    from lanetrace.shm import TargetSegment
+    from lanetrace.core.shm import TargetSegment
     made = []
 
     def make(session, pid=None, **kw):

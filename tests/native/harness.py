@@ -8,13 +8,13 @@ import time
 
 import frida
 
-from lanetrace import hooksafety
-from lanetrace.fridaguard import HangGuard
+from lanetrace.injector import hooksafety
+from lanetrace.injector.fridaguard import HangGuard
 
-from lanetrace.shm import TargetSegment, parse_records
+from lanetrace.core.shm import TargetSegment, parse_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-AGENT_JS = os.path.join(REPO, "services", "lanetrace", "agent", "agent.js")
+AGENT_JS = os.path.join(REPO, "native", "agent", "agent.js")
 AGENT_LIB = os.path.join(REPO, "services", "lanetrace", "liblanetrace_agent.so")
 
 ENTRY, RETURN, UNWOUND = 1, 2, 3
@@ -89,7 +89,7 @@ class Drainers:
 class Traced:
     """A target under the agent: spawn (frida.spawn) or attach (Popen + attach).
 
-    Frida's injection very rarely never returns (see lanetrace.fridaguard);
+    Frida's injection very rarely never returns (see lanetrace.injector.fridaguard);
     the set-up is then killed after SETUP_TIMEOUT_S and tried once more with
     a fresh target, so a known Frida hang fails loudly instead of hanging."""
 

@@ -1,5 +1,6 @@
-/* Test producer for the shared-memory lanes: links native/src/shm.c (the very
- * producer code the agent uses) and plays a multi-threaded target.
+/* Test producer for the shared-memory lanes: links native/agent/lanes.c (the
+ * very producer code the agent uses) and native/src/shm.c, and plays a
+ * multi-threaded target.
  *   producer NAME TOTAL_THREADS MAX_ALIVE EVENTS_PER_THREAD [TID_BASE] [noretire] [detail]
  * Threads run in waves of MAX_ALIVE (created, then joined). Thread i uses the
  * synthetic tid TID_BASE+i and func ids 1..7. Prints "ok" at the end.

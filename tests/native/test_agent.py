@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from lanetrace.shm import parse_records
+from lanetrace.core.shm import parse_records
 from native.harness import ENTRY, RETURN, UNWOUND, Traced, check_stream
 
 pytestmark = pytest.mark.frida

@@ -1,11 +1,11 @@
-"""Flight recorder in real processes (issue 4): detail records from both
+"""Flight recorder in real processes: detail records from both
 hook paths, trigger marks, backpressure with exact per-thread accounting."""
 import collections
 import struct
 
 import pytest
 
-from lanetrace.shm import DETAIL_DROP_REASONS, parse_detail, parse_records
+from lanetrace.core.shm import DETAIL_DROP_REASONS, parse_detail, parse_records
 from native.harness import ENTRY, RETURN, Traced, check_stream
 
 pytestmark = pytest.mark.frida

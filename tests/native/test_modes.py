@@ -1,4 +1,4 @@
-"""Registry modes and fallback in real processes (issue 5): DUAL_WRITE,
+"""Registry modes and fallback in real processes: DUAL_WRITE,
 per-shard fallback set from outside and by the agent itself, and the
 agent's own GLOBAL_ONLY -> DUAL_WRITE -> PER_THREAD_ONLY machine."""
 import collections
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from lanetrace.shm import parse_records
+from lanetrace.core.shm import parse_records
 from native.harness import ENTRY, RETURN, Traced, check_stream
 
 pytestmark = pytest.mark.frida

@@ -1,5 +1,6 @@
 """Shared-memory lanes: segment lifecycle, producer/drainer protocol, slot
-reuse and drop accounting, with the real producer code (shm.c) writing."""
+reuse and drop accounting, with the real producer code
+(native/agent/lanes.c) writing."""
 import os
 import subprocess
 import threading
@@ -7,7 +8,7 @@ import threading
 import pytest
 
 from lanetrace._native import ffi, lib
-from lanetrace.shm import (SegmentError, TargetSegment, list_segments, parse_records,
+from lanetrace.core.shm import (SegmentError, TargetSegment, list_segments, parse_records,
                            remove_stale_segments, segment_name)
 
 

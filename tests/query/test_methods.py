@@ -349,8 +349,8 @@ def test_symbols_sidecar__id_without_in_stream_definition__then_named_from_symbo
     still gets the name from symbols.json; in-stream definitions win."""
     import orjson
 
-    from lanetrace import atf
-    from lanetrace import atf_v4_pb2 as pb
+    from lanetrace.core import atf
+    from lanetrace.core import atf_v4_pb2 as pb
 
     d = tmp_path / "t"
     d.mkdir()

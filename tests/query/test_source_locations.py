@@ -1,8 +1,8 @@
 """functions.list reports DWARF file:line carried by SymbolDefinition events."""
 import os
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 from lanetrace.query.engine import Engine
 
 from .tracegen import Ev, write_trace

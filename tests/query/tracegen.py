@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 
 
 @dataclass

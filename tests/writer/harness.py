@@ -13,8 +13,8 @@ import numpy as np
 import orjson
 import zmq
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 
 SESSION = "20260101-000000-abcd"
 REPLY_TIMEOUT_MS = 30_000  # a hang guard, not a performance assertion

@@ -439,6 +439,12 @@ static inline uint8_t *lt_dring_at(lt_ctl *c, uint32_t slot, uint32_t ring)
            ((uint64_t)slot * c->detail_rings_per_lane + ring) * c->detail_ring_bytes;
 }
 static inline lt_global *lt_global_of(lt_ctl *c) { return (lt_global *)((char *)c + c->global_off); }
+/* After changing a route selector (mode, shard fallback, detail, policy);
+ * pairs with the producers' acquire of the epoch at their check. */
+static inline void lt_bump_epoch(lt_ctl *c)
+{
+    atomic_fetch_add_explicit(&c->registry_epoch, 1, memory_order_release);
+}
 static inline lt_global_cell *lt_global_cells(lt_ctl *c)
 {
     return (lt_global_cell *)((char *)lt_global_of(c) + 128);

@@ -13,15 +13,15 @@ import time
 
 import orjson
 
-from lanetrace import atf
 from lanetrace.cli import CliError, flightopts, human
 from lanetrace.cli.argtypes import int_range, positive_float
 from lanetrace.cli.maintenance import remove_session_segments
 from lanetrace.cli.status import StatusLine
-from lanetrace.rundir import RunDir, default_run_dir, new_session_id
-from lanetrace.selection import Selection, SelectionError
-from lanetrace.session import SessionConfig, SessionError, Supervisor, remove_run_dir
-from lanetrace.stdio import StdioServer
+from lanetrace.core import atf
+from lanetrace.core.rundir import RunDir, default_run_dir, new_session_id
+from lanetrace.core.selection import Selection, SelectionError
+from lanetrace.core.stdio import StdioServer
+from lanetrace.supervise.session import SessionConfig, SessionError, Supervisor, remove_run_dir
 
 CLI_START_NS = time.monotonic_ns()  # the origin of session.json "timings"
 
@@ -239,7 +239,7 @@ def capture(args, target_spec: dict) -> int:
     }
     stdio = None
     if "spawn" in target_spec:
-        # the target writes to the caller's own stdout/stderr (lanetrace.stdio)
+        # the target writes to the caller's own stdout/stderr (lanetrace.core.stdio)
         stdio = StdioServer(run_dir.file("stdio.sock"))
         spec["stdioSocket"] = stdio.path
     spec_path = run_dir.file("spec.json")

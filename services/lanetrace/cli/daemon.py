@@ -27,8 +27,13 @@ import orjson
 
 from lanetrace.cli import CliError
 from lanetrace.cli.argtypes import int_range
-from lanetrace.cli.capture import add_pipeline_options
-from lanetrace.rundir import RunDir, new_session_id
+from lanetrace.cli.capture import add_pipeline_options, check_pid, resolve_program
+from lanetrace.core.control import ControlClient, ControlError
+from lanetrace.core.rundir import RunDir, new_session_id
+from lanetrace.core.selection import Selection, SelectionError
+from lanetrace.supervise.daemonconf import (DEFAULT_DAEMON_DIR, default_daemon_dir,
+                                            load_daemon_config, write_daemon_config)
+from lanetrace.supervise.supervisorconf import render_daemon_config
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 180.0
@@ -98,14 +103,12 @@ def _usage(parser) -> int:
 
 
 def _run_dir_option(p) -> None:
-    from lanetrace.control import DEFAULT_DAEMON_DIR
     p.add_argument("--run-dir", default=None, metavar="DIR",
                    help=f"the daemon's run directory (default $LANETRACE_DAEMON_DIR or "
                         f"{DEFAULT_DAEMON_DIR})")
 
 
 def _run_dir(args) -> RunDir:
-    from lanetrace.control import default_daemon_dir
     return RunDir(os.path.abspath(args.run_dir or default_daemon_dir()))
 
 
@@ -152,7 +155,6 @@ def require_daemon(run_dir: RunDir, procfile_ok: bool = True) -> None:
 
 
 def _default_path() -> str:
-    from lanetrace.control import default_daemon_dir
     return os.path.abspath(default_daemon_dir())
 
 
@@ -168,8 +170,6 @@ def process_states(run_dir: RunDir) -> list[dict]:
 # ---- daemon start / stop ------------------------------------------------------------
 
 def cmd_start(args) -> int:
-    from lanetrace.control import (ControlClient, ControlError, render_supervisord_conf,
-                                   write_daemon_config)
     run_dir = _run_dir(args)
     if daemon_running(run_dir):
         raise CliError(f"the daemon is already running (run directory {run_dir.path})")
@@ -202,7 +202,7 @@ def cmd_start(args) -> int:
     _gc_marker(session_id, run_dir)
     conf = run_dir.file("supervisord.conf")
     with open(conf, "w") as f:
-        f.write(render_supervisord_conf(run_dir.path, sys.executable, args.drainers,
+        f.write(render_daemon_config(run_dir.path, sys.executable, args.drainers,
                                         args.query_replicas))
     proc = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", conf],
                           capture_output=True, text=True, cwd=run_dir.path)
@@ -259,8 +259,7 @@ def _supervisord_pid(run_dir: RunDir) -> int | None:
 
 
 def cmd_stop(args) -> int:
-    from lanetrace.control import load_daemon_config
-    from lanetrace.shm import remove_stale_segments
+    from lanetrace.core.shm import remove_stale_segments
     run_dir = _run_dir(args)
     require_daemon(run_dir, procfile_ok=False)
     cfg = load_daemon_config(run_dir, create=False)
@@ -318,13 +317,11 @@ def cmd_daemon_status(args) -> int:
 # ---- ctl ----------------------------------------------------------------------
 
 def _client(run_dir: RunDir):
-    from lanetrace.control import ControlClient
     require_daemon(run_dir)
     return ControlClient(run_dir)
 
 
 def _request(run_dir: RunDir, verb: str, body: dict, timeout: float) -> dict:
-    from lanetrace.control import ControlError
     client = _client(run_dir)
     try:
         return client.request(verb, body, timeout_s=timeout)
@@ -335,8 +332,6 @@ def _request(run_dir: RunDir, verb: str, body: dict, timeout: float) -> dict:
 
 
 def cmd_attach(args) -> int:
-    from lanetrace.cli.capture import check_pid, resolve_program
-    from lanetrace.selection import Selection, SelectionError
     run_dir = _run_dir(args)
     sel = Selection(args.include, args.exclude, args.include_module, args.exclude_module)
     try:
@@ -395,7 +390,6 @@ def cmd_status(args) -> int:
     run_dir = _run_dir(args)
     require_daemon(run_dir)
     procs = process_states(run_dir)
-    from lanetrace.control import ControlClient, ControlError
     client = ControlClient(run_dir)
     error = ""
     try:

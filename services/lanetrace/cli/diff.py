@@ -6,9 +6,9 @@ import sys
 
 import orjson
 
-from lanetrace import atf
 from lanetrace.cli import CliError
 from lanetrace.cli.argtypes import non_negative_int
+from lanetrace.core import atf
 from lanetrace.export.diff import diff_traces
 from lanetrace.export.tracedir import TraceNotFound, resolve_trace
 

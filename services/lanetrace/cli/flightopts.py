@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from lanetrace import flightrec
 from lanetrace.cli import CliError, human
 from lanetrace.cli.argtypes import int_range
+from lanetrace.core import flightrec
 
 
 def _seconds(text: str) -> float:

@@ -10,6 +10,8 @@ import time
 import orjson
 import zmq
 
+from lanetrace.core import bus
+
 PLAIN_INTERVAL_S = 5.0
 TTY_INTERVAL_S = 0.5
 
@@ -22,8 +24,8 @@ class StatusLine:
         self.ctx = ctx or zmq.Context.instance()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
-        for topic in (b"metrics.", b"flight."):
-            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        for topic in (bus.METRICS, bus.FLIGHT_BUDGET):
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self.sub.connect(broker_sub)
         self.started = time.monotonic()
         self.drainers: dict[str, dict] = {}
@@ -49,11 +51,11 @@ class StatusLine:
             self._print(self.line())
 
     def _take(self, topic: str, msg: dict) -> None:
-        if topic == "metrics.writer":
+        if topic == bus.WRITER_METRICS:
             self.writer = msg
-        elif topic.startswith("metrics.drainer-"):
-            self.drainers[topic[len("metrics."):]] = msg
-        elif topic == "flight.budget":
+        elif topic.startswith(bus.DRAINER_METRICS):
+            self.drainers[topic[len(bus.METRICS):]] = msg
+        elif topic == bus.FLIGHT_BUDGET:
             key = (msg.get("pid"), msg.get("drainer"))
             if key not in self.warned:
                 self.warned.add(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from array import array
 
-from lanetrace import atf
+from lanetrace.core import atf
 from lanetrace.export.frames import Frame, Sink, SliceTracker
 from lanetrace.export.reader import stream_events
 from lanetrace.export.tracedir import read_meta

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import orjson
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 from lanetrace.export.frames import FuncInfo, Sink
 from lanetrace.export.output import AtomicOutput
 from lanetrace.export.tracedir import Window

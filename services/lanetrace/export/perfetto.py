@@ -11,7 +11,7 @@ declared the primary trace clock by a leading ClockSnapshot.
 """
 from __future__ import annotations
 
-from lanetrace.atf import encode_varint
+from lanetrace.core.atf import encode_varint
 from lanetrace.export import perfetto_trace_subset_pb2 as ppb
 from lanetrace.export.frames import Frame, Sink
 from lanetrace.export.output import AtomicOutput

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 
 
 def stream_events(trace_dir: str, symbols: atf.SymbolTable,

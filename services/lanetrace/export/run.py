@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lanetrace import atf
+from lanetrace.core import atf
 from lanetrace.export.chrome import ChromeSink
 from lanetrace.export.folded import WEIGHTS, FoldedSink
 from lanetrace.export.frames import SliceTracker

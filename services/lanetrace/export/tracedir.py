@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from lanetrace import atf
+from lanetrace.core import atf
 
 
 class TraceNotFound(Exception):

@@ -14,10 +14,10 @@ import threading
 
 import orjson
 
-from lanetrace import atf
 from lanetrace.cli.human import duration as dur
 from lanetrace.cli.human import relative_fixed
 from lanetrace.cli.views import _value, format_line
+from lanetrace.core import atf
 from lanetrace.mcp.budget import Answer, check_budget
 from lanetrace.query import index as ix
 from lanetrace.query.engine import Engine

@@ -40,7 +40,7 @@ import time
 import numpy as np
 import orjson
 
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf_v4_pb2 as pb
 from lanetrace.query import index as ix
 from lanetrace.query import params as P
 from lanetrace.query.errors import INTERNAL_ERROR, RpcError, invalid_params

@@ -19,8 +19,8 @@ from collections import OrderedDict
 import numpy as np
 import orjson
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 from lanetrace.query import callgraph, calltree, sql
 from lanetrace.query import index as ix
 from lanetrace.query import params as P

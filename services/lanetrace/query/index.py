@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from lanetrace import atf
-from lanetrace import atf_v4_pb2 as pb
+from lanetrace.core import atf
+from lanetrace.core import atf_v4_pb2 as pb
 
 INDEX_VERSION = 8  # 8: event sequence numbers, span return ranks and parents
 INDEX_DIR = "index"

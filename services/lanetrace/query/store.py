@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from lanetrace import atf
+from lanetrace.core import atf
 from lanetrace.query import index as ix
 from lanetrace.query.errors import INTERNAL_ERROR, TRACE_NOT_FOUND, RpcError, invalid_params
 
@@ -258,7 +258,7 @@ class TraceStore:
 def _head_trace_start(path, max_bytes=1 << 16, max_frames=64) -> dict:
     """TraceStart from the first frames of events.bin: enough for trace.list
     on a trace nobody has opened yet (no index, minimal manifest)."""
-    from lanetrace import atf_v4_pb2 as pb
+    from lanetrace.core import atf_v4_pb2 as pb
 
     try:
         with open(os.path.join(path, atf.EVENTS_FILE), "rb") as f:

@@ -1,0 +1,5 @@
+import sys
+
+from lanetrace.drainer.drainer import main
+
+sys.exit(main())

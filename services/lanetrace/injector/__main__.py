@@ -1,0 +1,5 @@
+import sys
+
+from lanetrace.injector.injector import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from lanetrace.supervise.launcher import main
+
+sys.exit(main())

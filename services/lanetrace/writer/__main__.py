@@ -1,0 +1,5 @@
+import sys
+
+from lanetrace.writer.service import main
+
+sys.exit(main())

@@ -1,0 +1,182 @@
+"""The writer's flight-recorder side: detail records persisted only inside
+windows, as Events with detail = true next to their index event; thread names;
+SignalDelivery events. Real writer process, decoded with the official runtime."""
+from lanetrace.core import atf
+
+from .harness import (ENTRY, ENTRY_REGS, RETURN, RETURN_REGS, Client, WriterProcess, call_pairs,
+                      calls_and_returns, detail_record, end_header, functions_header, manifest,
+                      read_frames, records, start_header)
+
+PID = 5150
+TID = 77
+
+
+def _details(trace_dir):
+    return [e for e in read_frames(trace_dir) if e.detail]
+
+
+def _pairs_with_detail(tid, first_seq, n, ts0=1000):
+    """n call/return pairs (index records) and their detail records; ENTRY
+    regs are (seq, seq+1, ...), RETURN's rax is seq*10."""
+    idx = call_pairs(tid, first_seq, n, ts0=ts0)
+    det = []
+    for ts, seq, t, fid, kind, _ in idx:
+        if kind == ENTRY:
+            det.append(detail_record(ts, seq, t, fid, ENTRY, [seq + i for i in range(7)],
+                                     bytes(range(seq % 7, seq % 7 + 20))))
+        else:
+            det.append(detail_record(ts, seq, t, fid, RETURN, [seq * 10, 5]))
+    return idx, b"".join(det)
+
+
+def _start(client, **kw):
+    client.ok("target_start", start_header(PID, **kw))
+    client.ok("functions", functions_header(PID))
+
+
+def test_writer_detail__records_inside_and_outside_window__then_only_inside_kept_with_registers(
+        writer, client):
+    _start(client)
+    idx, det = _pairs_with_detail(TID, 1, 10)           # ts 1010 .. 1205
+    client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
+    client.ok("window", {"pid": PID, "startNs": 1050, "endNs": 1100, "trigger": "symbol=fn_1"})
+    client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
+    client.ok("target_end", end_header(PID, drops={}))
+    trace_dir = writer.trace_dir(PID)
+    kept = _details(trace_dir)
+    want = [(ts, seq) for ts, seq, *_ in idx if 1050 <= ts <= 1100]
+    assert [(atf.timestamp_ns(e), e.sequence) for e in kept] == want
+    for e in kept:
+        assert e.thread_id == TID
+        if e.WhichOneof("payload") == "function_call":
+            regs = dict(e.function_call.argument_registers)
+            assert regs == {name: e.sequence + i for i, name in enumerate(ENTRY_REGS)}
+            assert e.function_call.stack_shallow_copy == \
+                bytes(range(e.sequence % 7, e.sequence % 7 + 20))
+            assert e.function_call.address == 0x400100
+        else:
+            assert dict(e.function_return.return_registers) == \
+                {RETURN_REGS[0]: e.sequence * 10, RETURN_REGS[1]: 5}
+    # the index stream is untouched: readers that skip detail see every call once
+    assert len(calls_and_returns([e for e in read_frames(trace_dir) if not e.detail])) == 20
+    m = manifest(trace_dir)
+    assert m["windows"] == [{"startNs": 1050, "endNs": 1100, "trigger": "symbol=fn_1"}]
+    assert (m["detailKept"], m["detailDiscarded"]) == (len(want), 20 - len(want))
+    assert m["eventCount"] == 22  # start + 20 calls/returns + end; detail not counted
+
+
+def test_writer_detail__full_mode__then_every_record_kept(writer, client):
+    _start(client)
+    idx, det = _pairs_with_detail(TID, 1, 5)
+    client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
+    client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det), "full": True}, det)
+    client.ok("target_end", end_header(PID, drops={}))
+    m = manifest(writer.trace_dir(PID))
+    assert (m["detailKept"], m["detailDiscarded"]) == (10, 0)
+
+
+def test_writer_detail__windows_in_detail_header_overlap__then_merged_and_labels_resolved(
+        writer, client):
+    _start(client)
+    idx, det = _pairs_with_detail(TID, 1, 10)
+    client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
+    wins = [{"startNs": 1000, "endNs": 1060, "trigger": "symbol#2, symbol#1"},
+            {"startNs": 1050, "endNs": 1080, "trigger": "crash"}]
+    client.ok("detail", {"pid": PID, "drainer": 1, "bytes": len(det), "windows": wins,
+                         "instance": "drainer-1:99:1", "counts": {"discarded": 7, "budget": 2}},
+              det)
+    client.ok("target_end", end_header(PID, drops={}))
+    m = manifest(writer.trace_dir(PID))
+    assert m["windows"] == [{"startNs": 1000, "endNs": 1080, "trigger": "symbol=fn_2, symbol=fn_1, crash"}]
+    kept = sum(1 for ts, *_ in idx if 1000 <= ts <= 1080)
+    assert m["detailKept"] == kept
+    # the drainer's own discards (aged out, over budget) are in the total
+    assert m["detailDiscarded"] == (20 - kept) + 7 + 2
+    assert m["flightRecorder"]["discardedBudget"] == 2
+
+
+def test_writer_detail__resent_batch_and_repeated_counts__then_nothing_counted_twice(writer, client):
+    _start(client)
+    idx, det = _pairs_with_detail(TID, 1, 4)
+    client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
+    header = {"pid": PID, "drainer": 0, "bytes": len(det), "full": True,
+              "instance": "drainer-0:1:1", "counts": {"discarded": 3, "budget": 0}}
+    client.ok("detail", header, det)
+    client.ok("detail", header, det)
+    client.ok("target_end", end_header(PID, drops={}))
+    m = manifest(writer.trace_dir(PID))
+    assert m["detailKept"] == 8
+    assert m["detailDiscarded"] == 3
+    assert m["flightRecorder"]["writer"]["duplicates"] == 8
+    assert len(_details(writer.trace_dir(PID))) == 8
+
+
+def test_writer_detail__sigkill_and_restart__then_detail_state_rebuilt_no_duplicates(tmp_path):
+    w = WriterProcess(tmp_path)
+    c = Client(w.endpoint)
+    try:
+        _start(c)
+        idx, det = _pairs_with_detail(TID, 1, 4)
+        c.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
+        c.ok("window", {"pid": PID, "startNs": 0, "endNs": 10**6, "trigger": "time=0"})
+        c.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
+        w.kill()
+        w.start()
+        c.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)  # the resend
+        c.ok("target_end", end_header(PID, drops={}))
+        m = manifest(w.trace_dir(PID))
+        assert m["detailKept"] == 8
+        assert m["eventCount"] == 10
+        assert m["callCount"] == 4
+        assert [x["trigger"] for x in m["windows"]] == ["time=0"]
+        assert len(_details(w.trace_dir(PID))) == 8
+    finally:
+        c.close()
+        w.close()
+
+
+def test_writer_detail__malformed_tail__then_whole_records_kept_and_tail_counted(writer, client):
+    _start(client)
+    good = detail_record(1010, 1, TID, 1, ENTRY, range(7))
+    bad = bytearray(detail_record(1020, 2, TID, 1, RETURN, [1, 2]))
+    bad[28:32] = (12345).to_bytes(4, "little")  # size field not matching
+    payload = good + bytes(bad)
+    client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(payload), "full": True}, payload)
+    client.ok("target_end", end_header(PID, drops={}))
+    m = manifest(writer.trace_dir(PID))
+    assert m["detailKept"] == 1
+    assert m["flightRecorder"]["writer"]["invalidBytes"] == len(bad)
+
+
+def test_writer_detail__bad_window__then_specific_nack(writer, client):
+    _start(client)
+    err = client.nack("window", {"pid": PID, "startNs": 10, "endNs": 5})
+    assert "before startNs" in err
+    err = client.nack("detail", {"pid": PID, "bytes": 9}, b"x")
+    assert "header says 9" in err
+
+
+def test_writer_threads__names_sent_twice_and_renamed__then_manifest_lists_latest(writer, client):
+    _start(client)
+    client.ok("threads", {"pid": PID, "threads": [{"threadId": 10, "name": "main"},
+                                                  {"threadId": 11, "name": "worker-0"}]})
+    client.ok("threads", {"pid": PID, "threads": [{"threadId": 11, "name": "renamed"}]})
+    m = manifest(writer.trace_dir(PID))
+    assert m["threads"] == [{"threadId": 10, "name": "main"}, {"threadId": 11, "name": "renamed"}]
+    assert "must be an object" in client.nack("threads", {"pid": PID, "threads": [3]})
+
+
+def test_writer_signal__sent_and_resent__then_one_signal_delivery_with_registers(writer, client):
+    _start(client)
+    h = {"pid": PID, "tid": 12, "tsNs": 5000, "number": 11, "name": "SIGSEGV",
+         "registers": {"rip": 0x401000, "rsp": 0x7ffd0000, "rax": 0}}
+    client.ok("signal", h)
+    client.ok("signal", h)
+    client.ok("target_end", end_header(PID, signal=11))
+    sigs = [e for e in read_frames(writer.trace_dir(PID))
+            if e.WhichOneof("payload") == "signal_delivery"]
+    assert len(sigs) == 1
+    s = sigs[0]
+    assert (s.thread_id, atf.timestamp_ns(s), s.signal_delivery.number, s.signal_delivery.name) \
+        == (12, 5000, 11, "SIGSEGV")
+    assert dict(s.signal_delivery.registers) == h["registers"]
