@@ -63,19 +63,6 @@ UNREADABLE = "unreadable"
 ALREADY_PATCHED = "already-patched"
 BUSY = "busy"
 
-REASON_TEXT = {
-    COLD_PART: "split-off .cold part, not a function entry",
-    UNKNOWN_SIZE: "symbol has no size",
-    TOO_SHORT: "shorter than the 5-byte patch",
-    SHARED_CODE: "another function starts inside the patched bytes",
-    BRANCH_INTO_PATCH: "a branch lands inside the patched bytes",
-    UNRELOCATABLE: "an instruction in the patched bytes cannot be moved",
-    NO_MEMORY_NEAR: "no free memory within ±2 GiB for the hook slot",
-    NOT_EXECUTABLE: "address is not in an executable mapping",
-    UNREADABLE: "code could not be read",
-    ALREADY_PATCHED: "its entry already jumps into anonymous memory (another tracer's hook)",
-    BUSY: "a running thread stayed inside the bytes to patch",
-}
 
 _MD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _MD.detail = True
@@ -447,16 +434,15 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
         if mem.exec_range_of(addr) is None:
             verdicts[fid] = Verdict("skip", NOT_EXECUTABLE)
             continue
+        j = int(np.searchsorted(start_arr, np.uint64(addr), side="right"))  # next function
         if size <= 0:
             if not f.get("ifunc"):
                 verdicts[fid] = Verdict("skip", UNKNOWN_SIZE)
                 continue
             # an IFUNC implementation has no symbol of its own: its end is
             # where the next known function starts (the decoder stops at ret)
-            i = int(np.searchsorted(start_arr, np.uint64(addr), side="right"))
-            size = int(start_arr[i]) - addr if i < len(start_arr) else 64
+            size = int(start_arr[j]) - addr if j < len(start_arr) else 64
         # the code, and what follows it up to the next function (padding)
-        j = int(np.searchsorted(start_arr, np.uint64(addr), side="right"))
         room = (int(start_arr[j]) if j < len(start_arr) else addr + size + 16) - addr
         head = mem.read(addr, max(1, min(max(size, room), 64)))
         if not head:
