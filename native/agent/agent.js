@@ -14,7 +14,8 @@
  * (glue.c) calling lt_cm_enter/lt_cm_leave.
  *
  * RPC (driven by the injector):
- *   init({shmName, agentLibPath, glueSource?})
+ *   init({shmName, agentLibPath, programThreads, glueSource?})
+ *       programThreads: the thread ids the process had before Frida attached
  *   plan({include, exclude, includeModules, excludeModules})
  *       -> {functions:[{id, module, modulePath, name, address, size, ifunc?}],
  *           skipped:[{name, reason}],
@@ -29,7 +30,6 @@
  *       the native hook path; no JS per event). Replaces the previous set;
  *       functions installed later (dlopen) get their flag at install.
  *   addMark({kind, functionId?, tid?}) -> {ok}   kind: crash | manual | time
- *   programThreads() -> [tid...]  the program's threads (not Frida's, not the caller)
  *   detach(); stats()
  * Later dlopen()s: matching functions are first announced with
  *   send({type:'functions', seq, modules:[...as in plan], functions:[...], skipped})
@@ -463,8 +463,13 @@ function init(opts) {
     setTrigger: new NativeFunction(e('lt_set_trigger'), 'void', ['pointer', 'uint32', 'uint32']),
     addMark: new NativeFunction(e('lt_add_mark'), 'int', ['uint32', 'uint32', 'uint32']),
   };
-  // Frida's threads are cloaked from enumerateThreads: ignore all others
-  const visible = Process.enumerateThreads().map(t => t.id);
+  // The program's threads as the injector saw them before Frida came in;
+  // every other thread now running is Frida's and is ignored.
+  // (Process.enumerateThreads is not used: it reads each thread's registers
+  // through a ptrace helper, seconds on a busy machine, and it can hang.)
+  if (!Array.isArray(opts.programThreads) || opts.programThreads.length === 0)
+    throw new Error('init: programThreads (the thread ids before the attach) is required');
+  const visible = opts.programThreads;
   const buf = Memory.alloc(4 * Math.max(1, visible.length));
   visible.forEach((tid, i) => buf.add(4 * i).writeU32(tid));
   const ignored = st.nf.ignoreForeign(buf, visible.length);
@@ -560,11 +565,6 @@ function addMark(opts) {
 /* The program's own threads, which the injector stops while it writes
  * hooks into a running process: every thread Frida does not cloak, but the
  * caller. */
-function programThreads() {
-  const self = Process.getCurrentThreadId();
-  return Process.enumerateThreads().map(t => t.id).filter(id => id !== self);
-}
-
 function stats() {
   const out = Memory.alloc(8 * 8);
   st.nf.stats(out);
@@ -581,6 +581,6 @@ function stats() {
 }
 
 rpc.exports = {
-  init, plan, install, detach, stats, setTriggers, addMark, programThreads,
+  init, plan, install, detach, stats, setTriggers, addMark,
   dispose() { try { detach(); } catch (e) { } },
 };

@@ -71,9 +71,6 @@ def _finish(target: subprocess.Popen, stop: str) -> tuple[int, str]:
     return target.returncode, out + err[-1000:]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect, issue 9 open: under load the target sometimes dies (SIGSEGV, a return to "
-    "a small garbage address) across detach and re-attach; passes on a quiet machine"))
 def test_attach_python__three_attach_detach_rounds__then_each_records_calls_and_answer_is_right(
         tmp_path):
     if not os.path.exists(PYTHON):

@@ -10,6 +10,7 @@ import frida
 
 from lanetrace.injector import hooksafety
 from lanetrace.injector.fridaguard import HangGuard
+from lanetrace.injector.threadstop import thread_ids
 
 from lanetrace.core.shm import TargetSegment, parse_records
 
@@ -150,6 +151,7 @@ class Traced:
                                         detail_rings_per_lane=detail_rings_per_lane)
         if detail is not None:  # stack bytes
             self.seg.set_detail(True, detail)
+        program_tids = thread_ids(self.pid)
         self.session = self.device.attach(self.pid)
         self.session.on("detached", lambda *a: self.detached.set())
         with open(AGENT_JS) as f:
@@ -157,7 +159,8 @@ class Traced:
         self.script.on("message", self._on_message)
         self.script.load()
         self.api = self.script.exports_sync
-        self.init = self.api.init({"shmName": self.seg.name, "agentLibPath": AGENT_LIB})
+        self.init = self.api.init({"shmName": self.seg.name, "agentLibPath": AGENT_LIB,
+                                   "programThreads": program_tids})
         self.plan = self.api.plan(selection or {})
         for fn in self.plan["functions"]:
             self.functions[fn["id"]] = fn

@@ -26,6 +26,7 @@ from lanetrace.injector.injector import (DRAIN_TIMEOUT_S, SOURCE_LOCATIONS_TIMEO
                                          control_counters)
 from lanetrace.supervise.daemonconf import (DEFAULT_AGENT_STALE_MS, default_daemon_dir,
                                             load_daemon_config)
+from lanetrace.injector.fridaguard import release_frida
 from lanetrace.injector.traced import TargetError, TracedProcess
 
 log = logging.getLogger("lanetrace.injector")
@@ -393,6 +394,8 @@ class DaemonInjector(Injector):
         while self.ending:
             self.pump_drained()
             time.sleep(0.05)
+        if not release_frida():
+            log.warning("Frida did not finish its clean-up in the targets in time")
         self.write_session()
         return 0
 

@@ -74,3 +74,28 @@ class HangGuard:
 
     def __exit__(self, *exc) -> None:
         self._timer.cancel()
+
+
+FRIDA_RELEASE_TIMEOUT_S = 20.0
+
+
+def release_frida(timeout: float = FRIDA_RELEASE_TIMEOUT_S) -> bool:
+    """Let Frida finish with every process it touched before this process
+    exits. After a detach, Frida frees its loader inside the target with a
+    remote call made through ptrace, whose return address is a dummy one
+    that Frida catches as a fault. If this process exits during that call,
+    the target is left to take the fault and dies with SIGSEGV. Closing the
+    device manager waits for those calls. False when it did not finish in
+    `timeout` seconds (logged by the caller)."""
+    import frida  # only callers that used Frida pay for the import
+
+    done = threading.Event()
+
+    def close() -> None:
+        try:
+            frida.shutdown()
+        finally:
+            done.set()
+
+    threading.Thread(target=close, name="frida-release", daemon=True).start()
+    return done.wait(timeout)

@@ -33,10 +33,10 @@ from lanetrace.core.stdio import adopt_caller_stdio
 from lanetrace.injector import hooksafety
 from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
-from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard
+from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard, release_frida
 from lanetrace.injector.srclocator import SourceLocator
 from lanetrace.injector.threadnames import ThreadNames
-from lanetrace.injector.threadstop import StoppedThreads
+from lanetrace.injector.threadstop import StoppedThreads, thread_ids
 from lanetrace.injector.traced import TargetError, TracedProcess
 
 log = logging.getLogger("lanetrace.injector")
@@ -285,6 +285,7 @@ class Injector:
         allocating = threading.Thread(target=target.segment.preallocate, daemon=True,
                                       name=f"preallocate-{pid}")
         allocating.start()
+        target.program_tids = thread_ids(pid)
         try:
             target.session = self.device.attach(pid)
         except frida.ProcessNotFoundError:
@@ -326,7 +327,7 @@ class Injector:
         allocating.join()
         target.mark("allocated")
         agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
-                    "glueSource": glue})
+                    "programThreads": target.program_tids or [pid], "glueSource": glue})
         target.mark("initialized")
         plan = agent.plan(self.selection.to_agent())
         planned = plan["functions"]
@@ -418,7 +419,8 @@ class Injector:
         pending = dict(verdicts)
         total = {"replaced": 0, "attached": 0, "failed": [], "demoted": {}, "roles": 0}
         for _ in range(self.BUSY_ROUNDS):
-            with StoppedThreads(target.pid, agent.program_threads()) as stopped:
+            program = [t for t in thread_ids(target.pid) if t in set(target.program_tids)]
+            with StoppedThreads(target.pid, program) as stopped:
                 busy = stopped.inside(hooksafety.patch_ranges(pending, addresses))
                 now = {k: v for k, v in pending.items() if k not in busy}
                 result = agent.install({"verdicts": {str(k): v.to_agent() for k, v in now.items()}})
@@ -616,6 +618,8 @@ class Injector:
                     target.error = f"writer: {exc}"
                 result["targets"].append(self._target_result(target))
             self.sources.close()
+            if not release_frida():
+                log.warning("Frida did not finish its clean-up in the targets in time")
         return result
 
     def flight_tick(self, target: TracedProcess) -> None:

@@ -10,9 +10,11 @@ write the others, and lets the threads go. Frida's own threads (the agent's
 JS thread writes the patches) are never stopped.
 
 Used for attached targets; a spawned target is still suspended at its entry
-point and needs none of it. A thread the program starts while the others are
-stopped is not stopped: it begins at a function's first instruction, which a
-patch may replace whole.
+point and needs none of it. The threads stopped are those the process had
+before Frida attached (Frida's own cannot be told apart from a thread the
+program starts later, so neither is stopped). A thread the program starts
+while the others are stopped begins at a function's first instruction, which
+a patch may replace whole.
 """
 from __future__ import annotations
 
@@ -33,6 +35,14 @@ PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 WALL = 0x40000000  # __WALL
 _RIP = 16  # index of rip in struct user_regs_struct (x86_64)
+
+
+def thread_ids(pid: int) -> list[int]:
+    """The ids of pid's threads now (empty when the process is gone)."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except (FileNotFoundError, ProcessLookupError):
+        return []
 
 
 class _Regs(ctypes.Structure):

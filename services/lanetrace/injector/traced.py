@@ -46,6 +46,9 @@ class TracedProcess:
     modules: list[dict] = field(default_factory=list)
     planned: list[dict] = field(default_factory=list)
     addresses: dict = field(default_factory=dict)  # function id -> entry, role functions too
+    # the process' threads just before Frida attached: the program's own
+    # (any thread that appears later during the attach may be Frida's)
+    program_tids: list[int] = field(default_factory=list)
     verdicts: dict = field(default_factory=dict)        # function id -> hooksafety.Verdict
     selection_skips: list[dict] = field(default_factory=list)
     prepare_error: Exception | None = None
