@@ -13,6 +13,8 @@ Scenarios, each run --reps times:
   loaded      the same while two CPU-bound processes keep both cores busy and
               --concurrent other lanetrace sessions (attach and run) start at
               the same moment
+  idle-many,  the same two with python3.11's default selection (the symbols of
+  loaded-many the executable, ~1,500 functions) instead of malloc
   run         ``lanetrace run -- examples/bin/add`` (a trivial program) next
               to the same program untraced
   frida-bare  frida.attach + create_script('') + load + detach on the same
@@ -94,10 +96,13 @@ def steps(target_timings, session_timings):
     return {k: (v - marks[i - 1][0]) / 1e9 for i, (v, k) in enumerate(marks) if i}
 
 
-def attach_once(pid, work, label):
+MALLOC = ["-i", "libc.so*!malloc"]
+
+
+def attach_once(pid, work, label, selection=MALLOC):
     """One attach; returns a row of figures or the failure."""
     out = tempfile.mkdtemp(prefix=f"{label}-", dir=work)
-    proc, wall = lanetrace(["attach", "-i", "libc.so*!malloc", "--duration", "2", str(pid)], out)
+    proc, wall = lanetrace(["attach", *selection, "--duration", "2", str(pid)], out)
     row = {"wall": wall, "ok": proc.returncode == 0}
     if proc.returncode != 0:
         row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -115,9 +120,10 @@ def attach_once(pid, work, label):
     with open(manifest_path) as f:
         manifest = json.load(f)
     calls = sum(fn.get("calls", 0) for fn in manifest.get("topFunctions") or [])
+    row["functions"] = manifest.get("functionCount", 0)
     if calls == 0:
         row["ok"] = False
-        row["error"] = "no malloc call recorded"
+        row["error"] = "no call recorded"
     shutil.rmtree(out, ignore_errors=True)
     return row
 
@@ -126,7 +132,7 @@ def alive(proc):
     return proc.poll() is None
 
 
-def scenario_attach(reps, work, load=0, concurrent=0):
+def scenario_attach(reps, work, load=0, concurrent=0, selection=MALLOC):
     rows, failures = [], []
     burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(load)]
     try:
@@ -142,7 +148,7 @@ def scenario_attach(reps, work, load=0, concurrent=0):
                         -1, run_once(work, "crun"))))
                 for th in threads:
                     th.start()
-                row = attach_once(target.pid, work, "main")
+                row = attach_once(target.pid, work, "main", selection)
                 for th in threads:
                     th.join()
                 for k, r in results.items():
@@ -151,7 +157,7 @@ def scenario_attach(reps, work, load=0, concurrent=0):
                 if row["ok"] and not alive(target):
                     row["ok"], row["error"] = False, f"target died (status {target.poll()})"
                 if row["ok"]:  # a second attach to the same process
-                    again = attach_once(target.pid, work, "again")
+                    again = attach_once(target.pid, work, "again", selection)
                     if not again["ok"]:
                         row["ok"], row["error"] = False, f"second attach: {again.get('error')}"
                     elif not alive(target):
@@ -235,7 +241,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--concurrent", type=int, default=3,
                     help="other sessions started with each loaded attach (default 3)")
-    ap.add_argument("--only", default="idle,loaded,run,frida-bare")
+    ap.add_argument("--only", default="idle,loaded,idle-many,loaded-many,run,frida-bare")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -247,6 +253,13 @@ def main() -> int:
         if "loaded" in only:
             results["loaded attach"] = scenario_attach(args.reps, work, load=2,
                                                        concurrent=args.concurrent)
+        # python3.11's own symbols (its default selection): ~1,500 functions
+        if "idle-many" in only:
+            results["idle attach, exe"] = scenario_attach(args.reps, work, selection=[])
+        if "loaded-many" in only:
+            results["loaded attach, exe"] = scenario_attach(args.reps, work, load=2,
+                                                            concurrent=args.concurrent,
+                                                            selection=[])
         if "run" in only:
             rows, failures, untraced = scenario_run(args.reps, work)
             results["run add"] = (rows, failures)
@@ -259,11 +272,12 @@ def main() -> int:
         load = f.read().split()[0]
     print(f"lanetrace attach/run times, seconds, median / max of {args.reps} "
           f"(1-min load average at the end: {load})")
-    print(f"{'scenario':20s} {'ok':>5s}  {'live after attach':>17s}  {'live after start':>17s}"
-          f"  {'wall':>15s}")
+    print(f"{'scenario':20s} {'ok':>5s} {'functions':>9s}  {'live after attach':>17s}  "
+          f"{'live after start':>17s}  {'wall':>15s}")
     for name, (rows, failures) in results.items():
         ok = f"{len(rows)}/{len(rows) + len([f for f in failures if f.startswith('rep')])}"
-        print(f"{name:20s} {ok:>5s}  {stats(rows, 'liveAfterAttach'):>17s}  "
+        funcs = max((r.get("functions", 0) for r in rows), default=0) or ""
+        print(f"{name:20s} {ok:>5s} {funcs!s:>9s}  {stats(rows, 'liveAfterAttach'):>17s}  "
               f"{stats(rows, 'liveAfterStart'):>17s}  {stats(rows, 'wall'):>15s}")
         for f in failures:
             print(f"    failure: {f}")

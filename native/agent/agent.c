@@ -154,6 +154,10 @@ static void ctl_count(int ctr)
 /* ------------------------------------------------------------------ */
 /* vector state save for the libc slow path                            */
 
+/* AMX tile state (XTILECFG, XTILEDATA): 8 KiB, owned by the kernel's
+ * per-process permission (XFD); a thread's first event never carries it. */
+#define XFEATURE_MASK_AMX ((1ull << 17) | (1ull << 18))
+
 static void detect_xsave(void)
 {
     uint32_t a, b, c, d;
@@ -162,10 +166,20 @@ static void detect_xsave(void)
         return;
     uint32_t lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0xd), "c"(0));
-    if (b && b <= 8192 - 64) {
-        g_xsave_size = b;
-        g_xsave_mask = ((uint64_t)hi << 32) | lo;
+    uint64_t mask = (((uint64_t)hi << 32) | lo) & ~XFEATURE_MASK_AMX;
+    /* standard (non-compacted) layout: legacy area + header, then each
+     * component at its fixed offset */
+    uint32_t size = 576;
+    for (uint32_t i = 2; i < 63; i++) {
+        if (!((mask >> i) & 1))
+            continue;
+        __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0xd), "c"(i));
+        if (a + b > size)
+            size = a + b;
+    }
+    if (size <= 8192 - 64) {
+        g_xsave_size = size;
+        g_xsave_mask = mask;
     }
 }
 

@@ -309,3 +309,25 @@ def test_agent__global_only_mode__then_records_arrive_through_the_global_lane_ex
         assert c["rings_submitted"] == 0 and sum(t.seg.drops().values()) == 0
     finally:
         t.close()
+
+
+# standard XSAVE layout: legacy area and header (576 bytes), then the upper
+# halves of the ymm registers (256)
+XSAVE_BYTES_WITH_AVX = 576 + 256
+
+
+@pytest.mark.skipif(not HAS_AVX, reason="the CPU has no AVX")
+def test_agent__cpu_with_avx__then_a_threads_first_event_saves_the_vector_registers_whole(
+        session_id, target_bin):
+    # A thread's first event calls into libc; the hooked function's vector
+    # arguments live in ymm/zmm registers and must survive it. fxsave keeps
+    # only their low 128 bits, so the agent must use xsave with the AVX
+    # state, also on CPUs whose AMX tile state makes the full area too big.
+    t = Traced(session_id, [target_bin, "-1", "1", "10"])
+    try:
+        assert t.api.stats()["xsaveBytes"] >= XSAVE_BYTES_WITH_AVX
+        t.resume()
+        t.wait_exit()
+        t.finish()
+    finally:
+        t.close()
