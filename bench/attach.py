@@ -210,9 +210,9 @@ def scenario_run(reps, work):
 
 def scenario_frida_bare(reps):
     import frida
-    rows = []
+    rows, failures = [], []
     device = frida.get_local_device()
-    for _ in range(reps):
+    for rep in range(reps):
         target = start_loop_target()
         try:
             start = time.monotonic()
@@ -223,10 +223,12 @@ def scenario_frida_bare(reps):
             loaded = time.monotonic()
             session.detach()
             rows.append({"liveAfterAttach": loaded - attached, "wall": time.monotonic() - start})
+        except frida.ProcessNotRespondingError as exc:  # Frida's own failure under load
+            failures.append(f"rep {rep + 1}: {exc}")
         finally:
             target.kill()
             target.wait()
-    return rows
+    return rows, failures
 
 
 def stats(rows, key):
@@ -265,7 +267,7 @@ def main() -> int:
             results["run add"] = (rows, failures)
             results["untraced add"] = (untraced, [])
         if "frida-bare" in only:
-            results["frida bare attach"] = (scenario_frida_bare(args.reps), [])
+            results["frida bare attach"] = scenario_frida_bare(args.reps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     with open("/proc/loadavg") as f:
