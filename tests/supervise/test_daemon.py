@@ -100,6 +100,7 @@ def test_ctl_attach_and_detach__running_process__then_it_keeps_running_and_its_t
         assert target.poll() is None, "a detached target keeps running"
         trace = Trace(daemon.trace_dir(target.pid))
         assert trace.manifest["complete"] is True and trace.manifest["detached"] is True
+        assert trace.manifest["hooks"]["fast"] + trace.manifest["hooks"]["fallback"] > 0
         assert sum(n for (tid, name), n in trace.entries.items() if name == "heartbeat_tick") > 0
         assert leftover_segments(f"-{target.pid}-") == []
         again = daemon.ctl("detach", str(target.pid), check=False)

@@ -309,6 +309,7 @@ class DaemonInjector(Injector):
             "signal": target.signal, "detached": target.detached,
             "endNs": target.end_ns or time.monotonic_ns(), "drops": drops,
             "control": target.control, "dropsByThread": segment.drops_by_thread(),
+            "hooks": target.hooks,
         }
         self.writer.request("target_end", header, deadline_s=SHUTDOWN_DRAIN_S
                             if self.stop_requested.is_set() else 60.0)
