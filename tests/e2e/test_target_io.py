@@ -150,6 +150,25 @@ def test_run__sh_script__then_traced_as_its_interpreter(tmp_path, stdio_lines):
     assert "internal error" not in proc.stderr
 
 
+@pytest.mark.parametrize("work", ["", "time.sleep(2); "])
+def test_run__script_that_execs_a_program__then_exit_status_and_output_are_the_programs(
+        tmp_path, work):
+    # a shim: the traced interpreter replaces itself; the new program may end
+    # before it can be followed, or run on
+    script = tmp_path / "shim.sh"
+    script.write_text("#!/bin/sh\nexec /usr/bin/python3.11 -c "
+                      f"'import sys, time; {work}print(42); sys.exit(3)'\n")
+    script.chmod(0o755)
+    proc = subprocess.run(lanetrace_cmd("run", "-o", str(tmp_path / "traces"),
+                                        "-i", "libc.so*!malloc", "--", str(script)),
+                          capture_output=True, text=True, timeout=180, cwd=REPO,
+                          stdin=subprocess.DEVNULL)
+    assert proc.stdout == "42\n"
+    assert "replaced its program with exec" in proc.stderr and "then exit code 3" in proc.stderr, \
+        proc.stderr
+    assert proc.returncode == 3
+
+
 def test_run__env_python_script__then_traced_as_the_python_from_path(tmp_path):
     python = shutil.which("python3")
     if python is None:

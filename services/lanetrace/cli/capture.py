@@ -365,8 +365,11 @@ def print_summary(summary: dict, as_json: bool) -> None:
         if t["detached"]:
             how = "detached, still running"
         elif t.get("endReason") == "process-replaced":
-            how = ("replaced its program with exec; the new program runs untraced "
-                   "(--follow-children traces it)")
+            ended = ("its end was not observed" if t["exitCode"] is None and not t["signal"]
+                     else f"then killed by {_signame(t['signal'])}" if t["signal"]
+                     else f"then exit code {t['exitCode']}")
+            how = ("replaced its program with exec; the new program ran untraced "
+                   f"(--follow-children traces it), {ended}")
         elif t["signal"]:
             how = f"killed by {_signame(t['signal'])}"
         else:

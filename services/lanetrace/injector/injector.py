@@ -478,8 +478,20 @@ class Injector:
             target.lifecycle.post({"type": "exit-ack"})
 
     def on_detached(self, target: TracedProcess, reason: str) -> None:
+        if (reason in ("process-terminated", "process-replaced") and target.spawned
+                and self.children is None  # --follow-children traces the new image
+                and target.exit_code is None and not target.signal and _running(target.pid)):
+            # The program exec'd another image: our hooks went with the old
+            # one, so its trace ends here, but the process runs on. The main
+            # loop follows it untraced to report how it really ends.
+            target.end_reason = "process-replaced"
+            target.end_ns = target.end_ns or time.monotonic_ns()
+            target.exec_pending = target.exec_followed = True
+            return
         target.end_reason = target.end_reason or reason
-        if reason == "process-terminated" and target.exit_code is None and not target.signal:
+        if target.exec_followed and target.exit_code is None and not target.signal:
+            _collect_status(target)
+        elif reason == "process-terminated" and target.exit_code is None and not target.signal:
             # Killed from outside (SIGKILL and friends): no hook ran.
             target.signal = target.sent_signal or _signal_of_dead_process(target.pid)
         target.end_ns = time.monotonic_ns()
@@ -508,6 +520,24 @@ class Injector:
                 t.segment.close()
                 t.segment = None
         self.targets[:] = [x for x in self.targets if x is not t]
+
+    def follow_exec(self, target: TracedProcess) -> None:
+        """Attach to the image a spawned target exec'd, with the lifecycle
+        script only, so its exit status or fatal signal is what the session
+        reports (``--follow-children`` traces the new image instead)."""
+        target.exec_pending = False
+        try:
+            session = self.device.attach(target.pid)
+            session.on("detached", lambda reason, crash: self.on_detached(target, reason))
+            lifecycle = session.create_script(read_agent_source("lifecycle.js"))
+            lifecycle.on("message", lambda m, d: self.on_lifecycle_message(target, m))
+            target.session, target.lifecycle = session, lifecycle
+            lifecycle.load()
+        except (frida.ProcessNotFoundError, frida.ProcessNotRespondingError,
+                frida.InvalidOperationError, frida.TransportError, frida.ProtocolError) as exc:
+            log.info("pid %d: its exec'd image could not be followed: %s", target.pid, exc)
+            _collect_status(target)
+            target.ended.set()
 
     # ---- stopping -----------------------------------------------------------
     def stop_target(self, target: TracedProcess) -> None:
@@ -593,6 +623,8 @@ class Injector:
                     break
                 self.bus.heartbeat(targets=len(self.targets))
                 for target in self.targets:
+                    if target.exec_pending:
+                        self.follow_exec(target)
                     self.flight_tick(target)
                 if self.children is not None:
                     self.children.pump()
@@ -762,6 +794,37 @@ def agent_library_for(uid: int, gid: int) -> str:
         os.close(fd)
     os.replace(tmp, path)
     return path
+
+
+def _collect_status(target: TracedProcess, timeout: float = 5.0) -> None:
+    """The exit status of a spawned target that ended unobserved: it is our
+    child (Frida spawns it from this process), so it waits for us as a
+    zombie unless Frida reaped it first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = os.waitid(os.P_PID, target.pid, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            log.info("pid %d: exit status already collected elsewhere", target.pid)
+            return
+        if info is not None or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    if info is None:
+        return
+    if info.si_code == os.CLD_EXITED:
+        target.exit_code = info.si_status
+    else:
+        target.signal = info.si_status
+
+
+def _running(pid: int) -> bool:
+    """pid exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _signal_of_dead_process(pid: int) -> int:

@@ -49,6 +49,10 @@ class TracedProcess:
     # the process' threads just before Frida attached: the program's own
     # (any thread that appears later during the attach may be Frida's)
     program_tids: list[int] = field(default_factory=list)
+    # it exec'd another image: the injector's main loop follows it untraced
+    # (pending until it has attached to the new image)
+    exec_pending: bool = False
+    exec_followed: bool = False
     verdicts: dict = field(default_factory=dict)        # function id -> hooksafety.Verdict
     selection_skips: list[dict] = field(default_factory=list)
     prepare_error: Exception | None = None
