@@ -192,3 +192,31 @@ def test_decide__entry_already_hooked_by_another_frida_session__then_skipped_alr
         proc.kill()
         proc.wait()
     assert (v.kind, v.reason) == ("skip", hs.ALREADY_PATCHED)
+
+
+def test_branch_cache__large_range_swept_twice_and_cache_file_corrupted__then_same_branches_each_time(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(hs, "_BRANCH_CACHE", {})
+    with open("/usr/bin/python3.11", "rb") as f:  # any code-like bytes over the size limit
+        code = f.read()[:2 * hs._BRANCH_CACHE_MIN_BYTES]
+    base, starts = 0x7f0000000000, [0x7f0000000000 + o for o in range(0, len(code), 4096)]
+    scanner = hs.BranchScanner()
+    try:
+        direct = scanner.branches(code, base, starts)
+        assert len(direct[0]) > 1000
+        first = hs._cached_branches(scanner, code, base, starts)
+        [cached] = os.listdir(hs.branch_cache_dir())
+        hs._BRANCH_CACHE.clear()
+        from_disk = hs._cached_branches(scanner, code, base + 4096, [s + 4096 for s in starts])
+        with open(os.path.join(hs.branch_cache_dir(), cached), "wb") as f:
+            f.write(b"not a cache file")
+        hs._BRANCH_CACHE.clear()
+        after_corruption = hs._cached_branches(scanner, code, base, starts)
+    finally:
+        scanner.close()
+    for a, b in zip(direct, first):
+        assert (a == b).all()
+    assert (from_disk[0] == direct[0] + 4096).all() and (from_disk[1] == direct[1] + 4096).all()
+    for a, b in zip(direct, after_corruption):
+        assert (a == b).all()

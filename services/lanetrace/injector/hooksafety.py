@@ -34,15 +34,21 @@ analysed is what runs, whatever the file on disk says.
 from __future__ import annotations
 
 import bisect
+import hashlib
+import logging
 import os
 import struct
+import zipfile
 from dataclasses import dataclass
 
 import capstone
 import numpy as np
 from capstone import x86_const as X
 
+from lanetrace import _native
 from lanetrace._native import ffi, lib
+
+log = logging.getLogger("lanetrace.injector.hooksafety")
 
 PATCH_LEN = 5           # jmp rel32
 SHORT_PATCH_LEN = 2     # jmp rel8 to a jmp rel32 in the padding before the function
@@ -168,6 +174,60 @@ class BranchScanner:
             if n <= cap:
                 return src[:n], dst[:n], kind[:n]
             cap = int(n)
+
+
+# The sweep of a large module costs seconds on a busy machine; its result
+# depends only on the bytes and the function starts, so it is kept, relative
+# to the range's base, in memory and under the user's cache directory.
+_BRANCH_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_BRANCH_CACHE_MIN_BYTES = 1 << 20  # smaller ranges are swept in milliseconds
+BRANCH_CACHE_VERSION = 1
+
+
+def _decoder_identity() -> str:
+    """Changes with every build of the decoder (native/src/hookscan.c)."""
+    st = os.stat(_native.__file__)
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def branch_cache_dir() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "lanetrace", "branches")
+
+
+def _cached_branches(scanner: BranchScanner, code: bytes, base: int, starts: list[int]):
+    if len(code) < _BRANCH_CACHE_MIN_BYTES:
+        return scanner.branches(code, base, starts)
+    rel = np.asarray([s - base for s in starts if base <= s < base + len(code)], dtype=np.uint64)
+    h = hashlib.blake2b(code, digest_size=20)
+    h.update(rel.tobytes())
+    h.update(_decoder_identity().encode())
+    key = f"v{BRANCH_CACHE_VERSION}-{h.hexdigest()}"
+    hit = _BRANCH_CACHE.get(key)
+    path = os.path.join(branch_cache_dir(), key + ".npz")
+    if hit is None:
+        try:
+            with np.load(path) as z:
+                hit = (z["src"], z["dst"], z["kind"])
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            src, dst, kind = scanner.branches(code, base, starts)
+            hit = (src - np.uint64(base), dst - np.uint64(base), kind)
+            _store(path, hit)
+        _BRANCH_CACHE[key] = hit
+    src, dst, kind = hit
+    return src + np.uint64(base), dst + np.uint64(base), kind
+
+
+def _store(path: str, branches) -> None:
+    """Best effort: a cache that cannot be written only costs time."""
+    src, dst, kind = branches
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, src=src, dst=dst, kind=kind)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.info("branch cache not written (%s)", exc)
 
 
 _JCC_REL32 = {
@@ -415,7 +475,7 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
         if hi <= lo:
             continue
         code = mem.read(lo, hi - lo)
-        s, d, k = scanner.branches(code, lo, starts)
+        s, d, k = _cached_branches(scanner, code, lo, starts)
         srcs.append(s), dsts.append(d), kinds.append(k)
     if srcs:
         branches = _Branches(np.concatenate(srcs), np.concatenate(dsts), np.concatenate(kinds))
