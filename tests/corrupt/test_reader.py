@@ -144,9 +144,16 @@ def _read_both(events: bytes, manifest: bytes):
             streamed = len(list(atf.iter_events(d, atf.SymbolTable())))
         except atf.TraceFormatError as exc:
             streamed = exc
+        eng = Engine(base, subprocess_builds=False)
         try:
-            served = Engine(base, subprocess_builds=False).call(
-                "trace.info", {"traceId": "t"})["eventCount"]
+            served = eng.call("trace.info", {"traceId": "t"})["eventCount"]
+            # what decodes events lazily (args, replay) meets the damage as -32603 too
+            for method, params in (("events.get", {"projection": {"args": True}}),
+                                   ("calltree.get", {"args": True})):
+                try:
+                    eng.call(method, {"traceId": "t", **params})
+                except RpcError as exc:
+                    assert exc.code == INTERNAL_ERROR, exc
         except RpcError as exc:
             assert exc.code == INTERNAL_ERROR and exc.data.startswith("failed to load trace: ")
             served = exc

@@ -345,9 +345,8 @@ def iter_events(trace_dir: str, symbols: SymbolTable | None = None,
         raise TraceFormatError(f"no {EVENTS_FILE} in {trace_dir}") from None
     except OSError as exc:
         raise TraceFormatError(f"cannot read {path}: {exc.strerror}") from None
-    report = report if report is not None else ReadReport()
     parse = pb.Event.FromString
-    frames = 0
+    events = 0
     with f:
         total = os.fstat(f.fileno()).st_size
         buf = b""
@@ -368,7 +367,6 @@ def iter_events(trace_dir: str, symbols: SymbolTable | None = None,
                     raise TraceFormatError(
                         f"{path}: corrupt event at offset {base + pos}: {exc}") from None
                 pos = payload + length
-                frames += 1
                 if event.WhichOneof("payload") == "symbol_definition":
                     if symbols is not None:
                         symbols.add_definition(event.symbol_definition)
@@ -377,15 +375,18 @@ def iter_events(trace_dir: str, symbols: SymbolTable | None = None,
                     if include_detail:
                         yield event
                     continue
-                report.events += 1
+                events += 1
                 yield event
             pending_frame_problem(buf, pos, path, base, total)
             buf = buf[pos:]
             base += pos
             if progress is not None:
                 progress(base, total)
-    report.torn_tail_bytes = torn_tail(buf, 0, frames, path, base)
-    check_event_count(manifest, report.events, trace_dir)
+    # buf starts after the last whole frame: there were some if it is not at 0
+    torn = torn_tail(buf, 0, 1 if base else 0, path, base)
+    check_event_count(manifest, events, trace_dir)
+    if report is not None:
+        report.events, report.torn_tail_bytes = events, torn
 
 
 def event_type(event: pb.Event) -> str:
