@@ -35,7 +35,7 @@ def _write(trace_dir, name, data: bytes) -> None:
         f.write(data)
 
 
-def _manifest(trace_dir, **changes) -> None:
+def edit_manifest(trace_dir, **changes) -> None:
     m = orjson.loads(_read(trace_dir, atf.MANIFEST_FILE))
     m.update(changes)
     _write(trace_dir, atf.MANIFEST_FILE, orjson.dumps(m))
@@ -44,7 +44,7 @@ def _manifest(trace_dir, **changes) -> None:
 def impossible_length(d):
     """The issue's case: the first length prefix says 4 GiB in a 13-byte file."""
     _write(d, atf.EVENTS_FILE, b"\xff\xff\xff\xff\x0f" + b"\x08\x01\x10\x02\x18\x03\x20\x04")
-    _manifest(d, eventCount=3)
+    edit_manifest(d, eventCount=3)
     return r"offset 0 of 13 bytes: the frame length prefix says 4294967295 bytes"
 
 
@@ -66,7 +66,7 @@ def events_lost(d):
 
 
 def wrong_version(d):
-    _manifest(d, formatVersion="ATF V3")
+    edit_manifest(d, formatVersion="ATF V3")
     return r"formatVersion is 'ATF V3', not 'ATF V4'"
 
 
@@ -95,7 +95,7 @@ def overlong_length_prefix(d):
 def lone_torn_frame(d):
     """A file that is only the start of one frame: nothing was ever whole."""
     _write(d, atf.EVENTS_FILE, b"\x40\x08\x01")
-    _manifest(d, eventCount=0)
+    edit_manifest(d, eventCount=0)
     return r"no whole frame precedes it"
 
 

@@ -177,3 +177,14 @@ def test_readers__random_bytes_with_a_manifest_counting_events__then_never_empty
     streamed, served = _read_both(events, manifest)
     for got in (streamed, served):
         assert isinstance(got, Exception) or got >= count, got
+
+
+def test_readers__manifest_behind_events_bin__then_every_event_served(tmp_path):
+    """A live trace: the writer appends, then rewrites trace.json, so a
+    manifest that counts fewer events than events.bin holds is not damage."""
+    base = str(tmp_path)
+    d = corruptions.good_trace(os.path.join(base, "live"))
+    corruptions.edit_manifest(d, eventCount=GOOD_EVENTS - 5, complete=False)
+    assert len(list(atf.iter_events(d))) == GOOD_EVENTS
+    eng = Engine(base, subprocess_builds=False)
+    assert eng.call("trace.info", {"traceId": "live"})["eventCount"] == GOOD_EVENTS

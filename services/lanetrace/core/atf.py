@@ -313,7 +313,8 @@ READ_CHUNK = 256 * 1024
 
 @dataclass
 class ReadReport:
-    """What a finished read found besides events: the torn tail it cut."""
+    """What a finished read counted: the events it yielded (detail copies
+    aside) and the torn tail it cut."""
 
     events: int = 0
     torn_tail_bytes: int = 0
