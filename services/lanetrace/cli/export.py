@@ -75,6 +75,9 @@ def run(args) -> int:
     if stats.clamped_timestamps:
         notes.append(f"{stats.clamped_timestamps} timestamps earlier than their thread's "
                      "previous event raised to it")
+    if stats.torn_tail_bytes:
+        notes.append(f"a torn last frame of {stats.torn_tail_bytes} bytes cut (the writer "
+                     "stopped mid-append)")
     extra = f" ({'; '.join(notes)})" if notes else ""
     print(f"wrote {files}: {stats.events} events, {stats.slices} slices, "
           f"{stats.threads} threads, {stats.bytes_written} bytes{extra}", file=sys.stderr)

@@ -252,10 +252,15 @@ def _humanize(rows, origin, times=(), durations=()):
 
 
 def _pipe_safe(fn):
-    """`lanetrace query ... | head` closes our stdout early: that is not an error."""
+    """`lanetrace query ... | head` closes our stdout early: that is not an
+    error. A trace found corrupt while a view reads it is one, told plainly."""
     def run(args):
+        from lanetrace.query.errors import RpcError
+
         try:
             return fn(args)
+        except RpcError as exc:
+            raise CliError(str(exc.data), status=1) from None
         except BrokenPipeError:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush stays quiet

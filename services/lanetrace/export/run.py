@@ -63,12 +63,14 @@ class ExportStats:
     unmatched_returns: int = 0
     clamped_timestamps: int = 0
     windows: int = 0
+    torn_tail_bytes: int = 0  # a last frame cut short by a writer killed mid-append
 
     def to_dict(self) -> dict:
         return {"format": self.format, "files": self.files, "bytesWritten": self.bytes_written,
                 "events": self.events, "slices": self.slices, "threads": self.threads,
                 "openAtTraceEnd": self.open_at_end, "unmatchedReturns": self.unmatched_returns,
-                "clampedTimestamps": self.clamped_timestamps, "windows": self.windows}
+                "clampedTimestamps": self.clamped_timestamps, "windows": self.windows,
+                "tornTailBytes": self.torn_tail_bytes}
 
 
 def export_trace(trace_dir: str, fmt: str, out_path: str,
@@ -101,8 +103,9 @@ def export_trace(trace_dir: str, fmt: str, out_path: str,
         symbols = atf.SymbolTable.with_sidecar(trace_dir)
         tracker = SliceTracker(sink, meta, symbols, options.time_start, options.time_end)
         progress = Progress(f"exporting {fmt}", enabled=options.progress)
+        read = atf.ReadReport()
         try:
-            tracker.feed(stream_events(trace_dir, symbols, progress))
+            tracker.feed(stream_events(trace_dir, symbols, progress, report=read))
             tracker.finish()
         finally:
             progress.close()
@@ -121,4 +124,5 @@ def export_trace(trace_dir: str, fmt: str, out_path: str,
                        bytes_written=sum(o.bytes_written for o in outputs),
                        events=s.events, slices=s.slices, threads=s.threads,
                        open_at_end=s.open_at_end, unmatched_returns=s.unmatched_returns,
-                       clamped_timestamps=s.clamped_timestamps, windows=len(meta.windows))
+                       clamped_timestamps=s.clamped_timestamps, windows=len(meta.windows),
+                       torn_tail_bytes=read.torn_tail_bytes)

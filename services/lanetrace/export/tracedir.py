@@ -76,8 +76,6 @@ def read_meta(trace_dir: str) -> TraceMeta:
     dropped, since a missing marker would misrepresent the trace."""
     manifest = atf.read_manifest(trace_dir)
     source = os.path.join(trace_dir, atf.MANIFEST_FILE)
-    if not isinstance(manifest, dict):
-        raise atf.TraceFormatError(f"{source}: not a JSON object")
     meta = TraceMeta(manifest=manifest)
     pid = manifest.get("pid")
     if isinstance(pid, int) and not isinstance(pid, bool):

@@ -410,8 +410,9 @@ class CallTree:
         ev = pb.Event()
         try:
             ev.ParseFromString(self.t.events_buffer()[off:off + ln])
-        except Exception:  # the file changed under us; report, don't crash
-            raise RpcError(INTERNAL_ERROR, "failed to decode event: trace changed") from None
+        except Exception:  # the file changed under us or is corrupt; report, don't crash
+            raise RpcError(INTERNAL_ERROR, f"failed to decode event at offset {off} of "
+                                           f"events.bin: corrupt, or changed") from None
         return ev
 
     def _unwound(self, rank) -> bool:

@@ -290,7 +290,8 @@ class Engine:
             "files": {"manifestSize": t.manifest_size, "eventsSize": events_size,
                       "totalSize": total,
                       "avgEventSize": round(events_size / meta["eventCount"], 2)
-                      if meta["eventCount"] else 0},
+                      if meta["eventCount"] else 0,
+                      "tornTailBytes": meta["tornTailBytes"]},
         }
 
     def _checksums(self, t: Trace) -> dict:
@@ -484,8 +485,9 @@ class Engine:
             ev = pb.Event()
             try:
                 ev.ParseFromString(buf[off:off + ln])
-            except Exception:  # the file changed under us; report, don't crash
-                raise RpcError(INTERNAL_ERROR, "failed to decode event: trace changed") from None
+            except Exception:  # the file changed under us or is corrupt; report, don't crash
+                raise RpcError(INTERNAL_ERROR, f"failed to decode event at offset {off} of "
+                                               f"{atf.EVENTS_FILE}: corrupt, or changed") from None
             which = ev.WhichOneof("payload")
             if which == "function_call":
                 out.append(dict(ev.function_call.argument_registers))

@@ -28,7 +28,7 @@ import orjson
 from lanetrace.core import atf
 from lanetrace.core import atf_v4_pb2 as pb
 
-INDEX_VERSION = 8  # 8: event sequence numbers, span return ranks and parents
+INDEX_VERSION = 9  # 9: torn tail size; built only from traces that pass the format checks
 INDEX_DIR = "index"
 LOCK_FILE = "index.lock"
 
@@ -158,14 +158,18 @@ def _publish(tmp: str, index_dir: str) -> None:
 # building
 
 def build(trace_dir: str, out_dir: str, fp: tuple[int, int]) -> dict:
-    """Build the index of ``trace_dir`` into ``out_dir``; return its meta."""
+    """Build the index of ``trace_dir`` into ``out_dir``; return its meta.
+    Raises atf.TraceFormatError for a trace that does not read as ATF V4."""
     path = os.path.join(trace_dir, atf.EVENTS_FILE)
+    sidecar = _sidecar_symbols(trace_dir)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         buf = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if size else b""
     try:
-        cols = scan_native(buf) if HAVE_NATIVE else scan_python(buf)
-        arrays, meta = _assemble(buf, cols, _sidecar_symbols(trace_dir))
+        cols = scan_native(buf, path) if HAVE_NATIVE else scan_python(buf, path)
+        _decode_rare_frames(buf, cols, path)
+        arrays, meta = _assemble(buf, cols, sidecar)
+        meta["tornTailBytes"] = cols["torn_tail_bytes"]
     finally:
         if isinstance(buf, mmap.mmap):
             try:
@@ -191,7 +195,10 @@ SIDE_FIELDS = (("def_off", np.int64), ("def_len", np.uint32), ("det_off", np.int
                ("det_len", np.uint32), ("det_tid", np.int32), ("det_seq", np.uint64))
 
 
-def scan_native(buf) -> dict:
+def scan_native(buf, path: str = atf.EVENTS_FILE) -> dict:
+    """Index columns of every whole frame of ``buf`` (an events.bin image at
+    ``path``), and ``torn_tail_bytes``; raises atf.TraceFormatError on
+    corruption."""
     n_buf = len(buf)
     if n_buf == 0:
         return _empty_cols()
@@ -210,20 +217,44 @@ def scan_native(buf) -> dict:
             fb("uint32_t[]", side["def_len"]), ndefs, fb("int64_t[]", side["det_off"]),
             fb("uint32_t[]", side["det_len"]), fb("int32_t[]", side["det_tid"]),
             fb("uint64_t[]", side["det_seq"]), ndet)
+        valid_len = valid[0]
     finally:
         _ffi.release(cbuf)
     if got < 0:
-        bad = -got - 1
-        raise IndexError_(f"corrupt event #{bad} in {atf.EVENTS_FILE}")
+        _corrupt_frame(buf, -got - 1, path)
+    torn = atf.torn_tail(buf, valid_len, n, path)
     # views, not copies: the unused tail costs address space only
     cols = {k: v[:got] for k, v in cols.items()}
     for name, _ in SIDE_FIELDS:
         cols[name] = side[name][:(ndefs[0] if name.startswith("def") else ndet[0])]
+    cols["torn_tail_bytes"] = torn
     return cols
 
 
+def _decode_rare_frames(buf, c, path: str) -> None:
+    """Decode, with the protobuf runtime, the frames the scanner does not
+    interpret field by field (all but calls and returns; few in a trace), so
+    a corrupt one fails the load rather than a later request."""
+    rare = np.flatnonzero((c["kind"] != K_CALL) & (c["kind"] != K_RETURN))
+    for off, ln in zip(c["off"][rare].tolist(), c["plen"][rare].tolist()):
+        atf.decode_frame(buf, off, ln, path)
+    for off, ln in zip(c["def_off"].tolist(), c["def_len"].tolist()):
+        atf.decode_frame(buf, off, ln, path)
+
+
+def _corrupt_frame(buf, number: int, path: str):
+    for i, (offset, _, _) in enumerate(atf.scan_frames(buf)):
+        if i == number:
+            raise atf.TraceFormatError(
+                f"{path}: corrupt event at offset {offset} (frame #{number}): "
+                f"not an ATF V4 Event")
+    raise atf.TraceFormatError(f"{path}: corrupt event (frame #{number}): not an ATF V4 Event")
+
+
 def _empty_cols():
-    return {name: np.zeros(0, dt) for name, dt in SCAN_FIELDS + SIDE_FIELDS}
+    cols = {name: np.zeros(0, dt) for name, dt in SCAN_FIELDS + SIDE_FIELDS}
+    cols["torn_tail_bytes"] = 0
+    return cols
 
 
 def _ctype(dt) -> str:
@@ -243,18 +274,21 @@ def fnv1a(data: bytes) -> int:
     return h or 1
 
 
-def scan_python(buf) -> dict:
+def scan_python(buf, path: str = atf.EVENTS_FILE) -> dict:
     """Same columns as the C scanner, with the protobuf runtime (slow; used
     where the native module is missing, and as its reference in tests)."""
     rows = {name: [] for name, _ in SCAN_FIELDS}
     side = {name: [] for name, _ in SIDE_FIELDS}
     data = bytes(buf)
-    for i, (_, payload, length) in enumerate(atf.scan_frames(data)):
+    frames = end = 0
+    for i, (offset, payload, length) in enumerate(atf.scan_frames(data)):
+        frames, end = i + 1, payload + length
         ev = pb.Event()
         try:
             ev.ParseFromString(data[payload:payload + length])
-        except Exception:  # protobuf's DecodeError and friends
-            raise IndexError_(f"corrupt event #{i} in {atf.EVENTS_FILE}") from None
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise atf.TraceFormatError(
+                f"{path}: corrupt event at offset {offset} (frame #{i}): {exc}") from None
         which = ev.WhichOneof("payload")
         kind = _ONEOF_KIND.get(which, K_UNKNOWN)
         if kind == K_SYMDEF:
@@ -281,8 +315,10 @@ def scan_python(buf) -> dict:
                           ("sym_off", sym_off), ("sym_len", sym_len), ("sym_hash", sym_hash),
                           ("depth", depth), ("seq", ev.sequence)):
             rows[name].append(val)
+    torn = atf.torn_tail(data, end, frames, path)
     cols = {name: np.array(rows[name], dtype=dt) for name, dt in SCAN_FIELDS}
     cols.update({name: np.array(side[name], dtype=dt) for name, dt in SIDE_FIELDS})
+    cols["torn_tail_bytes"] = torn
     return cols
 
 
@@ -342,14 +378,8 @@ def _sidecar_symbols(trace_dir) -> dict:
     """id → (name, module, address, source) from our symbols.json, if any: a
     fallback for ids whose in-stream definition is missing (the stream is
     authoritative). ``source`` is "file:line" from DWARF, or ""."""
-    try:
-        with open(os.path.join(trace_dir, atf.SYMBOLS_FILE), "rb") as f:
-            doc = orjson.loads(f.read())
-    except (OSError, ValueError):
-        return {}
-    rows = doc.get("functions") if isinstance(doc, dict) else doc
     out = {}
-    for r in rows if isinstance(rows, list) else []:
+    for r in atf.read_symbols(trace_dir) or []:
         if not isinstance(r, dict):
             continue
         fid = r.get("id", r.get("functionId"))
@@ -391,12 +421,7 @@ def _function_table(buf, c, is_cr, sidecar=None):
 
     defs = dict(sidecar or {})
     for off, ln in zip(c["def_off"].tolist(), c["def_len"].tolist()):
-        ev = pb.Event()
-        try:
-            ev.ParseFromString(bytes(buf[off:off + ln]))
-        except Exception:  # protobuf's DecodeError and friends
-            raise IndexError_(f"corrupt symbol definition at offset {off}") from None
-        d = ev.symbol_definition
+        d = pb.Event.FromString(bytes(buf[off:off + ln])).symbol_definition  # checked at the scan
         defs[d.function_id] = (d.symbol, d.module, d.address, _source(d.source_file, d.source_line))
 
     n = len(c["kind"])

@@ -106,8 +106,12 @@ class TraceStore:
         real = os.path.realpath(os.path.join(self.root, trace_id))
         if real != self.root and not real.startswith(self.root + os.sep):
             raise invalid_params(f"{name}: resolves outside the trace root")
-        if not (os.path.isfile(os.path.join(real, atf.EVENTS_FILE))
-                and os.path.isfile(os.path.join(real, atf.MANIFEST_FILE))):
+        has_events = os.path.isfile(os.path.join(real, atf.EVENTS_FILE))
+        if os.path.isfile(os.path.join(real, atf.MANIFEST_FILE)) and not has_events:
+            raise RpcError(INTERNAL_ERROR, f"failed to load trace: {self.trace_id_of(real)}: "
+                                           f"{atf.MANIFEST_FILE} is there but {atf.EVENTS_FILE} "
+                                           f"is missing")
+        if not has_events:
             raise RpcError(TRACE_NOT_FOUND, trace_id)
         return real
 
@@ -145,7 +149,10 @@ class TraceStore:
             self.stats["index_hits"] += 1
             if _mfp(path) == t.mfp:
                 return t
-            t = self._with_manifest(t)
+            try:
+                t = self._with_manifest(t)
+            except (atf.TraceFormatError, OSError) as exc:
+                raise self._load_failed(exc) from None
             self._traces[path] = t
             return t
         with self._lock:
@@ -160,17 +167,29 @@ class TraceStore:
             except RpcError:
                 raise
             except (ix.IndexError_, atf.TraceFormatError, OSError, ValueError, MemoryError) as exc:
-                raise RpcError(INTERNAL_ERROR, f"failed to load trace: {exc}") from None
+                raise self._load_failed(exc) from None
             self._traces[path] = t
             return t
+
+    def _load_failed(self, exc) -> RpcError:
+        """-32603 saying what failed, with paths relative to the root (the
+        server does not show where its root is)."""
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, OSError) and exc.filename:
+            why = f"{exc.filename}: {why}"
+        why = why.replace(self.root + os.sep, "")
+        return RpcError(INTERNAL_ERROR, f"failed to load trace: {why}")
 
     def _with_manifest(self, t: Trace) -> Trace:
         """The same index with a re-read manifest (and fresh derived figures)."""
         manifest, size, mfp = _read_manifest(t.path)
+        _check_count(manifest, t.idx, t.fp, t.path)
         return Trace(t.trace_id, t.path, t.fp, t.idx, manifest, size, t.names, t.modules,
                      t.name_obj, t.module_obj, t.kind_obj, mfp)
 
     def _open(self, trace_id, path) -> Trace:
+        # the manifest first: events.bin, read after it, holds at least what it counts
+        manifest, msize, mfp = _read_manifest(path)
         fp = ix.fingerprint(path)
         idx = ix.load(ix.index_location(path, self.index_cache), fp)
         if idx is None:
@@ -189,7 +208,7 @@ class TraceStore:
                 idx, _ = ix.open_or_build(path, self.index_cache)
         else:
             self.stats["index_loads"] += 1
-        manifest, msize, mfp = _read_manifest(path)
+        _check_count(manifest, idx, fp, path)
         fns = idx.meta["functions"]
         names, modules = fns["name"], fns["module"]
         name_obj = np.array([n or None for n in names] + [None], dtype=object)
@@ -284,18 +303,17 @@ def _mfp(path):
 
 
 def _read_manifest(path):
-    """(manifest dict, size, fingerprint); a broken manifest fails the load."""
-    mpath = os.path.join(path, atf.MANIFEST_FILE)
-    try:
-        mfp = _mfp(path)
-        with open(mpath, "rb") as f:
-            raw = f.read()
-        manifest = orjson.loads(raw)
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise RpcError(INTERNAL_ERROR, f"failed to load trace: {atf.MANIFEST_FILE}: {exc}") from None
-    return manifest, len(raw), mfp
+    """(manifest dict, size, fingerprint); raises atf.TraceFormatError."""
+    mfp = _mfp(path)
+    return atf.read_manifest(path), mfp[0], mfp
+
+
+def _check_count(manifest, idx, fp, path):
+    """Events indexed vs the manifest's count, when the manifest was read
+    before the events.bin the index was built from (the writer appends, then
+    updates the manifest: a manifest read later may count newer events)."""
+    if ix.fingerprint(path) == fp:  # else events.bin grew: the next request indexes it again
+        atf.check_event_count(manifest, idx.meta["eventCount"], path)
 
 
 def _int_or_none(v):
