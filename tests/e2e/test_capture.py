@@ -240,7 +240,12 @@ def test_attach__root_to_a_process_of_another_user__then_calls_recorded_and_segm
         proc = subprocess.Popen([sys.executable, "-m", "lanetrace", "attach", "-o", str(out),
                                  "-i", "libc.so*!malloc", "--duration", "3", str(target.pid)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
         while proc.poll() is None:  # the segment, while it exists
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"`lanetrace attach --duration 3` did not end within 180 s: "
+                            f"{proc.communicate()[1][-1500:]}")
             for name in os.listdir("/dev/shm"):
                 if name.startswith("lanetrace-") and name.endswith(f"-{target.pid}-lanes"):
                     try:
