@@ -447,7 +447,7 @@ def parse_args(argv=None):
     ap.add_argument("--no-drain", dest="drain", action="store_false",
                     help="skip the drainers + writer rate (bench/drainrate.py)")
     ap.add_argument("--drain-rates", default=None,
-                    help="M events/s to offer the drainers (default 1,2,4,8,16; --quick 1)")
+                    help="M events/s to offer the drainers (default 1,1.5,2,3,4,6,8,12,16; --quick 1)")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args(argv)
@@ -462,7 +462,7 @@ def parse_args(argv=None):
     args.variant_list = ["untraced"] + [v for v in VARIANTS if v in chosen and v != "untraced"]
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    rates = args.drain_rates or ("1" if args.quick else "1,2,4,8,16")
+    rates = args.drain_rates or ("1" if args.quick else "1,1.5,2,3,4,6,8,12,16")
     args.rates = [float(x) for x in rates.split(",") if x]
     return args
 
