@@ -34,7 +34,7 @@ import zmq
 from lanetrace.core import bus
 from lanetrace.core.bus import Bus
 from lanetrace.core.rundir import RunDir
-from lanetrace.core.shm import TargetSegment
+from lanetrace.core.shm import SegmentError, TargetSegment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUNCTIONS = 64
@@ -219,7 +219,7 @@ def measure(rates: list[float], seconds: float = 2.0, threads: int = 2, drainers
                         if not r["zeroDrop"]:
                             break
                         best = rate * 1e6
-            except Failed as exc:
+            except (Failed, SegmentError, OSError, subprocess.SubprocessError) as exc:
                 out["errors"][key] = str(exc)
                 log(f"  drain rate, detail {key}: failed ({exc})")
             out["maxZeroDropPerSec"][key] = best
