@@ -31,6 +31,9 @@ Rounds are interleaved (round 1 of every workload and variant, then round 2,
              untraced: the whole process)
   x untr     run ms / untraced run ms
   +ns/call   (run - untraced run) / calls the variant traces
+  +cpu ns    the same on the loop threads' CPU time (hot only: CLOCK_THREAD_CPUTIME_ID),
+             which preemption on a loaded machine does not inflate, but which
+             leaves out work on other threads and processes (drainers, writers)
   x uft-P    +ns/call / uftrace -P's +ns/call on the same workload
   calls      calls the program made of the traced functions (its expectation
              file; sqlite3 has none: lanetrace's recorded + dropped calls)
@@ -93,8 +96,9 @@ class Result:
     """One run of one variant on one workload."""
 
     def __init__(self, run_ns, wall_s, calls=None, recorded=None, dropped=None,
-                 bytes_per_event=None, note=""):
+                 bytes_per_event=None, note="", cpu_ns=None):
         self.run_ns = run_ns
+        self.cpu_ns = cpu_ns
         self.wall_s = wall_s
         self.calls = calls
         self.recorded = recorded
@@ -188,7 +192,8 @@ def run_untraced(workload, sizes, work, timeout, ctx):
     if workload == "sqlite":
         ctx["sqlite_stdout"] = proc.stdout
         return Result(time.monotonic_ns() - t0, wall)
-    return Result(expect["loop_ns"], wall, calls=expected_calls(expect, traced_functions(workload)))
+    return Result(expect["loop_ns"], wall, calls=expected_calls(expect, traced_functions(workload)),
+                  cpu_ns=expect.get("loop_cpu_ns"))
 
 
 def traced_functions(workload):
@@ -249,7 +254,8 @@ def lanetrace_variant(extra: list[str]):
         else:
             run_ns = expect["loop_ns"]
             calls = expected_calls(expect, traced_functions(workload))
-        return Result(run_ns, wall, calls, recorded, dropped, per_event, "; ".join(note))
+        return Result(run_ns, wall, calls, recorded, dropped, per_event, "; ".join(note),
+                      cpu_ns=(expect or {}).get("loop_cpu_ns"))
     return run
 
 
@@ -296,7 +302,8 @@ def uftrace_variant(binary: str, extra: list[str]):
         recorded = 2 * sum(calls_by_fn.get(f, 0) for f in functions)
         all_records = 2 * sum(calls_by_fn.values())
         return Result(expect["loop_ns"], wall, calls, recorded, max(0, 2 * calls - recorded),
-                      dat_bytes / all_records if all_records else None)
+                      dat_bytes / all_records if all_records else None,
+                      cpu_ns=expect.get("loop_cpu_ns"))
     return run
 
 
@@ -322,7 +329,7 @@ def run_frida(workload, sizes, work, timeout, ctx):
     hooked = {h.split("!")[-1] for h in out["hooked"]}
     # plugin_transform lives in a library loaded later: not hooked at start
     calls = expected_calls(expect, [f for f in expect["functions"] if f in hooked])
-    return Result(out["loop_ns"], wall, calls,
+    return Result(out["loop_ns"], wall, calls, cpu_ns=expect.get("loop_cpu_ns"),
                   note="" if workload != "workers" else f"{len(hooked)} of "
                   f"{len(expect['functions'])} functions hooked (later dlopen not seen)")
 
@@ -349,6 +356,7 @@ def summarize(results: dict, unavailable: dict, workloads, variants) -> list[dic
     for w in workloads:
         base_runs = results.get((w, "untraced"), [])
         base = median_or_none(r.run_ns for r in base_runs)
+        base_cpu = median_or_none(r.cpu_ns for r in base_runs)
         per_variant = {}
         for v in variants:
             runs = results.get((w, v), [])
@@ -358,6 +366,7 @@ def summarize(results: dict, unavailable: dict, workloads, variants) -> list[dic
                                   "reason": unavailable.get(key, "not run")}
                 continue
             run_ns = median_or_none(r.run_ns for r in runs)
+            cpu_ns = median_or_none(r.cpu_ns for r in runs)
             calls = median_or_none(r.calls for r in runs)
             recorded = median_or_none(r.recorded for r in runs)
             dropped = median_or_none(r.dropped for r in runs)
@@ -367,6 +376,8 @@ def summarize(results: dict, unavailable: dict, workloads, variants) -> list[dic
                    "bytesPerEvent": median_or_none(r.bytes_per_event for r in runs),
                    "xUntraced": run_ns / base if base else None,
                    "nsPerCallAdded": (run_ns - base) / calls if base and calls else None,
+                   "cpuNsPerCallAdded": (cpu_ns - base_cpu) / calls
+                   if cpu_ns is not None and base_cpu is not None and calls else None,
                    "dropsPct": 100.0 * dropped / (2 * calls) if dropped is not None and calls
                    else None,
                    "eventsPerSec": recorded / (run_ns / 1e9) if recorded is not None else None,
@@ -377,7 +388,8 @@ def summarize(results: dict, unavailable: dict, workloads, variants) -> list[dic
                                      + ([f"failed later: {unavailable[key]}"]
                                         if key in unavailable else []))}
             if v == "untraced":
-                row.update(nsPerCallAdded=0.0, xUntraced=1.0)
+                row.update(nsPerCallAdded=0.0, xUntraced=1.0,
+                           cpuNsPerCallAdded=0.0 if cpu_ns is not None else None)
             per_variant[v] = row
         uft = per_variant.get("uftrace-P", {}).get("nsPerCallAdded")
         for v in variants:
@@ -402,6 +414,7 @@ def print_table(rows, drain, args, load):
           f"{args.sizes.selects:,} selects; load average {load:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end, {os.cpu_count()} CPUs")
     head = (f"{'workload':<8} {'variant':<16} {'run ms':>9} {'x untr':>7} {'+ns/call':>9} "
+            f"{'+cpu ns':>8} "
             f"{'x uft-P':>7} {'calls':>11} {'recorded':>11} {'drops %':>7} {'B/event':>7} "
             f"{'M ev/s':>7} {'wall s':>7}  note")
     print(head)
@@ -412,6 +425,7 @@ def print_table(rows, drain, args, load):
             continue
         print(f"{r['workload']:<8} {r['variant']:<16} {r['runMs']:9.1f} "
               f"{fmt(r['xUntraced'], '.2f', 7)} {fmt(r['nsPerCallAdded'], '.1f', 9)} "
+              f"{fmt(r['cpuNsPerCallAdded'], '.1f', 8)} "
               f"{fmt(r.get('xUftraceP'), '.2f', 7)} {fmt(r['calls'], ',.0f', 11)} "
               f"{fmt(r['recorded'], ',.0f', 11)} {fmt(r['dropsPct'], '.2f', 7)} "
               f"{fmt(r['bytesPerEvent'], '.1f', 7)} "

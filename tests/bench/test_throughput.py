@@ -35,7 +35,7 @@ def test_throughput_table__quick__then_one_row_per_workload_and_variant_and_the_
         [(w, v) for w in WORKLOADS for v in VARIANTS]
     lines = table.splitlines()
     header = next(ln for ln in lines if ln.startswith("workload"))
-    for column in ("+ns/call", "drops %", "B/event", "M ev/s", "wall s", "x untr", "x uft-P"):
+    for column in ("+ns/call", "+cpu ns", "drops %", "B/event", "M ev/s", "wall s", "x untr", "x uft-P"):
         assert column in header
     for w in WORKLOADS:
         for v in VARIANTS:
