@@ -9,7 +9,7 @@ is the answer, with the detail lane off and on (on: every event also writes
 a detail record with a 128-byte stack copy, and no window ever opens, as
 with a flight-recorder trigger that does not fire).
 
-    .venv/bin/python bench/drainrate.py [--rates 1,1.5,2,3,4,6,8,12,16] [--seconds 2]
+    .venv/bin/python bench/drainrate.py [--rates 0.25,0.5,1,1.5,2,3,4,6,8,12,16] [--seconds 2]
         [--threads 2] [--drainers 2] [--detail off,on] [--json]
 
 The services are started once per detail setting and trace one synthetic
@@ -228,8 +228,8 @@ def measure(rates: list[float], seconds: float = 2.0, threads: int = 2, drainers
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rates", default="1,1.5,2,3,4,6,8,12,16",
-                    help="offered rates to try, million events/s (default 1,1.5,2,3,4,6,8,12,16)")
+    ap.add_argument("--rates", default="0.25,0.5,1,1.5,2,3,4,6,8,12,16",
+                    help="offered rates to try, million events/s (default 0.25,0.5,1,1.5,2,3,4,6,8,12,16)")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--drainers", type=int, default=2)

@@ -239,8 +239,10 @@ def lanetrace_variant(extra: list[str]):
         events_bin = manifest["bytesWritten"]
         per_event = events_bin / manifest["eventCount"] if manifest["eventCount"] else None
         note = []
-        if manifest.get("seqGaps", 0) != dropped:
-            note.append(f"seqGaps {manifest['seqGaps']:,} != drops {dropped:,}")
+        # drops at a thread's end leave no gap, so gaps <= drops; more gaps
+        # than drops would be records lost without being counted
+        if manifest.get("seqGaps", 0) > dropped:
+            note.append(f"seqGaps {manifest['seqGaps']:,} > drops {dropped:,}")
         if manifest.get("hooks", {}).get("skipped"):
             note.append(f"{manifest['hooks']['skipped']} functions not hooked")
         if workload == "sqlite":
@@ -461,7 +463,7 @@ def parse_args(argv=None):
     ap.add_argument("--no-drain", dest="drain", action="store_false",
                     help="skip the drainers + writer rate (bench/drainrate.py)")
     ap.add_argument("--drain-rates", default=None,
-                    help="M events/s to offer the drainers (default 1,1.5,2,3,4,6,8,12,16; --quick 1)")
+                    help="M events/s to offer the drainers (default 0.25,0.5,1,1.5,2,3,4,6,8,12,16; --quick 1)")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args(argv)
@@ -476,7 +478,7 @@ def parse_args(argv=None):
     args.variant_list = ["untraced"] + [v for v in VARIANTS if v in chosen and v != "untraced"]
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    rates = args.drain_rates or ("1" if args.quick else "1,1.5,2,3,4,6,8,12,16")
+    rates = args.drain_rates or ("1" if args.quick else "0.25,0.5,1,1.5,2,3,4,6,8,12,16")
     args.rates = [float(x) for x in rates.split(",") if x]
     return args
 
