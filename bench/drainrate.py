@@ -42,6 +42,16 @@ DRAIN_TIMEOUT_S = 120.0
 STACK_BYTES = 128  # the flight recorder's default (core/flightrec.py)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Failed(Exception):
     """A trial or the services could not run; the message says why."""
 
@@ -68,6 +78,7 @@ class Services:
         self.trace_root = os.path.join(work, "traces")
         self.drainers = drainers
         self.procs: list[subprocess.Popen] = []
+        self.pipeline_pids: list[int] = []  # writer and drainers
         self.logs = os.path.join(self.run_dir.path, "logs")
         os.makedirs(self.logs, exist_ok=True)
 
@@ -75,6 +86,8 @@ class Services:
         log = open(os.path.join(self.logs, name + ".log"), "wb")
         self.procs.append(subprocess.Popen([sys.executable, "-m", *argv], stdout=log,
                                            stderr=subprocess.STDOUT))
+        if name != "broker":
+            self.pipeline_pids.append(self.procs[-1].pid)
         log.close()
 
     def __enter__(self) -> "Services":
@@ -157,6 +170,7 @@ class Services:
                     raise Failed("the drainers never picked the target up")
                 time.sleep(0.005)
             t0 = time.monotonic()
+            cpu0 = sum(cpu_seconds(p) for p in self.pipeline_pids)
             out, err = gen.communicate(seg.name + "\n", timeout=seconds + 120)
             if gen.returncode != 0:
                 raise Failed(f"pipegen failed: {err.strip()}")
@@ -171,6 +185,7 @@ class Services:
                 if msg and msg[1].get("pid") == pid:
                     drained.add(int(msg[1]["shard"]))
             drain_s = time.monotonic() - t0
+            cpu = sum(cpu_seconds(p) for p in self.pipeline_pids) - cpu0
             drops = seg.drops()
             self.request("target_end", {"pid": pid, "exitCode": 0, "signal": 0,
                                         "detached": False, "endNs": time.monotonic_ns(),
@@ -192,7 +207,9 @@ class Services:
                 "recorded": recorded, "drops": index_drops,
                 "detailDrops": sum(v for k, v in drops.items() if k.startswith("detail")),
                 "seqGaps": manifest.get("seqGaps", 0), "seconds": seconds,
-                "drainedAfterS": drain_s,
+                "drainedAfterS": drain_s, "pipelineCpuS": cpu,
+                # what the writer and drainers would move with a whole CPU
+                "recordedPerCpuS": recorded / cpu if cpu > 0 else None,
                 "zeroDrop": recorded == events and index_drops == 0}
 
 
@@ -215,7 +232,8 @@ def measure(rates: list[float], seconds: float = 2.0, threads: int = 2, drainers
                         log(f"  drain rate, detail {key:<3} {rate:6.2f} M events/s offered: "
                             f"{r['events']:,} written, {r['recorded']:,} recorded, "
                             f"{r['drops']:,} dropped, drained {r['drainedAfterS']:.2f} s "
-                            f"after the start")
+                            f"after the start; writer + drainers used {r['pipelineCpuS']:.2f} "
+                            f"CPU s")
                         if not r["zeroDrop"]:
                             break
                         best = rate * 1e6
@@ -224,6 +242,19 @@ def measure(rates: list[float], seconds: float = 2.0, threads: int = 2, drainers
                 log(f"  drain rate, detail {key}: failed ({exc})")
             out["maxZeroDropPerSec"][key] = best
     return out
+
+
+def cost_text(res: dict, key: str) -> str:
+    """What the writer and drainers spent at the highest zero-drop rate of one
+    setting: CPU seconds per second of the run (idle polling included) and
+    per recorded event."""
+    runs = [r for r in res["runs"] if r["detail"] == (key == "on") and r["zeroDrop"]
+            and r["recordedPerCpuS"]]
+    if not runs:
+        return ""
+    best = max(runs, key=lambda r: r["offeredPerSec"])
+    return (f"; there writer + drainers used {best['pipelineCpuS'] / best['seconds']:.2f} CPU s "
+            f"per s ({best['pipelineCpuS'] / best['recorded'] * 1e9:.0f} ns CPU per event)")
 
 
 def main(argv=None) -> int:
@@ -242,6 +273,7 @@ def main(argv=None) -> int:
                   log=lambda s: print(s, file=sys.stderr))
     for key, best in res["maxZeroDropPerSec"].items():
         print(f"detail {key}: highest offered rate with zero drops {best / 1e6:.2f} M events/s"
+              + cost_text(res, key)
               + (f" ({res['errors'][key]})" if key in res["errors"] else ""))
     if args.json:
         print(json.dumps(res, indent=2))

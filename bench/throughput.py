@@ -410,6 +410,7 @@ def fmt(value, spec, width):
 
 
 def print_table(rows, drain, args, load):
+    import drainrate
     print()
     print(f"throughput, median of {args.rounds} interleaved rounds; hot ITERS={args.sizes.hot:,}, "
           f"workers 4 {args.sizes.workers:,}, sqlite3 {args.sizes.inserts:,} inserts + "
@@ -444,6 +445,7 @@ def print_table(rows, drain, args, load):
                   f"{best / 1e6:.2f} M events/s offered"
                   + (f" (lost events at {lossy[0] / 1e6:.2f} M/s)" if lossy
                      else " (no lossy rate reached)")
+                  + drainrate.cost_text(drain, key)
                   + (f"; failed: {drain['errors'][key]}" if key in drain["errors"] else ""))
 
 
