@@ -12,8 +12,10 @@ with a flight-recorder trigger that does not fire).
     .venv/bin/python bench/drainrate.py [--rates 0.25,0.5,1,1.5,2,3,4,6,8,12,16] [--seconds 2]
         [--threads 2] [--drainers 2] [--detail off,on] [--json]
 
-The services are started once per detail setting and trace one synthetic
-target per rate, like a session with many targets. Segment sizes are those
+Each detail setting has services of its own, started once and all up at
+once; the settings take turns at each rate (one synthetic target per run,
+like a session with many targets), so that a change in machine load hits
+them alike. Segment sizes are those
 of `lanetrace run`'s defaults (256 KiB rings, 8 per lane, 64 slots).
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 
 import orjson
 import zmq
@@ -91,6 +94,13 @@ class Services:
         log.close()
 
     def __enter__(self) -> "Services":
+        try:
+            return self._start_all()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _start_all(self) -> "Services":
         rd = self.run_dir.path
         self._start("broker", ["lanetrace.supervise.broker", "--run-dir", rd])
         self._start("writer", ["lanetrace.writer", "--run-dir", rd, "--trace-root",
@@ -98,12 +108,13 @@ class Services:
         for k in range(self.drainers):
             self._start(f"drainer-{k}", ["lanetrace.drainer", "--run-dir", rd, "--shard", str(k),
                                          "--shards", str(self.drainers)])
-        self.ctx = zmq.Context()
-        self.writer = self.ctx.socket(zmq.DEALER)
+        ctx = zmq.Context()
+        self.writer = ctx.socket(zmq.DEALER)
         self.writer.setsockopt(zmq.LINGER, 0)
         self.writer.connect(self.run_dir.writer)
-        self.bus = Bus(self.run_dir, "bench", self.ctx)
+        self.bus = Bus(self.run_dir, "bench", ctx)
         self.drained = self.bus.subscriber(bus.TARGET_DRAINED)
+        self.ctx = ctx
         self._msg = 0
         self.request("ping", {})
         return self
@@ -117,10 +128,11 @@ class Services:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        self.drained.close(0)
-        self.writer.close(0)
-        self.bus.close()
-        self.ctx.term()
+        if hasattr(self, "ctx"):
+            self.drained.close(0)
+            self.writer.close(0)
+            self.bus.close()
+            self.ctx.term()
 
     def request(self, kind: str, header: dict, timeout_s: float = 30.0) -> None:
         self._msg += 1
@@ -216,31 +228,40 @@ class Services:
 def measure(rates: list[float], seconds: float = 2.0, threads: int = 2, drainers: int = 2,
             details: tuple[bool, ...] = (False, True), log=print) -> dict:
     """Every rate (M events/s) with each detail setting; returns the runs and
-    the highest zero-drop rate per setting. A rate is tried only while the
-    lower ones had no drops: above the first lossy rate the answer is known."""
+    the highest zero-drop rate per setting. The settings have services of
+    their own, all up at once, and take turns at each rate, so that a change
+    in machine load hits them alike. A setting stops at its first lossy rate."""
     out = {"runs": [], "maxZeroDropPerSec": {}, "errors": {}}
-    with tempfile.TemporaryDirectory(prefix="lt-bench-drain-") as work:
+    keys = {detail: "on" if detail else "off" for detail in details}
+    with tempfile.TemporaryDirectory(prefix="lt-bench-drain-") as work, ExitStack() as stack:
         exe = build_pipegen(work)
-        for detail in details:
-            key = "on" if detail else "off"
-            best = 0.0
+        services = {}
+        for detail, key in keys.items():
+            out["maxZeroDropPerSec"][key] = 0.0
             try:
-                with Services(work, drainers) as svc:
-                    for rate in sorted(rates):
-                        r = svc.trace(exe, threads, rate * 1e6, seconds, detail)
-                        out["runs"].append(r)
-                        log(f"  drain rate, detail {key:<3} {rate:6.2f} M events/s offered: "
-                            f"{r['events']:,} written, {r['recorded']:,} recorded, "
-                            f"{r['drops']:,} dropped, drained {r['drainedAfterS']:.2f} s "
-                            f"after the start; writer + drainers used {r['pipelineCpuS']:.2f} "
-                            f"CPU s")
-                        if not r["zeroDrop"]:
-                            break
-                        best = rate * 1e6
-            except (Failed, SegmentError, OSError, subprocess.SubprocessError) as exc:
+                services[detail] = stack.enter_context(Services(work, drainers))
+            except (Failed, OSError) as exc:
                 out["errors"][key] = str(exc)
                 log(f"  drain rate, detail {key}: failed ({exc})")
-            out["maxZeroDropPerSec"][key] = best
+        for rate in sorted(rates):
+            for detail, svc in list(services.items()):
+                key = keys[detail]
+                try:
+                    r = svc.trace(exe, threads, rate * 1e6, seconds, detail)
+                except (Failed, SegmentError, OSError, subprocess.SubprocessError) as exc:
+                    out["errors"][key] = str(exc)
+                    log(f"  drain rate, detail {key}: failed ({exc})")
+                    del services[detail]
+                    continue
+                out["runs"].append(r)
+                log(f"  drain rate, detail {key:<3} {rate:6.2f} M events/s offered: "
+                    f"{r['events']:,} written, {r['recorded']:,} recorded, "
+                    f"{r['drops']:,} dropped, drained {r['drainedAfterS']:.2f} s "
+                    f"after the start; writer + drainers used {r['pipelineCpuS']:.2f} CPU s")
+                if r["zeroDrop"]:
+                    out["maxZeroDropPerSec"][key] = rate * 1e6
+                else:
+                    del services[detail]
     return out
 
 
