@@ -10,7 +10,7 @@ APT_PKGS  := gcc make libc6-dev protobuf-compiler uftrace wrk valgrind \
 BUILD_LOCK := /tmp/lanetrace-build.lock
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test native examples bench bench-query clean docs
+.PHONY: demo test native examples bench bench-throughput bench-query clean docs
 
 $(APT_STAMP):
 	@mkdir -p $(VENV)
@@ -43,6 +43,12 @@ demo: native examples
 
 bench: native examples
 	$(PY) bench/overhead.py
+	$(PY) bench/throughput.py
+
+# One table: lanetrace, uftrace and Frida on four workloads, plus the rate the
+# drainers and the writer sustain (bench/README.md).
+bench-throughput: native examples
+	$(PY) bench/throughput.py
 
 bench-query: native
 	$(PY) bench/query.py

@@ -14,9 +14,14 @@ injection time stay out of the figure. Modes:
                trampoline of our own built on replaceFast.
 
 Usage: python bench/frida_floor.py --mode attach|replacefast [--function hot_fn]
-           -- PROGRAM [ARGS...]
-Prints one JSON object: {"mode", "loop_ns", "expect"}; exit status 1 with a
-message on stderr when the target could not be hooked or did not report.
+           [--select MODULE!FUNCTION ...] -- PROGRAM [ARGS...]
+--select (repeatable, globs; attach mode only) hooks every matching function
+of the modules loaded at start instead of --function in the main module:
+the main module's symbols, other modules' exports.
+Prints one JSON object: {"mode", "loop_ns", "run_ns", "hooked", "expect"}:
+run_ns is the time from resume to exit; loop_ns and expect are null for a
+program that writes no expectation. Exit status 1 with a message on stderr
+when the target could not be hooked.
 """
 import argparse
 import json
@@ -24,6 +29,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 
 import frida
 
@@ -34,6 +40,7 @@ FRIDA_ERRORS = tuple(getattr(frida, n) for n in dir(frida)
 AGENT = r"""
 const fname = %(function)s;
 const mode = %(mode)s;
+const selectors = %(select)s;
 
 function resolve(name) {
   const main = Process.mainModule;
@@ -48,17 +55,52 @@ function resolve(name) {
   return addr;
 }
 
-const target = resolve(fname);
+function globRe(glob) {
+  return new RegExp('^' + glob.replace(/[.+^${}()|[\]\\]/g, '\\$&')
+    .replace(/\*/g, '.*').replace(/\?/g, '.') + '$');
+}
+
+// Every function the selectors match, by address (aliases hooked once).
+function selected() {
+  const found = new Map();
+  const main = Process.mainModule;
+  for (const sel of selectors) {
+    const bang = sel.indexOf('!');
+    const modRe = globRe(bang < 0 ? main.name : sel.slice(0, bang));
+    const fnRe = globRe(bang < 0 ? sel : sel.slice(bang + 1));
+    for (const m of Process.enumerateModules()) {
+      if (!modRe.test(m.name)) continue;
+      const syms = m.path === main.path
+        ? m.enumerateSymbols().filter(s => s.type === 'function')
+        : m.enumerateExports().filter(e => e.type === 'function');
+      for (const s of syms) {
+        if (fnRe.test(s.name) && !s.address.isNull() && !found.has(s.address.toString()))
+          found.set(s.address.toString(), { address: s.address, name: m.name + '!' + s.name });
+      }
+    }
+  }
+  return [...found.values()];
+}
+
+const targets = selectors.length ? selected() : [{ address: resolve(fname), name: fname }];
+if (targets.length === 0) throw new Error('no function matches ' + selectors.join(', '));
+const target = targets[0].address;
 // Kept reachable for the script's lifetime: a collected CModule or stub would
 // leave the hook jumping into freed memory.
 let keep;
+let hookedNames = [targets[0].name];
 if (mode === 'attach') {
   keep = new CModule(`
     #include <gum/guminterceptor.h>
     void onEnter (GumInvocationContext * ic) {}
     void onLeave (GumInvocationContext * ic) {}
   `);
-  Interceptor.attach(target, keep);
+  const failed = [];
+  for (const t of targets) {
+    try { Interceptor.attach(t.address, keep); } catch (e) { failed.push(t.name + ': ' + e.message); }
+  }
+  if (failed.length === targets.length) throw new Error('no hook took: ' + failed[0]);
+  hookedNames = targets.map(t => t.name).filter(n => !failed.some(f => f.startsWith(n + ':')));
 } else if (mode === 'replacefast') {
   // jmp [rip+slot]; the slot gets the relocated original once replaceFast has
   // made it. The target is still suspended, so nothing runs the stub before.
@@ -75,12 +117,13 @@ if (mode === 'attach') {
   throw new Error('unknown mode ' + mode);
 }
 Interceptor.flush();
-send({ hooked: target.toString() });
+send({ hooked: hookedNames });
 """
 
 
-def run(argv, mode, function="hot_fn", timeout=600.0):
-    """Runs argv under the given hook mode; returns the parsed expectation."""
+def run(argv, mode, function="hot_fn", timeout=600.0, select=()):
+    """Runs argv under the given hook mode; returns (the parsed expectation
+    or None, ns from resume to exit, the names of the hooked functions)."""
     fd, expect_path = tempfile.mkstemp(prefix="lanetrace-frida-floor-", suffix=".json")
     os.close(fd)
     os.unlink(expect_path)  # the target creates it only when it finishes
@@ -100,14 +143,17 @@ def run(argv, mode, function="hot_fn", timeout=600.0):
         session = device.attach(pid)
         session.on("detached", lambda reason, crash: gone.set())
         script = session.create_script(AGENT % {"function": json.dumps(function),
-                                                 "mode": json.dumps(mode)})
+                                                 "mode": json.dumps(mode),
+                                                 "select": json.dumps(list(select))})
         script.on("message", on_message)
         script.load()
         if errors or not hooked:
             raise RuntimeError("hook failed: " + "; ".join(errors or ["no confirmation"]))
+        resumed = time.monotonic_ns()
         device.resume(pid)
         if not gone.wait(timeout):
             raise RuntimeError(f"target still running after {timeout:.0f} s")
+        run_ns = time.monotonic_ns() - resumed
     except BaseException:
         try:
             device.kill(pid)
@@ -118,12 +164,11 @@ def run(argv, mode, function="hot_fn", timeout=600.0):
         with open(expect_path) as f:
             expect = json.load(f)
     except FileNotFoundError:
-        raise RuntimeError("the target exited without writing its expectation "
-                           "(crashed under the hook?)") from None
+        expect = None  # crashed under the hook, or a program without one
     finally:
         if os.path.exists(expect_path):
             os.unlink(expect_path)
-    return expect
+    return expect, run_ns, hooked[0]["hooked"]
 
 
 def main():
@@ -131,21 +176,23 @@ def main():
     ap.add_argument("--mode", choices=("attach", "replacefast"), required=True)
     ap.add_argument("--function", default="hot_fn")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--select", action="append", default=[], metavar="MODULE!FUNCTION",
+                    help="attach mode: hook every match of these globs instead of --function")
     ap.add_argument("program", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     argv = args.program[1:] if args.program[:1] == ["--"] else args.program
     if not argv:
         ap.error("no program given: -- PROGRAM [ARGS...]")
     argv[0] = os.path.abspath(argv[0])
+    if args.select and args.mode != "attach":
+        ap.error("--select works with --mode attach only")
     try:
-        expect = run(argv, args.mode, args.function, args.timeout)
+        expect, run_ns, hooked = run(argv, args.mode, args.function, args.timeout, args.select)
     except (RuntimeError, OSError, *FRIDA_ERRORS) as exc:
         print(f"frida_floor: {exc}", file=sys.stderr)
         return 1
-    if "loop_ns" not in expect:
-        print("frida_floor: the target reported no loop_ns", file=sys.stderr)
-        return 1
-    print(json.dumps({"mode": args.mode, "loop_ns": expect["loop_ns"], "expect": expect}))
+    print(json.dumps({"mode": args.mode, "loop_ns": (expect or {}).get("loop_ns"),
+                      "run_ns": run_ns, "hooked": hooked, "expect": expect}))
     return 0
 
 
