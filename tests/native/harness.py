@@ -157,6 +157,7 @@ class Traced:
         self.script.on("message", self._on_message)
         self.script.load()
         self.api = self.script.exports_sync
+        self.seg.enable_tsc_clock()  # as the injector does: the agent stamps with the TSC where it can
         self.init = self.api.init({"shmName": self.seg.name, "agentLibPath": AGENT_LIB})
         self.plan = self.api.plan(selection or {})
         for fn in self.plan["functions"]:
