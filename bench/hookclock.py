@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "examples", "bin")
 LANETRACE = [sys.executable, "-m", "lanetrace"]
 RECORD_BYTES = 32
+MAX_RINGS_PER_LANE = 64
 
 
 def loop_cpu_ns(stdout: str) -> int:
@@ -42,8 +43,10 @@ def run_plain(binary, iters, work):
 
 
 def run_lanetrace(clock, iters, work):
-    ring_kb = 1024
-    rings = max(8, -(-2 * iters * RECORD_BYTES // (ring_kb << 10)) + 1)
+    ring_kb, need = 1024, 2 * iters * RECORD_BYTES
+    while -(-need // (ring_kb << 10)) + 1 > MAX_RINGS_PER_LANE:
+        ring_kb *= 2
+    rings = max(8, -(-need // (ring_kb << 10)) + 1)
     out = os.path.join(work, "traces")
     p = subprocess.run([*LANETRACE, "run", "-o", out, "--ring-kb", str(ring_kb), "--rings-per-lane", str(rings),
                         "-i", "hot!hot_fn", "--", os.path.join(BIN, "hot"), str(iters)],
