@@ -19,7 +19,7 @@ headers = sorted(glob.glob(os.path.join(INCLUDE, "lanetrace", "*.h")))
 # agent/lanes.c, the producer side, too: tests drive it, and the injector adds
 # time marks with it
 SOURCES = ["src/shm.c", "src/drain.c", "src/detail.c", "src/encode.c", "src/qindex.c",
-           "src/hookscan.c", "agent/lanes.c"]
+           "src/hookscan.c", "src/tsc.c", "agent/lanes.c"]
 sources = [os.path.join(HERE, p) for p in SOURCES]
 prelude = "\n".join(f'#include "lanetrace/{os.path.basename(h)}"' for h in headers)
 ffibuilder.set_source(

@@ -5,8 +5,9 @@
  * (lanes.c).
  *
  * Hot path (lt_on_entry / lt_on_exit): one initial-exec TLS load, no
- * syscalls, no locks, one clock_gettime (vDSO), one 32-byte ring write with
- * a release store of the ring fill. Built with -mgeneral-regs-only: the
+ * syscalls, no locks, one rdtsc (clock_gettime where the TSC is not
+ * invariant: tsc.h), one 32-byte ring write with a release store of the ring
+ * fill. Built with -mgeneral-regs-only: the
  * vector argument/return registers are never touched, so the trampolines
  * save only the caller-saved general registers. The one path that calls into libc (a thread's first event:
  * mmap, gettid, pthread_setspecific) saves the full vector state itself.
@@ -22,6 +23,8 @@
  *                 more event, never corrupts (frames are always popped).
  *   g_epoch       release by lt_init after g_ctl is set | acquire by the
  *                 per-thread check that re-registers a thread in a new session.
+ *   g_clock_tsc   relaxed: set by lt_init before recording starts (ordered
+ *                 for a new session by g_epoch); read on every stamp.
  *   g_free_lock   acquire/release spinlock around the thread free list
  *                 (rare paths only).
  *   g_desc_lock   acquire/release spinlock around the hook descriptor
@@ -33,6 +36,7 @@
  */
 #define _GNU_SOURCE
 #include "lanetrace/shm.h"
+#include "lanetrace/tsc.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -119,6 +123,7 @@ static lt_shm_map g_map = {NULL, 0, -1};
 static lt_ctl *g_ctl;
 static _Atomic uint32_t g_recording;
 static _Atomic uint32_t g_epoch;
+static _Atomic uint32_t g_clock_tsc; /* records stamped with rdtsc (ctl.clock at init) */
 static pthread_key_t g_key;
 static int g_key_ok;
 static _Atomic uint32_t g_ignored[LT_MAX_IGNORED];
@@ -314,6 +319,21 @@ static inline lt_thread *self(void)
 /* ------------------------------------------------------------------ */
 /* recording                                                           */
 
+/* A record timestamp in the segment's clock: raw TSC ticks, converted by
+ * the drainers, or CLOCK_MONOTONIC ns. */
+static inline uint64_t stamp(void)
+{
+    return likely(atomic_load_explicit(&g_clock_tsc, RLX)) ? lt_rdtsc() : lt_now_ns();
+}
+
+/* Marks are compared with times from other processes (the injector's time
+ * and crash marks): they hold CLOCK_MONOTONIC ns, the converted stamp of the
+ * ENTRY that triggered them. Rare path. */
+static uint64_t mark_ns(uint64_t ts)
+{
+    return atomic_load_explicit(&g_clock_tsc, RLX) ? lt_clock_to_ns(g_ctl, ts) : ts;
+}
+
 static inline int on_stack(const lt_thread *t, uint64_t a) { return a - t->stk_lo < t->stk_hi - t->stk_lo; }
 
 static inline void write_index(lt_producer *p, uint64_t ts, uint32_t fid, uint16_t kind, uint16_t d)
@@ -413,7 +433,7 @@ static void pop_unwound(lt_thread *t)
 {
     lt_frame *f = &t->frames[--t->depth];
     if (atomic_load_explicit(&g_recording, RLX) && f->epoch == t->epoch) {
-        emit(t, lt_now_ns(), f->fid, LT_KIND_RETURN_UNWOUND, t->depth, NULL, SRC_NONE);
+        emit(t, stamp(), f->fid, LT_KIND_RETURN_UNWOUND, t->depth, NULL, SRC_NONE);
         ctl_count(LT_CTR_UNWOUND);
     }
 }
@@ -506,10 +526,10 @@ HIDDEN void *lt_on_entry(lt_desc *d, uint64_t *regs)
         t->guard = 0;
         return d->orig;
     }
-    uint64_t ts = lt_now_ns();
+    uint64_t ts = stamp();
     emit(t, ts, d->fid, LT_KIND_ENTRY, t->depth, regs, SRC_TRAMP_ENTRY);
     if (unlikely(atomic_load_explicit(&d->trigger, RLX)))
-        lt_mark_add(g_ctl, ts, LT_MARK_SYMBOL, d->fid, t->tid);
+        lt_mark_add(g_ctl, mark_ns(ts), LT_MARK_SYMBOL, d->fid, t->tid);
     lt_frame *f = &t->frames[t->depth++];
     f->ret = regs[LT_REG_RET];
     f->slot = slot;
@@ -542,7 +562,7 @@ HIDDEN uint64_t lt_on_exit(uint64_t *regs, uint64_t sp)
     uint64_t ret = f->ret;
     if (likely(atomic_load_explicit(&g_recording, RLX)) && f->epoch == t->epoch &&
         t->state == T_ACTIVE)
-        emit(t, lt_now_ns(), f->fid, LT_KIND_RETURN, t->depth, regs, SRC_TRAMP_EXIT);
+        emit(t, stamp(), f->fid, LT_KIND_RETURN, t->depth, regs, SRC_TRAMP_EXIT);
     t->guard = g;
     return ret;
 }
@@ -627,11 +647,11 @@ EXPORT void lt_cm_enter(uint32_t fid, uint64_t sp, uint64_t rdi, uint64_t rsi, u
         t->guard = 0;
         return;
     }
-    uint64_t ts = lt_now_ns();
+    uint64_t ts = stamp();
     uint64_t vals[7] = {rdi, rsi, rdx, rcx, r8, r9, sp};
     emit(t, ts, fid, LT_KIND_ENTRY, t->depth, vals, SRC_VALS_ENTRY);
     if (unlikely(fid_trigger(fid)))
-        lt_mark_add(g_ctl, ts, LT_MARK_SYMBOL, fid, t->tid);
+        lt_mark_add(g_ctl, mark_ns(ts), LT_MARK_SYMBOL, fid, t->tid);
     lt_frame *f = &t->frames[t->depth++];
     f->ret = cur_ret; /* not used to return: Frida owns this return */
     f->slot = sp;
@@ -668,7 +688,7 @@ EXPORT void lt_cm_leave(uint32_t fid, uint64_t slot, uint64_t rax, uint64_t rdx)
     if (atomic_load_explicit(&g_recording, RLX) && f->epoch == t->epoch)
     {
         uint64_t vals[2] = {rax, rdx};
-        emit(t, lt_now_ns(), fid, LT_KIND_RETURN, t->depth, vals, SRC_VALS_EXIT);
+        emit(t, stamp(), fid, LT_KIND_RETURN, t->depth, vals, SRC_VALS_EXIT);
     }
     t->guard = 0;
 }
@@ -1051,6 +1071,9 @@ EXPORT int lt_init(const char *shm_name, char *err, uint32_t errlen)
         return rc;
     g_map = m;
     g_ctl = lt_ctl_of(&g_map);
+    /* acquire: pairs with lt_tsc_enable's release; the clock is fixed for
+     * this session (lt_tsc_enable refuses once agent_state is set) */
+    atomic_store_explicit(&g_clock_tsc, atomic_load_explicit(&g_ctl->clock, ACQ) == LT_CLOCK_TSC, RLX);
     lt_shm_set_agent_state(&g_map, 1);
     /* pairs with the acquire in thread_register / session_current */
     atomic_fetch_add_explicit(&g_epoch, 1, REL);

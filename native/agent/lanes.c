@@ -7,6 +7,7 @@
  * time marks. See shm.h for ownership and memory ordering.
  */
 #include "lanetrace/shm.h"
+#include "lanetrace/tsc.h"
 
 #include <errno.h>
 
@@ -484,7 +485,8 @@ void lt_prod_refresh(lt_producer *p, uint64_t now)
     lt_ctl *c = p->ctl;
     p->countdown = LT_CHECK_EVENTS;
     flush_counts(p);
-    policy(c, now);
+    /* now is a record stamp; heartbeats and mode moments are CLOCK_MONOTONIC ns */
+    policy(c, lt_clock_to_ns(c, now));
     /* acquire pairs with every selector writer's release bump */
     p->epoch_seen = atomic_load_explicit(&c->registry_epoch, ACQ);
     uint32_t mode = atomic_load_explicit(&c->registry_mode, RLX);

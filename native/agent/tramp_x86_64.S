@@ -57,7 +57,10 @@ lt_entry_tramp:
     .size lt_entry_tramp, .-lt_entry_tramp
 
 /* Reached by the hooked function's `ret` (lt_on_entry put our address in
- * its return slot). rsp = that slot + 8. */
+ * its return slot), a return the CPU mispredicts. rsp = that slot + 8. It
+ * leaves with an indirect jmp, not a `ret`: the return stack buffer's top
+ * is the caller's own return by now, so a `ret` would be mispredicted a
+ * second time, where the jmp's target is predicted from its history. */
     .globl lt_exit_tramp
     .hidden lt_exit_tramp
     .type lt_exit_tramp, @function
@@ -92,7 +95,8 @@ lt_exit_tramp:
     pop rdx
     pop rcx
     pop rax
-    ret
+    lea rsp, [rsp + 8]  /* as after the hooked function's own return */
+    jmp [rsp - 8]       /* below rsp but inside the red zone: signals skip it */
     .size lt_exit_tramp, .-lt_exit_tramp
 
     .section .note.GNU-stack,"",@progbits

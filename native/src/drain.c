@@ -19,6 +19,7 @@
  */
 #define _GNU_SOURCE
 #include "lanetrace/shm.h"
+#include "lanetrace/tsc.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -327,6 +328,7 @@ size_t lt_drain_collect_batch(lt_drain *d, void *buf, size_t max_bytes, uint64_t
     d->nb++;
     if (token)
         *token = b->token;
+    lt_tsc_convert_index(d->ctl, buf, (size_t)(out - (char *)buf)); /* copies only: a re-collect converts again */
     return (size_t)(out - (char *)buf);
 }
 
@@ -551,6 +553,7 @@ size_t lt_drain_collect_detail(lt_drain *d, void *buf, size_t max_bytes)
             break;
         }
     }
+    lt_tsc_convert_detail(c, buf, (size_t)(out - (char *)buf));
     return (size_t)(out - (char *)buf);
 }
 

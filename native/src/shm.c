@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "lanetrace/shm.h"
+#include "lanetrace/tsc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -165,7 +166,8 @@ int lt_shm_create(const char *name, const lt_shm_config *cfg, uint32_t target_pi
     c->global_off = global_off;
     c->drop_log_off = drop_log_off;
     c->drings_off = drings_off;
-    c->created_ns = lt_now_ns();
+    /* the first anchor of the record clock's calibration (tsc.h) */
+    lt_tsc_pair(&c->tsc_created, &c->created_ns);
     for (uint32_t i = 0; i < k.slot_count; i++)
         lt_lane_reset(c, i);
     lt_global_cell *cells = lt_global_cells(c);

@@ -159,6 +159,7 @@ class Traced:
         self.script.on("message", self._on_message)
         self.script.load()
         self.api = self.script.exports_sync
+        self.seg.enable_tsc_clock()  # as the injector does: the agent stamps with the TSC where it can
         self.init = self.api.init({"shmName": self.seg.name, "agentLibPath": AGENT_LIB,
                                    "programThreads": program_tids})
         self.plan = self.api.plan(selection or {})

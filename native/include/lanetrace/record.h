@@ -25,7 +25,8 @@
 
 /* One index-lane record: 32 bytes, naturally aligned. */
 typedef struct lt_index_record {
-    uint64_t ts_ns;   /* CLOCK_MONOTONIC nanoseconds */
+    uint64_t ts_ns;   /* CLOCK_MONOTONIC ns once collected; in the rings, the
+                         segment's record clock (tsc.h) */
     uint64_t seq;     /* per-thread sequence number: 1, 2, 3, ... Every record
                          a thread produces takes the next number, also the ones
                          that are then dropped, so gaps == drops. */

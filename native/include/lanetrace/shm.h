@@ -86,6 +86,9 @@
  *   ctl.heartbeat_ns[k]  relaxed: freshness hint only.
  *   ctl.auto_mode, ctl.stale_ns  relaxed config knobs.
  *   ctl.target_exited    release by injector | acquire by drainers.
+ *   ctl.clock            release by lt_tsc_enable after tsc_base, tsc_base_ns,
+ *                        tsc_mult | acquire by lt_init and by drainers before
+ *                        they read those (tsc.h).
  *   ctl.counters/drops   relaxed: statistics, no ordering needed.
  *   ctl.mark_claim       relaxed fetch_add (claims an index, no data);
  *   mark.ready           release by the claimer after the mark fields |
@@ -289,7 +292,16 @@ typedef struct lt_ctl {
     uint64_t created_ns;
     uint32_t detail_ring_bytes, detail_rings_per_lane;
     uint64_t drings_off, drop_log_off;
-    uint8_t pad0[40];
+    /* record clock (tsc.h). tsc_created is written with created_ns at
+     * creation; tsc_base, tsc_base_ns and tsc_mult once by lt_tsc_enable,
+     * then clock (release) | acquire by lt_init and by each drainer batch
+     * before the tsc_* fields. 40 bytes, where a pad was: no offset moved. */
+    LT_ATOMIC(uint32_t) clock;   /* LT_CLOCK_*: what record timestamps count */
+    uint32_t tsc_reserved;
+    uint64_t tsc_created;        /* TSC read together with created_ns */
+    uint64_t tsc_base;           /* TSC read together with tsc_base_ns */
+    uint64_t tsc_base_ns;        /* CLOCK_MONOTONIC ns */
+    uint64_t tsc_mult;           /* ns per tick << LT_TSC_SHIFT */
 
     LT_ATOMIC(uint32_t) registry_ready;
     LT_ATOMIC(uint32_t) registry_mode;
@@ -312,6 +324,10 @@ typedef struct lt_ctl {
     lt_shard_state shard[LT_MAX_SHARDS];
     lt_mark marks[LT_MAX_MARKS];
 } lt_ctl;
+
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+_Static_assert(offsetof(lt_ctl, registry_ready) == 224, "the record-clock fields must stay inside the old pad");
+#endif
 
 typedef struct lt_lane {
     /* producer-written line */
@@ -515,7 +531,8 @@ void lt_prod_write(lt_producer *p, uint64_t ts, uint32_t func_id, uint16_t kind,
  * agent's inline path with the detail lane on. */
 void lt_prod_detail(lt_producer *p, uint64_t ts, uint32_t func_id, uint16_t kind, const lt_detail_src *ds);
 /* Periodic check: agent policy (auto mode, heartbeat fallback), epoch,
- * route. Called when countdown reaches 0 and at ring swaps. */
+ * route. Called when countdown reaches 0 and at ring swaps; now is a record
+ * timestamp in the segment's clock (tsc.h). */
 void lt_prod_refresh(lt_producer *p, uint64_t now);
 /* Count a drop of one index record (its seq is consumed by the caller). */
 void lt_prod_drop(lt_producer *p, int reason);

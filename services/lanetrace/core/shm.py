@@ -48,6 +48,8 @@ DETAIL_DROP_REASONS = ("detail_pool_exhausted", "detail_no_slot", "detail_overwr
 MARK_KINDS = {"symbol": 1, "crash": 2, "time": 3, "manual": 4}
 MARK_KIND_NAMES = {v: k for k, v in MARK_KINDS.items()}
 LANE_NAMES = ("index", "detail")
+# index == LT_CLOCK_* in tsc.h: what the records in the rings count
+CLOCK_NAMES = ("monotonic", "tsc")
 FALLBACK_NAMES = ("off", "watchdog", "agent")
 # index == LT_CTR_* in shm.h
 COUNTER_NAMES = ("mode_transitions", "fallback_events", "threads_registered",
@@ -273,6 +275,25 @@ class TargetSegment:
         out = ffi.new("uint32_t[2]")
         lib.lt_shm_detail(self._map, out)
         return {"enabled": bool(out[0]), "stackBytes": int(out[1])}
+
+    def enable_tsc_clock(self, choice: str = "auto", min_span_ms: float = 50.0) -> str:
+        """Before the agent's init: let it stamp records with the TSC where
+        the TSC is invariant here (native/include/lanetrace/tsc.h); choice
+        "monotonic" keeps clock_gettime. The calibration spans creation to
+        now, at least ``min_span_ms`` (waits for the rest). Drainers convert
+        what they collect back to CLOCK_MONOTONIC ns. Returns the record
+        clock, "tsc" or "monotonic"."""
+        if choice not in ("auto", "monotonic"):
+            raise SegmentError(f"invalid record clock {choice!r} (LANETRACE_CLOCK): use auto or monotonic")
+        if choice == "monotonic":
+            return self.clock
+        return CLOCK_NAMES[lib.lt_tsc_enable(lib.lt_ctl_of(self._map), int(min_span_ms * 1e6))]
+
+    @property
+    def clock(self) -> str:
+        conv = ffi.new("lt_tsc_conv *")
+        lib.lt_tsc_conv_of(lib.lt_ctl_of(self._map), conv)
+        return CLOCK_NAMES[conv.clock]
 
     def add_mark(self, ts_ns: int, kind: str, function_id: int = 0, tid: int = 0) -> bool:
         """Append a trigger mark. Returns False when the mark array is full

@@ -326,6 +326,8 @@ class Injector:
         agent_lib = agent_library_for(uid, gid) if foreign else AGENT_LIB
         allocating.join()
         target.mark("allocated")
+        # the calibration spans creation to here (the attach, mostly): no wait
+        target.segment.enable_tsc_clock(os.environ.get("LANETRACE_CLOCK", "auto"))
         agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
                     "programThreads": target.program_tids or [pid], "glueSource": glue})
         target.mark("initialized")
@@ -708,13 +710,15 @@ class Injector:
 
 
 def control_counters(segment: TargetSegment) -> dict:
-    """Mode transitions and fallback events of a target (control block)."""
+    """Mode transitions and fallback events of a target, and the clock its
+    agent stamped records with (control block)."""
     try:
         c = segment.counters()
     except Exception:
         return {}
     return {"modeTransitions": c.get("mode_transitions", 0),
-            "fallbackEvents": c.get("fallback_events", 0), "finalMode": c.get("mode")}
+            "fallbackEvents": c.get("fallback_events", 0), "finalMode": c.get("mode"),
+            "recordClock": segment.clock}
 
 
 def traced_functions(planned: list[dict]) -> list[dict]:
