@@ -27,7 +27,7 @@ import orjson
 
 from lanetrace.cli import CliError
 from lanetrace.cli.argtypes import int_range
-from lanetrace.cli.capture import add_pipeline_options, check_pid, resolve_program
+from lanetrace.cli.capture import add_pipeline_options, check_pid, resolve_program, ring_policy_spec
 from lanetrace.core.control import ControlClient, ControlError
 from lanetrace.core.rundir import RunDir, new_session_id
 from lanetrace.core.selection import Selection, SelectionError
@@ -195,6 +195,7 @@ def cmd_start(args) -> int:
     cfg = {"sessionId": session_id, "traceRoot": trace_root, "queryBind": args.query_bind,
            "drainers": args.drainers, "queryReplicas": args.query_replicas, "slots": args.slots,
            "ringBytes": args.ring_kb * 1024, "ringsPerLane": args.rings_per_lane,
+           **ring_policy_spec(args),
            "inlineSymbols": args.inline_symbols, "agentStaleMs": args.agent_stale_ms,
            "startedAt": time.time()}
     os.makedirs(os.path.join(trace_root, session_id), exist_ok=True)

@@ -413,6 +413,7 @@ def run(args) -> int:
     spec = {"sessionId": cfg["sessionId"], "traceRoot": cfg["traceRoot"], "drainers": args.shards,
             "selection": cfg.get("selection") or {}, "slots": cfg.get("slots", 64),
             "ringBytes": cfg.get("ringBytes", 256 * 1024), "ringsPerLane": cfg.get("ringsPerLane", 8),
+            **{k: cfg[k] for k in ("ringBudgetBytes", "noDrop", "blockTimeoutMs") if k in cfg},
             "agentStaleMs": cfg.get("agentStaleMs", DEFAULT_AGENT_STALE_MS)}
     injector = DaemonInjector(run_dir, spec)
     finish_orphans(injector)
