@@ -445,6 +445,21 @@ class Shard:
         n = lib.lt_drain_collect_batch(d, buf, max_bytes, tok)
         return ffi.buffer(buf, n)[:], int(tok[0])
 
+    def collect_batch_into(self, buf: bytearray) -> tuple[int, int]:
+        """collect_batch() straight into ``buf`` (no copy through a bytes
+        object): returns (bytes written, token). The caller keeps ``buf``
+        untouched until the batch is acked."""
+        if len(buf) < RECORD_SIZE:
+            raise SegmentError(f"buffer of {len(buf)} bytes is smaller than one record ({RECORD_SIZE})")
+        d = self._drain()
+        tok = ffi.new("uint64_t *")
+        dst = ffi.from_buffer(buf)
+        try:
+            n = lib.lt_drain_collect_batch(d, dst, len(buf), tok)
+        finally:
+            ffi.release(dst)
+        return int(n), int(tok[0])
+
     def collect(self, max_bytes: int = 4 << 20) -> bytes:
         """collect_batch() without the token (commit() then acks everything)."""
         return self.collect_batch(max_bytes)[0]
