@@ -10,7 +10,10 @@ Workloads:
   sqlite3  /usr/bin/sqlite3: 3,000 inserts + 200 selects, -i 'libsqlite3*!sqlite3_*'
   workers  examples/bin/workers 4 300000 (every function of the program)
 
-Usage: python bench/zerodrop.py [--iters N] [--only hot1,hot2,...] [--no-drop] [--json]
+Modes: default; --no-pool adds --ring-budget-mb 0 (each thread has only its
+own rings, as before the shared pool); --no-drop adds blocking mode.
+
+Usage: python bench/zerodrop.py [--iters N] [--only hot1,hot2,...] [--no-pool] [--no-drop] [--json]
 """
 import argparse
 import glob
@@ -118,13 +121,16 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=5_000_000, help="hot loop calls (default 5,000,000)")
     ap.add_argument("--only", default="", help="comma-separated workloads")
     ap.add_argument("--no-drop", action="store_true", help="also run each workload with --no-drop")
+    ap.add_argument("--no-pool", action="store_true",
+                    help="also run each workload without the shared ring pool")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="lt-zerodrop-")
     try:
         loads = workloads(args.iters, work)
         names = [n for n in (args.only.split(",") if args.only else loads) if n]
-        modes = [("default", [])] + ([("no-drop", ["--no-drop"])] if args.no_drop else [])
+        modes = [("default", [])] + ([("no-pool", ["--ring-budget-mb", "0"])] if args.no_pool else []) + \
+            ([("no-drop", ["--no-drop"])] if args.no_drop else [])
         rows = []
         load0 = os.getloadavg()[0]
         for name in names:

@@ -67,11 +67,22 @@ void lt_lane_reset(lt_ctl *c, uint32_t i)
     lt_slot *s = lt_slot_at(c, i);
     /* Called while nobody produces into the slot (create, or RETIRING owned by
      * the drainer); the FREE release store that follows publishes all this.
-     * Everything submitted was acked and given back; only a retired owner's
-     * partial active ring can be borrowed. */
-    uint32_t a = atomic_load_explicit(&s->lane[LT_LANE_INDEX].active, RLX);
+     * Everything in the lane was acked: the borrowed rings among its
+     * submitted ones and its active one go back to the pool. Each leaves the
+     * lane before it is given back, so a drainer that dies in the middle
+     * leaks a ring at worst, never gives one twice. */
+    lt_lane *L = &s->lane[LT_LANE_INDEX];
+    uint64_t h = atomic_load_explicit(&L->submit_head, RLX);
+    uint64_t t = atomic_load_explicit(&L->submit_tail, RLX);
+    for (; h < t; h++) {
+        uint32_t r = L->submit_q[h % LT_SUBMIT_QCAP];
+        atomic_store_explicit(&L->submit_head, h + 1, RLX);
+        if (r >= c->rings_per_lane)
+            lt_pool_give(c, L, r);
+    }
+    uint32_t a = atomic_exchange_explicit(&L->active, LT_RING_NONE, RLX);
     if (a != LT_RING_NONE && a >= c->rings_per_lane)
-        lt_pool_give(c, &s->lane[LT_LANE_INDEX], a);
+        lt_pool_give(c, L, a);
     reset_one_lane(&s->lane[LT_LANE_INDEX], c->rings_per_lane);
     reset_one_lane(&s->lane[LT_LANE_DETAIL], c->detail_rings_per_lane);
     atomic_store_explicit(&s->tid, 0, RLX);

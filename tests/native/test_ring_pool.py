@@ -61,6 +61,27 @@ def test_pool__retired_thread_held_a_pool_ring__then_slot_reset_gives_it_back(se
     assert seg.pool_stats()["poolOut"] == 0
 
 
+def test_pool__retired_with_borrowed_rings_submitted__then_slot_reset_gives_every_one_back(
+        segments, session_id):
+    seg = segments(session_id, slots=1, shards=1, ring_bytes=1024, rings_per_lane=2, pool_rings=4)
+    seg.set_mode("PER_THREAD_ONLY")
+    shard = seg.shard(0)
+    p = seg._attach_producer(4)
+    emit(p, 5 * RECS_PER_RING + 1)  # 2 own + 3 borrowed rings submitted, a 4th borrowed active
+    assert seg.pool_stats()["poolOut"] == 4
+    lib.lt_prod_retire(p)
+    # one batch holds everything and the retirement: its commit resets the slot
+    assert len(seqs_of(shard.collect(1 << 20), 4)) == 5 * RECS_PER_RING + 1
+    shard.commit()
+    shard.collect(1 << 20)
+    shard.commit()
+    assert seg.counters()["slots_freed"] == 1
+    assert seg.pool_stats()["poolOut"] == 0
+    q = seg._attach_producer(5)  # the whole pool is usable again
+    emit(q, 6 * RECS_PER_RING)
+    assert seg.drops()["pool_exhausted"] == 0
+
+
 def test_pool__two_threads_share_a_small_pool__then_every_record_delivered_or_counted(
         segments, session_id):
     seg = segments(session_id, slots=2, shards=1, ring_bytes=1024, rings_per_lane=2, pool_rings=3)

@@ -140,6 +140,9 @@ class DaemonInjector(Injector):
         self.selection = (Selection.from_agent(sel).validate() if sel
                           else self.default_selection)
         follow = bool(args.get("followChildren"))
+        daemon_spec = self.spec
+        # this attach's drop policy, if it has one, over the daemon's
+        self.spec = dict(daemon_spec, **{k: args[k] for k in ("noDrop", "blockTimeoutMs") if k in args})
         self._ensure_pipeline()
         before = len(self.targets)
         try:
@@ -170,6 +173,7 @@ class DaemonInjector(Injector):
             raise
         finally:
             self.selection = self.default_selection
+            self.spec = daemon_spec
         t = self.targets[-1]
         self.tree.setdefault(t.pid, None)
         self.write_session()
