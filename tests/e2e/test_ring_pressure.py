@@ -48,4 +48,22 @@ def test_run__default_policy_with_tiny_ring_budget__then_drops_counted_exactly(t
     drops = trace.manifest["drops"]
     assert drops.get("pool_exhausted", 0) > 0 and drops.get("blocked_timeout", 0) == 0
     assert _recorded(trace) + sum(drops.values()) == 2 * CALLS
-    assert trace.problems_with_order() != []  # the drops are gaps in the sequence
+
+
+def test_ctl_attach__no_drop_on_a_daemon_with_tiny_rings__then_that_target_loses_nothing(tmp_path):
+    from supervise.daemonkit import Daemon
+
+    daemon = Daemon(tmp_path / "traces", extra=TINY_RINGS)
+    try:
+        daemon.start()
+        expect_path = tmp_path / "expect.json"
+        pid = daemon.spawn([example("hot"), str(CALLS)], expect_path,
+                           ["--no-drop", "--block-timeout-ms", "30000", "-i", "hot!hot_fn"])
+        entry = daemon.wait_ended(pid)
+        assert entry["exitCode"] == 0 and not entry["error"], entry
+        trace = Trace(daemon.trace_dir(pid))
+        assert _recorded(trace) == 2 * CALLS
+        assert sum(trace.manifest["drops"].values()) == 0
+        assert trace.manifest["registryModes"]["ringPool"]["noDrop"] is True
+    finally:
+        daemon.cleanup()
