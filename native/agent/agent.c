@@ -348,7 +348,7 @@ static inline void write_index(lt_producer *p, uint64_t ts, uint32_t fid, uint16
     r->flags = 0;
     p->fill++;
     /* pairs with the drainer's acquire of fill: record bytes visible */
-    atomic_store_explicit(&p->slot->lane[LT_LANE_INDEX].fill[p->ring_idx], p->fill, memory_order_release);
+    atomic_store_explicit(p->ring_fill, p->fill, memory_order_release);
 }
 
 /* Everything but "per-thread lane, room in the ring, detail off": ring

@@ -85,7 +85,8 @@ int lt_mark_add(lt_ctl *c, uint64_t ts, uint32_t kind, uint32_t func_id, uint32_
 
 static inline int lane_of(int reason)
 {
-    return reason >= LT_DROP_DETAIL_POOL_EXHAUSTED ? LT_LANE_DETAIL : LT_LANE_INDEX;
+    return reason >= LT_DROP_DETAIL_POOL_EXHAUSTED && reason <= LT_DROP_DETAIL_OVERWRITTEN ? LT_LANE_DETAIL
+                                                                                          : LT_LANE_INDEX;
 }
 
 static void count_drop(lt_producer *p, int reason)
@@ -95,6 +96,58 @@ static void count_drop(lt_producer *p, int reason)
 }
 
 void lt_prod_drop(lt_producer *p, int reason) { count_drop(p, reason); }
+
+/* ------------------------------------------------------------------ */
+/* shared ring pool (see shm.h, "Shared ring pool")                    */
+
+#define POOL_TAG(h) ((h) >> 32)
+#define POOL_TOP(h) ((uint32_t)(h)) /* ring + 1, 0 = empty */
+
+uint32_t lt_pool_take(lt_ctl *c, lt_lane *L)
+{
+    if (!c->pool_rings ||
+        atomic_load_explicit(&L->pool_held, RLX) >= LT_SUBMIT_QCAP - c->rings_per_lane)
+        return LT_RING_NONE;
+    uint32_t *next = lt_pool_next(c);
+    uint64_t h = atomic_load_explicit(&c->pool_head, ACQ);
+    for (;;) {
+        uint32_t top = POOL_TOP(h);
+        if (!top)
+            return LT_RING_NONE;
+        /* may be stale if another popper won: then the tag moved and the
+         * CAS below fails */
+        uint64_t nh = ((POOL_TAG(h) + 1) << 32) | next[top - 1];
+        /* acquire pairs with the pusher's release: it finished reading */
+        if (atomic_compare_exchange_weak_explicit(&c->pool_head, &h, nh, ACQ, ACQ)) {
+            uint32_t r = c->rings_per_lane + top - 1;
+            atomic_fetch_add_explicit(&L->pool_held, 1, RLX);
+            atomic_fetch_add_explicit(&c->pool_borrows, 1, RLX);
+            uint32_t out = atomic_fetch_add_explicit(&c->pool_out, 1, RLX) + 1;
+            uint32_t peak = atomic_load_explicit(&c->pool_peak, RLX);
+            while (out > peak && !atomic_compare_exchange_weak_explicit(&c->pool_peak, &peak, out, RLX, RLX))
+                ;
+            atomic_store_explicit(lt_fill_at(c, L, r), 0, RLX);
+            return r;
+        }
+    }
+}
+
+void lt_pool_give(lt_ctl *c, lt_lane *L, uint32_t ring)
+{
+    uint32_t j = ring - c->rings_per_lane;
+    uint32_t *next = lt_pool_next(c);
+    uint64_t h = atomic_load_explicit(&c->pool_head, RLX);
+    for (;;) {
+        next[j] = POOL_TOP(h);
+        uint64_t nh = ((POOL_TAG(h) + 1) << 32) | (j + 1);
+        /* release pairs with the popper's acquire: our reads of the ring
+         * and the next[] entry come first */
+        if (atomic_compare_exchange_weak_explicit(&c->pool_head, &h, nh, REL, RLX))
+            break;
+    }
+    atomic_fetch_sub_explicit(&L->pool_held, 1, RLX);
+    atomic_fetch_sub_explicit(&c->pool_out, 1, RLX);
+}
 
 /* Take a ring from the free queue of lane L and return it (fill[r] = 0,
  * not yet active), or LT_RING_NONE. */
@@ -110,15 +163,24 @@ static uint32_t pop_free(lt_lane *L, uint32_t rings)
     return r;
 }
 
+static void use_ring(lt_producer *p, lt_lane *L, uint32_t r, uint32_t fill)
+{
+    p->ring_idx = r;
+    p->ring = lt_ring_at(p->ctl, p->slot_idx, r);
+    p->ring_fill = lt_fill_at(p->ctl, L, r);
+    p->fill = fill;
+}
+
+/* The lane's own free rings first, then the target's shared pool. */
 static int take_free_ring(lt_producer *p)
 {
     lt_lane *L = &p->slot->lane[LT_LANE_INDEX];
     uint32_t r = pop_free(L, p->ctl->rings_per_lane);
     if (r == LT_RING_NONE)
+        r = lt_pool_take(p->ctl, L);
+    if (r == LT_RING_NONE)
         return -1;
-    p->ring_idx = r;
-    p->ring = lt_ring_at(p->ctl, p->slot_idx, r);
-    p->fill = 0;
+    use_ring(p, L, r, 0);
     /* pairs with the drainer's acquire of active: fill[r]==0 is visible */
     atomic_store_explicit(&L->active, r, REL);
     return 0;
@@ -139,7 +201,7 @@ static void submit(lt_producer *p, lt_lane *L, uint32_t r, uint32_t rings)
 
 static void submit_ring(lt_producer *p)
 {
-    submit(p, &p->slot->lane[LT_LANE_INDEX], p->ring_idx, p->ctl->rings_per_lane);
+    submit(p, &p->slot->lane[LT_LANE_INDEX], p->ring_idx, LT_SUBMIT_QCAP);
     atomic_store_explicit(&p->slot->last_seq, p->seq, RLX);
     p->ring = NULL;
     p->ring_idx = LT_RING_NONE;
@@ -214,9 +276,7 @@ static void adopt_slot(lt_producer *p, lt_ctl *c, uint32_t i)
     lt_lane *L = &s->lane[LT_LANE_INDEX];
     uint32_t a = atomic_load_explicit(&L->active, RLX); /* ordered by the claim CAS */
     if (a != LT_RING_NONE) {
-        p->ring_idx = a;
-        p->ring = lt_ring_at(c, i, a);
-        p->fill = atomic_load_explicit(&L->fill[a], RLX);
+        use_ring(p, L, a, atomic_load_explicit(lt_fill_at(c, L, a), RLX));
     } else {
         take_free_ring(p);
     }
@@ -285,6 +345,9 @@ int lt_prod_claim(lt_producer *p, lt_ctl *c, uint32_t tid)
     p->retired = 0;
     p->countdown = 1; /* first event runs the check */
     p->route = 0;
+    p->no_drop = 0;
+    p->gave_up = 0;
+    p->block_ns = 0;
     return claim_slot(p);
 }
 
@@ -346,7 +409,7 @@ static int lane_append(lt_producer *p, const lt_index_record *r)
     p->ring[p->fill] = *r;
     p->fill++;
     /* pairs with the drainer's acquire of fill: record bytes visible */
-    atomic_store_explicit(&p->slot->lane[LT_LANE_INDEX].fill[p->ring_idx], p->fill, REL);
+    atomic_store_explicit(p->ring_fill, p->fill, REL);
     return -1;
 }
 
@@ -489,6 +552,8 @@ void lt_prod_refresh(lt_producer *p, uint64_t now)
     policy(c, lt_clock_to_ns(c, now));
     /* acquire pairs with every selector writer's release bump */
     p->epoch_seen = atomic_load_explicit(&c->registry_epoch, ACQ);
+    p->no_drop = atomic_load_explicit(&c->no_drop, RLX);
+    p->block_ns = atomic_load_explicit(&c->block_timeout_ns, RLX);
     uint32_t mode = atomic_load_explicit(&c->registry_mode, RLX);
     uint32_t route;
     if (mode == LT_MODE_GLOBAL_ONLY)
@@ -507,6 +572,80 @@ void lt_prod_refresh(lt_producer *p, uint64_t now)
     p->route = route;
 }
 
+/* Where the route sends an index record; -1 when stored, else the reason. */
+static int route_record(lt_producer *p, const lt_index_record *r, uint32_t route)
+{
+    lt_ctl *c = p->ctl;
+    if ((route & (LT_ROUTE_LANE | LT_ROUTE_GLOBAL)) == (LT_ROUTE_LANE | LT_ROUTE_GLOBAL)) {
+        /* DUAL_WRITE: a drop only if neither copy made it */
+        int g = lt_global_push(c, r);
+        int why = lane_append(p, r);
+        return why >= 0 && !g ? -1 : why;
+    }
+    if (route & LT_ROUTE_LANE)
+        return lane_append(p, r);
+    return lt_global_push(c, r) ? LT_DROP_GLOBAL_FULL : -1;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("pause");
+#endif
+}
+
+/* A short sleep without libc: a raw nanosleep (no cancellation point, no
+ * lock, no errno). */
+static void nap(uint64_t ns)
+{
+    struct { long sec, nsec; } ts = {0, (long)ns};
+#if defined(__x86_64__)
+    long ret;
+    __asm__ __volatile__("syscall" : "=a"(ret) : "0"(35L /* SYS_nanosleep */), "D"(&ts), "S"(0L)
+                         : "rcx", "r11", "memory");
+    (void)ret;
+#else
+    for (uint64_t i = 0; i < ns / 8; i++)
+        cpu_relax();
+    (void)ts;
+#endif
+}
+
+#define BLOCK_SPINS 2000u
+#define BLOCK_NAP_NS 50000u
+
+/* no_drop: wait for room (a drainer giving a ring back), up to the block
+ * timeout; -1 once stored, else the drop reason. */
+static int block_until_stored(lt_producer *p, const lt_index_record *r, int why)
+{
+    if (p->gave_up)
+        return LT_DROP_BLOCKED_TIMEOUT;
+    lt_ctl *c = p->ctl;
+    uint64_t t0 = lt_now_ns(), now = t0;
+    for (uint32_t i = 0;; i++) {
+        if (i < BLOCK_SPINS)
+            cpu_relax();
+        else
+            nap(BLOCK_NAP_NS);
+        why = route_record(p, r, p->route);
+        if (why < 0)
+            break;
+        if (why != LT_DROP_POOL_EXHAUSTED && why != LT_DROP_GLOBAL_FULL)
+            return why;
+        if (i >= BLOCK_SPINS || (i & 63) == 63) {
+            now = lt_now_ns();
+            if (now - t0 >= p->block_ns) {
+                p->gave_up = 1;
+                atomic_fetch_add_explicit(&c->blocked_ns, now - t0, RLX);
+                return LT_DROP_BLOCKED_TIMEOUT;
+            }
+        }
+    }
+    atomic_fetch_add_explicit(&c->blocked_ns, lt_now_ns() - t0, RLX);
+    atomic_fetch_add_explicit(&c->blocked_waits, 1, RLX);
+    return -1;
+}
+
 void lt_prod_write(lt_producer *p, uint64_t ts, uint32_t func_id, uint16_t kind, uint16_t depth,
                    const lt_detail_src *ds)
 {
@@ -520,19 +659,13 @@ void lt_prod_write(lt_producer *p, uint64_t ts, uint32_t func_id, uint16_t kind,
     r.kind = kind;
     r.depth = depth;
     r.flags = 0;
-    lt_ctl *c = p->ctl;
     uint32_t route = p->route;
-    int why = -1;
-    if ((route & (LT_ROUTE_LANE | LT_ROUTE_GLOBAL)) == (LT_ROUTE_LANE | LT_ROUTE_GLOBAL)) {
-        /* DUAL_WRITE: a drop only if neither copy made it */
-        int g = lt_global_push(c, &r);
-        why = lane_append(p, &r);
-        if (why >= 0 && !g)
-            why = -1;
-    } else if (route & LT_ROUTE_LANE) {
-        why = lane_append(p, &r);
-    } else if (lt_global_push(c, &r)) {
-        why = LT_DROP_GLOBAL_FULL;
+    int why = route_record(p, &r, route);
+    if (why == LT_DROP_POOL_EXHAUSTED || why == LT_DROP_GLOBAL_FULL) {
+        if (p->no_drop)
+            why = block_until_stored(p, &r, why);
+    } else if (why < 0) {
+        p->gave_up = 0; /* room again: the next shortage waits again */
     }
     if (why >= 0)
         count_drop(p, why);

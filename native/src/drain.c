@@ -170,9 +170,9 @@ static int collect_slot(lt_drain *d, batch *b, uint32_t k, char **out, size_t *b
     uint64_t t = atomic_load_explicit(&L->submit_tail, ACQ);
     int a_submitted = 0;
     while (q->submit_pos < t) {
-        uint32_t r = L->submit_q[q->submit_pos % c->rings_per_lane];
+        uint32_t r = L->submit_q[q->submit_pos % LT_SUBMIT_QCAP];
         uint32_t start = r == q->cur_ring ? q->cur_off : 0;
-        uint32_t end = atomic_load_explicit(&L->fill[r], ACQ);
+        uint32_t end = atomic_load_explicit(lt_fill_at(c, L, r), ACQ);
         uint32_t got = copy_out(d, si, r, start, end, out, budget);
         q->cur_ring = r;
         q->cur_off = start + got;
@@ -186,7 +186,7 @@ static int collect_slot(lt_drain *d, batch *b, uint32_t k, char **out, size_t *b
     }
     if (!full && a != LT_RING_NONE && !a_submitted) {
         uint32_t start = a == q->cur_ring ? q->cur_off : 0;
-        uint32_t end = atomic_load_explicit(&L->fill[a], ACQ);
+        uint32_t end = atomic_load_explicit(lt_fill_at(c, L, a), ACQ);
         uint32_t got = copy_out(d, si, a, start, end, out, budget);
         q->cur_ring = a;
         q->cur_off = start + got;
@@ -375,9 +375,13 @@ static int commit_slot(lt_drain *d, const snap *sn)
     uint64_t ft = atomic_load_explicit(&L->free_tail, RLX);
     uint32_t ack_ring = sn->cur_ring, ack_off = sn->cur_off;
     for (; h < sn->submit_pos; h++) {
-        uint32_t r = L->submit_q[h % c->rings_per_lane];
-        L->free_q[ft % c->rings_per_lane] = r;
-        ft++;
+        uint32_t r = L->submit_q[h % LT_SUBMIT_QCAP];
+        if (r >= c->rings_per_lane) {
+            lt_pool_give(c, L, r); /* a borrowed ring goes back to the target's pool */
+        } else {
+            L->free_q[ft % c->rings_per_lane] = r;
+            ft++;
+        }
         if (r == ack_ring) {
             ack_ring = LT_RING_NONE;
             ack_off = 0;
@@ -582,8 +586,8 @@ int lt_drain_idle_complete(lt_drain *d)
         if (q->submit_pos != t)
             return 0;
         if (a != LT_RING_NONE &&
-            !(a == q->cur_ring && q->cur_off == atomic_load_explicit(&L->fill[a], ACQ)) &&
-            atomic_load_explicit(&L->fill[a], ACQ) != 0)
+            !(a == q->cur_ring && q->cur_off == atomic_load_explicit(lt_fill_at(c, L, a), ACQ)) &&
+            atomic_load_explicit(lt_fill_at(c, L, a), ACQ) != 0)
             return 0;
         if (atomic_load_explicit(&L->submit_head, RLX) != q->submit_pos ||
             L->ack_ring != q->cur_ring || L->ack_off != q->cur_off)

@@ -47,6 +47,7 @@ static void reset_one_lane(lt_lane *L, uint32_t rings)
 {
     uint32_t r;
     atomic_store_explicit(&L->active, LT_RING_NONE, RLX);
+    atomic_store_explicit(&L->pool_held, 0, RLX);
     atomic_store_explicit(&L->submit_tail, 0, RLX);
     atomic_store_explicit(&L->submit_head, 0, RLX);
     atomic_store_explicit(&L->free_head, 0, RLX);
@@ -66,7 +67,23 @@ void lt_lane_reset(lt_ctl *c, uint32_t i)
 {
     lt_slot *s = lt_slot_at(c, i);
     /* Called while nobody produces into the slot (create, or RETIRING owned by
-     * the drainer); the FREE release store that follows publishes all this. */
+     * the drainer); the FREE release store that follows publishes all this.
+     * Everything in the lane was acked: the borrowed rings among its
+     * submitted ones and its active one go back to the pool. Each leaves the
+     * lane before it is given back, so a drainer that dies in the middle
+     * leaks a ring at worst, never gives one twice. */
+    lt_lane *L = &s->lane[LT_LANE_INDEX];
+    uint64_t h = atomic_load_explicit(&L->submit_head, RLX);
+    uint64_t t = atomic_load_explicit(&L->submit_tail, RLX);
+    for (; h < t; h++) {
+        uint32_t r = L->submit_q[h % LT_SUBMIT_QCAP];
+        atomic_store_explicit(&L->submit_head, h + 1, RLX);
+        if (r >= c->rings_per_lane)
+            lt_pool_give(c, L, r);
+    }
+    uint32_t a = atomic_exchange_explicit(&L->active, LT_RING_NONE, RLX);
+    if (a != LT_RING_NONE && a >= c->rings_per_lane)
+        lt_pool_give(c, L, a);
     reset_one_lane(&s->lane[LT_LANE_INDEX], c->rings_per_lane);
     reset_one_lane(&s->lane[LT_LANE_DETAIL], c->detail_rings_per_lane);
     atomic_store_explicit(&s->tid, 0, RLX);
@@ -88,7 +105,7 @@ int lt_detail_lane_empty(lt_ctl *c, uint32_t i)
 int lt_shm_create(const char *name, const lt_shm_config *cfg, uint32_t target_pid,
                   const char *session, lt_shm_map *out, char *err, size_t errlen)
 {
-    lt_shm_config k = {64, 1, 65536, 8, 16384, 65536, 4};
+    lt_shm_config k = {64, 1, 65536, 8, 16384, 65536, 4, 0};
     if (cfg) {
         if (cfg->slot_count) k.slot_count = cfg->slot_count;
         if (cfg->shard_count) k.shard_count = cfg->shard_count;
@@ -97,6 +114,7 @@ int lt_shm_create(const char *name, const lt_shm_config *cfg, uint32_t target_pi
         if (cfg->global_records) k.global_records = cfg->global_records;
         if (cfg->detail_ring_bytes) k.detail_ring_bytes = cfg->detail_ring_bytes;
         if (cfg->detail_rings_per_lane) k.detail_rings_per_lane = cfg->detail_rings_per_lane;
+        k.pool_rings = cfg->pool_rings;
     }
     if (k.slot_count > 65536 || k.shard_count > LT_MAX_SHARDS ||
         k.ring_bytes < 1024 || k.ring_bytes % LT_INDEX_RECORD_SIZE ||
@@ -104,16 +122,18 @@ int lt_shm_create(const char *name, const lt_shm_config *cfg, uint32_t target_pi
         k.rings_per_lane > LT_MAX_RINGS_PER_LANE || k.global_records < 2 ||
         (k.global_records & (k.global_records - 1)) || k.global_records > (1u << 24) ||
         k.detail_ring_bytes < 4096 || k.detail_ring_bytes % 8 || k.detail_ring_bytes > (64u << 20) ||
-        k.detail_rings_per_lane < 2 || k.detail_rings_per_lane > LT_MAX_RINGS_PER_LANE) {
+        k.detail_rings_per_lane < 2 || k.detail_rings_per_lane > LT_MAX_RINGS_PER_LANE ||
+        k.pool_rings > LT_MAX_POOL_RINGS) {
         if (err && errlen)
             snprintf(err, errlen,
                      "invalid segment config for %s: slots=%u (1..65536) shards=%u (1..%u) "
                      "ring_bytes=%u (1024..64MiB, multiple of 32) rings_per_lane=%u (2..%u) "
                      "global_records=%u (power of two) detail_ring_bytes=%u (4096..64MiB, "
-                     "multiple of 8) detail_rings_per_lane=%u (2..%u)",
+                     "multiple of 8) detail_rings_per_lane=%u (2..%u) pool_rings=%u (0..%u)",
                      name, k.slot_count, k.shard_count, LT_MAX_SHARDS, k.ring_bytes,
                      k.rings_per_lane, LT_MAX_RINGS_PER_LANE, k.global_records,
-                     k.detail_ring_bytes, k.detail_rings_per_lane, LT_MAX_RINGS_PER_LANE);
+                     k.detail_ring_bytes, k.detail_rings_per_lane, LT_MAX_RINGS_PER_LANE,
+                     k.pool_rings, LT_MAX_POOL_RINGS);
         return -EINVAL;
     }
     uint64_t ctl_size = align_up(sizeof(lt_ctl), 4096);
@@ -123,8 +143,10 @@ int lt_shm_create(const char *name, const lt_shm_config *cfg, uint32_t target_pi
     uint64_t rings_size = (uint64_t)k.slot_count * k.rings_per_lane * k.ring_bytes;
     uint64_t global_off = align_up(rings_off + rings_size, 4096);
     uint64_t drop_log_off = align_up(global_off + 128 + (uint64_t)k.global_records * sizeof(lt_global_cell), 4096);
-    uint64_t drings_off = align_up(drop_log_off + LT_DROP_LOG_ENTRIES * sizeof(lt_drop_entry), 4096);
-    uint64_t total = align_up(drings_off + (uint64_t)k.slot_count * k.detail_rings_per_lane * k.detail_ring_bytes, 4096);
+    uint64_t pool_table_off = align_up(drop_log_off + LT_DROP_LOG_ENTRIES * sizeof(lt_drop_entry), 4096);
+    uint64_t drings_off = align_up(pool_table_off + (uint64_t)k.pool_rings * 2 * sizeof(uint32_t), 4096);
+    uint64_t pool_off = align_up(drings_off + (uint64_t)k.slot_count * k.detail_rings_per_lane * k.detail_ring_bytes, 4096);
+    uint64_t total = align_up(pool_off + (uint64_t)k.pool_rings * k.ring_bytes, 4096);
 
     int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
     if (fd < 0)
@@ -166,6 +188,16 @@ int lt_shm_create(const char *name, const lt_shm_config *cfg, uint32_t target_pi
     c->global_off = global_off;
     c->drop_log_off = drop_log_off;
     c->drings_off = drings_off;
+    c->pool_off = pool_off;
+    c->pool_table_off = pool_table_off;
+    c->pool_rings = k.pool_rings;
+    /* every pool ring on the free stack, ring 0 on top (LIFO keeps reusing
+     * the same few rings while the pressure is low) */
+    uint32_t *next = lt_pool_next(c);
+    for (uint32_t j = 0; j < k.pool_rings; j++)
+        next[j] = j + 2 < k.pool_rings + 1 ? j + 2 : 0;
+    atomic_store_explicit(&c->pool_head, k.pool_rings ? 1u : 0u, RLX);
+    atomic_store_explicit(&c->block_timeout_ns, LT_DEFAULT_BLOCK_TIMEOUT_NS, RLX);
     /* the first anchor of the record clock's calibration (tsc.h) */
     lt_tsc_pair(&c->tsc_created, &c->created_ns);
     for (uint32_t i = 0; i < k.slot_count; i++)
@@ -283,6 +315,8 @@ void lt_shm_info_get(const lt_shm_map *m, lt_shm_info *o)
     o->created_ns = c->created_ns;
     o->detail_ring_bytes = c->detail_ring_bytes;
     o->detail_rings_per_lane = c->detail_rings_per_lane;
+    o->pool_rings = c->pool_rings;
+    o->prefault_bytes = c->drings_off;
 }
 
 int lt_shm_set_mode(const lt_shm_map *m, uint32_t mode)
@@ -455,6 +489,28 @@ void lt_shm_policy(const lt_shm_map *m, uint64_t out[3])
     out[0] = atomic_load_explicit(&c->auto_mode, RLX);
     out[1] = atomic_load_explicit(&c->stale_ns, RLX);
     out[2] = atomic_load_explicit(&c->mode_since_ns, RLX);
+}
+
+void lt_shm_set_drop_policy(const lt_shm_map *m, uint32_t no_drop, uint64_t block_timeout_ns)
+{
+    lt_ctl *c = lt_ctl_of(m);
+    if (block_timeout_ns)
+        atomic_store_explicit(&c->block_timeout_ns, block_timeout_ns, RLX);
+    atomic_store_explicit(&c->no_drop, no_drop ? 1u : 0u, RLX);
+    lt_bump_epoch(c);
+}
+
+void lt_shm_pool_stats(const lt_shm_map *m, uint64_t out[8])
+{
+    lt_ctl *c = lt_ctl_of(m);
+    out[0] = atomic_load_explicit(&c->no_drop, RLX);
+    out[1] = atomic_load_explicit(&c->block_timeout_ns, RLX);
+    out[2] = atomic_load_explicit(&c->blocked_ns, RLX);
+    out[3] = atomic_load_explicit(&c->blocked_waits, RLX);
+    out[4] = c->pool_rings;
+    out[5] = atomic_load_explicit(&c->pool_out, RLX);
+    out[6] = atomic_load_explicit(&c->pool_peak, RLX);
+    out[7] = atomic_load_explicit(&c->pool_borrows, RLX);
 }
 
 int lt_shm_add_mark(const lt_shm_map *m, uint64_t ts, uint32_t kind, uint32_t func_id, uint32_t tid)

@@ -202,7 +202,8 @@ def test_run_starved_drainer__hot_threads__then_drops_per_thread_add_up_exactly(
     expect_path = tmp_path / "expect.json"
     out = tmp_path / "traces"
     proc = run_lanetrace(["run", "-o", str(out), "--drainers", "1", "--ring-kb", "4",
-                          "--rings-per-lane", "2", "--", example("workers"), "4", "3000"],
+                          "--rings-per-lane", "2", "--ring-budget-mb", "0",
+                          "--", example("workers"), "4", "3000"],
                          env={"LANETRACE_EXPECT": str(expect_path)})
     assert proc.returncode == 0, proc.stderr
     expect = load_expectation(str(expect_path))

@@ -10,14 +10,19 @@
  *   [index rings]       N * rings_per_lane * ring_bytes of lt_index_record
  *   [lt_global]         global multi-producer lane header + cells
  *   [drop log]          LT_DROP_LOG_ENTRIES x lt_drop_entry (per-thread drops)
- *   [detail rings]      N * detail_rings_per_lane * detail_ring_bytes, last so
- *                       the agent can prefault everything before it and leave
+ *   [pool table]        pool_rings x (next, fill) of the shared ring pool
+ *   [detail rings]      N * detail_rings_per_lane * detail_ring_bytes: the
+ *                       agent prefaults everything before them and leaves
  *                       the detail rings untouched while the lane is off
+ *   [pool rings]        pool_rings * ring_bytes of lt_index_record: the
+ *                       target's shared reserve of index rings, never
+ *                       prefaulted (tmpfs pages exist once a burst used them)
  *
  * Ownership:
  *   - Config fields of lt_ctl are written once by the creator (injector)
  *     before registry_ready is published; everybody else only reads them.
- *   - Runtime policy fields (detail_on, stack_bytes, auto_mode, stale_ns) are
+ *   - Runtime policy fields (detail_on, stack_bytes, auto_mode, stale_ns,
+ *     no_drop, block_timeout_ns) are
  *     written by the injector/CLI at any time; producers re-read them at their
  *     periodic check (every LT_CHECK_EVENTS events and at each ring swap).
  *   - registry_mode and shard_fallback[] are written by the injector/watchdog
@@ -49,13 +54,29 @@
  *     (tag:30 | ring:8 | off:26, see LT_DPOS_*); every steal bumps the tag,
  *     so a drainer copy of the active ring that raced with a steal fails its
  *     CAS on dpos and is discarded (never delivered torn or twice).
- *   - Backpressure (a producer never blocks): a detail lane without a free
- *     ring overwrites its oldest undrained ring (detail_overwritten) and
- *     drops the new record only if every ring is in the drainer's hands
- *     (detail_pool_exhausted). An index lane without a free ring drops the
- *     new record (pool_exhausted): its older rings may already be on their
- *     way to the writer and cannot be taken back. Every drop is counted per
- *     thread and lane in the drop log; index seq gaps == index drops.
+ *   - Shared ring pool: an index lane whose own free queue is empty borrows
+ *     a ring from the target's pool (a lock-free LIFO stack, Treiber with a
+ *     tag against ABA: producers pop, drainers push). Ring ids below
+ *     rings_per_lane are the lane's own, id rings_per_lane + j is pool ring
+ *     j. A borrowed ring travels like an own ring (active, submit queue,
+ *     drainer) and goes back to the pool, not to the lane's free queue, when
+ *     the writer acked it (or when its retired slot is reset). A lane holds
+ *     at most LT_SUBMIT_QCAP - rings_per_lane pool rings (lane.pool_held,
+ *     +1 by the producer, -1 by the drainer), so its submit queue, of
+ *     LT_SUBMIT_QCAP entries, cannot overflow; its free queue holds own
+ *     rings only.
+ *   - Backpressure: a detail lane without a free ring overwrites its oldest
+ *     undrained ring (detail_overwritten) and drops the new record only if
+ *     every ring is in the drainer's hands (detail_pool_exhausted). An index
+ *     lane without a free own ring and nothing left to borrow drops the new
+ *     record (pool_exhausted): its older rings may already be on their way
+ *     to the writer and cannot be taken back. With ctl.no_drop set the
+ *     producer waits for a ring instead (spins, then sleeps in small steps;
+ *     it holds no lock), up to ctl.block_timeout_ns, then drops and counts
+ *     blocked_timeout; it keeps dropping without waiting until a ring is
+ *     free again, so a stalled pipeline costs one timeout, not one per
+ *     event. Every drop is counted per thread and lane in the drop log;
+ *     index seq gaps == index drops.
  *   - Routing: a producer caches mode, its shard's fallback flag and the
  *     detail switch as `route`, re-read at its periodic check (every
  *     LT_CHECK_EVENTS events and at each index ring swap), where it also
@@ -137,6 +158,16 @@
  *                        lt_shard_state before the deq_pos CAS, so a restarted
  *                        drainer re-collects it.
  *   global enq_pos/deq_pos  relaxed CAS; the cell sequence carries the data.
+ *   pool.head            tag:32 | (ring + 1):32, 0 ring = empty. Pop: acquire
+ *                        load, read next[ring], CAS (acquire) to tag+1|next;
+ *                        push: next[ring] = old, release CAS to tag+1|ring.
+ *                        The pusher (drainer) finished reading the ring before
+ *                        the release; the popper (producer) writes it after.
+ *                        A stale next read by a loser is never used: the tag
+ *                        moved, its CAS fails.
+ *   pool fill[j]         as lane.fill, for pool ring j.
+ *   lane.pool_held       relaxed fetch_add/sub: a bound, carries no data.
+ *   ctl.no_drop, ctl.block_timeout_ns  relaxed, re-read after the epoch.
  *   Plain fields: ack_ring/ack_off, submit_q/free_q entries (published by the
  *   tail stores above), lt_shard_state: owned by one role at a time (a
  *   restarted drainer reads what its dead predecessor wrote).
@@ -159,6 +190,10 @@
 #define LT_SHM_VERSION 2u
 #define LT_MAX_SHARDS 16u
 #define LT_MAX_RINGS_PER_LANE 64u
+/* index lane submit queue: own rings plus borrowed pool rings */
+#define LT_SUBMIT_QCAP 4096u
+#define LT_MAX_POOL_RINGS (1u << 20)
+#define LT_DEFAULT_BLOCK_TIMEOUT_NS 1000000000ull
 #define LT_RING_NONE 0xffffffffu
 #define LT_MAX_MARKS 16384u    /* 512 KiB; append-only for the target's life */
 #define LT_DROP_LOG_ENTRIES 4096u
@@ -197,6 +232,7 @@
 #define LT_DROP_DETAIL_NO_SLOT 7        /* detail: thread has no registry slot */
 #define LT_DROP_DETAIL_OVERWRITTEN 8    /* detail: oldest undrained ring overwritten */
 #define LT_DROP_MARKS_OVERFLOW 9        /* mark array full (not a record drop) */
+#define LT_DROP_BLOCKED_TIMEOUT 10      /* no_drop: waited block_timeout_ns for a ring, none came */
 #define LT_DROP_MAX 16
 
 /* control-block counters (index into counters[]) */
@@ -247,6 +283,7 @@ typedef struct lt_shm_config {
     uint32_t global_records; /* default 16384, power of two */
     uint32_t detail_ring_bytes;     /* default 65536, multiple of 8, 4096..64MiB */
     uint32_t detail_rings_per_lane; /* default 4, 2..LT_MAX_RINGS_PER_LANE */
+    uint32_t pool_rings;     /* shared pool of index rings; 0 = none, ..LT_MAX_POOL_RINGS */
 } lt_shm_config;
 
 /* Drainer-owned (shard k) progress on the global lane: cells [lo, hi) of
@@ -323,6 +360,23 @@ typedef struct lt_ctl {
     LT_ATOMIC(uint64_t) drops[LT_DROP_MAX]; /* drops not in the drop log */
     lt_shard_state shard[LT_MAX_SHARDS];
     lt_mark marks[LT_MAX_MARKS];
+    /* shared ring pool: config immutable once registry_ready is published */
+    uint64_t pool_off;       /* pool rings */
+    uint64_t pool_table_off; /* uint32 next[pool_rings], then fill[pool_rings] */
+    uint32_t pool_rings;
+    uint32_t pool_pad;
+    uint8_t pad2[40];
+    LT_ATOMIC(uint64_t) pool_head; /* own cache line: producers and drainers CAS it */
+    LT_ATOMIC(uint64_t) pool_borrows;   /* statistics: rings taken from the pool */
+    LT_ATOMIC(uint32_t) pool_out;       /* rings out of the pool now */
+    LT_ATOMIC(uint32_t) pool_peak;      /* most rings out at once */
+    uint8_t pad3[40];
+    /* runtime policy (see Ownership) */
+    LT_ATOMIC(uint32_t) no_drop;
+    uint32_t pad4;
+    LT_ATOMIC(uint64_t) block_timeout_ns;
+    LT_ATOMIC(uint64_t) blocked_ns;     /* statistics: time producers waited */
+    LT_ATOMIC(uint64_t) blocked_waits;  /* statistics: waits that ended with a ring */
 } lt_ctl;
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
@@ -342,10 +396,11 @@ typedef struct lt_lane {
     LT_ATOMIC(uint64_t) free_tail;
     uint32_t ack_ring; /* acked progress in a ring not yet freed (restart point) */
     uint32_t ack_off;
-    uint8_t pad3[40];
-    uint32_t submit_q[LT_MAX_RINGS_PER_LANE];
+    LT_ATOMIC(uint32_t) pool_held; /* index lane: pool rings it holds (see Shared ring pool) */
+    uint8_t pad3[36];
     uint32_t free_q[LT_MAX_RINGS_PER_LANE];
-    LT_ATOMIC(uint32_t) fill[LT_MAX_RINGS_PER_LANE]; /* index: records; detail: bytes */
+    LT_ATOMIC(uint32_t) fill[LT_MAX_RINGS_PER_LANE]; /* own rings; index: records; detail: bytes */
+    uint32_t submit_q[LT_SUBMIT_QCAP]; /* index lane: % LT_SUBMIT_QCAP; detail: % its rings */
 } lt_lane;
 
 typedef struct lt_slot {
@@ -397,6 +452,8 @@ typedef struct lt_shm_info {
     uint32_t slot_count, shard_count, ring_bytes, rings_per_lane, global_records;
     uint64_t total_size, created_ns;
     uint32_t detail_ring_bytes, detail_rings_per_lane;
+    uint32_t pool_rings;
+    uint64_t prefault_bytes; /* the part of the segment the agent populates */
 } lt_shm_info;
 
 /* Plain rows for cffi readers. */
@@ -431,6 +488,11 @@ void lt_shm_detail(const lt_shm_map *m, uint32_t out[2]); /* on, stack_bytes */
 /* agent policy: auto (0/1), stale_ns (0 = keep) */
 void lt_shm_set_policy(const lt_shm_map *m, uint32_t auto_mode, uint64_t stale_ns);
 void lt_shm_policy(const lt_shm_map *m, uint64_t out[3]); /* auto, stale_ns, mode_since_ns */
+/* drop policy: no_drop 0/1, block timeout (0 = keep) */
+void lt_shm_set_drop_policy(const lt_shm_map *m, uint32_t no_drop, uint64_t block_timeout_ns);
+/* no_drop, block_timeout_ns, blocked_ns, blocked_waits, pool_rings,
+ * pool_out, pool_peak, pool_borrows */
+void lt_shm_pool_stats(const lt_shm_map *m, uint64_t out[8]);
 /* marks: 0, or -ENOSPC when the array is full (counted as marks_overflow) */
 int lt_shm_add_mark(const lt_shm_map *m, uint64_t ts, uint32_t kind, uint32_t func_id, uint32_t tid);
 /* marks [start, ...) in append order, at most max; stops before the first
@@ -444,10 +506,22 @@ static inline lt_slot *lt_slot_at(lt_ctl *c, uint32_t i)
 {
     return (lt_slot *)((char *)c + c->slots_off + (uint64_t)i * c->slot_stride);
 }
+/* Index ring `ring` of a slot: its own (ring < rings_per_lane) or pool ring
+ * ring - rings_per_lane. */
 static inline lt_index_record *lt_ring_at(lt_ctl *c, uint32_t slot, uint32_t ring)
 {
+    if (ring >= c->rings_per_lane)
+        return (lt_index_record *)((char *)c + c->pool_off + (uint64_t)(ring - c->rings_per_lane) * c->ring_bytes);
     return (lt_index_record *)((char *)c + c->rings_off +
                                ((uint64_t)slot * c->rings_per_lane + ring) * c->ring_bytes);
+}
+static inline uint32_t *lt_pool_next(lt_ctl *c) { return (uint32_t *)((char *)c + c->pool_table_off); }
+/* fill counter of index ring `ring` of lane L (see lt_ring_at) */
+static inline LT_ATOMIC(uint32_t) *lt_fill_at(lt_ctl *c, lt_lane *L, uint32_t ring)
+{
+    if (ring >= c->rings_per_lane)
+        return (LT_ATOMIC(uint32_t) *)(lt_pool_next(c) + c->pool_rings) + (ring - c->rings_per_lane);
+    return &L->fill[ring];
 }
 static inline uint8_t *lt_dring_at(lt_ctl *c, uint32_t slot, uint32_t ring)
 {
@@ -470,8 +544,13 @@ static inline lt_drop_entry *lt_drop_log(lt_ctl *c)
     return (lt_drop_entry *)((char *)c + c->drop_log_off);
 }
 
-/* Drainer resets a retired slot's lanes (all rings free, queues empty). Also used at create. */
+/* Drainer resets a retired slot's lanes (all rings free, queues empty, a
+ * pool ring it still held back in the pool). Also used at create. */
 void lt_lane_reset(lt_ctl *c, uint32_t slot);
+/* Shared ring pool (lanes.c): pop a ring (its lane id, fill 0) for lane L,
+ * or LT_RING_NONE; push pool ring `ring` (a lane id >= rings_per_lane) back. */
+uint32_t lt_pool_take(lt_ctl *c, lt_lane *L);
+void lt_pool_give(lt_ctl *c, lt_lane *L, uint32_t ring);
 /* 1 when the detail lane of the slot holds nothing uncollected */
 int lt_detail_lane_empty(lt_ctl *c, uint32_t slot);
 /* Add n drops of (lane, reason) for thread tid: drop log, or ctl.drops when
@@ -486,6 +565,7 @@ typedef struct lt_producer {
     lt_ctl *ctl;
     lt_slot *slot;            /* NULL: no slot (claim failed or not yet tried) */
     lt_index_record *ring;    /* active index ring bytes, NULL if none */
+    LT_ATOMIC(uint32_t) *ring_fill; /* the active ring's published fill */
     uint32_t ring_idx;
     uint32_t fill;
     uint32_t cap;
@@ -493,9 +573,12 @@ typedef struct lt_producer {
     uint32_t route;           /* LT_ROUTE_* as of the last check */
     uint32_t countdown;       /* events until the next check */
     uint64_t seq;             /* last seq handed out */
+    /* cold */
     uint32_t slot_idx;
     uint32_t shard;           /* slot_idx % shard_count, cached */
-    /* cold */
+    uint32_t no_drop;         /* ctl.no_drop as of the last check */
+    uint32_t gave_up;         /* no_drop: timed out, drop without waiting until a ring is free */
+    uint64_t block_ns;        /* ctl.block_timeout_ns as of the last check */
     uint32_t retired;
     uint32_t stack_bytes;     /* detail stack copy length as of the last check */
     uint64_t no_slot_epoch;   /* SLOTS_FREED+RETIRED value at the last failed claim */

@@ -18,6 +18,7 @@ from lanetrace.cli.argtypes import int_range, positive_float
 from lanetrace.cli.maintenance import remove_session_segments
 from lanetrace.cli.status import StatusLine
 from lanetrace.core import atf
+from lanetrace.core.ringpolicy import DEFAULT_BLOCK_TIMEOUT_MS, DEFAULT_RING_BUDGET_MB
 from lanetrace.core.rundir import RunDir, default_run_dir, new_session_id
 from lanetrace.core.selection import Selection, SelectionError
 from lanetrace.core.stdio import StdioServer
@@ -90,8 +91,30 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="size of one ring in KiB (default 256)")
     p.add_argument("--rings-per-lane", type=int_range(2, 64), default=8, metavar="N",
                    help="rings in each thread's pool (default 8)")
+    # A thread whose own rings all wait for the drainer borrows from a shared
+    # reserve of the target; untouched pages cost nothing (tmpfs), so the
+    # default can hold ~30 M events (about a second of the hottest thread)
+    # that the drainers have not caught up with yet.
+    p.add_argument("--ring-budget-mb", type=int_range(0, 65536), default=DEFAULT_RING_BUDGET_MB,
+                   metavar="MB",
+                   help="shared memory per target that busy threads may borrow extra rings "
+                        f"from when their own are full (default {DEFAULT_RING_BUDGET_MB}; 0 = none)")
+    p.add_argument("--no-drop", action="store_true",
+                   help="when a thread finds no free ring, it waits for one (the program runs "
+                        "slower, the trace is complete) instead of dropping the event; after "
+                        "--block-timeout-ms it drops and counts blocked_timeout")
+    p.add_argument("--block-timeout-ms", type=positive_float, default=DEFAULT_BLOCK_TIMEOUT_MS,
+                   metavar="MS",
+                   help=f"with --no-drop, the longest a thread waits for a ring "
+                        f"(default {DEFAULT_BLOCK_TIMEOUT_MS:g})")
     p.add_argument("--inline-symbols", action="store_true",
                    help="also write the symbol string into every call and return event")
+
+
+def ring_policy_spec(args) -> dict:
+    """The spec keys of the ring budget and drop policy options."""
+    return {"ringBudgetBytes": args.ring_budget_mb << 20, "noDrop": args.no_drop,
+            "blockTimeoutMs": args.block_timeout_ms}
 
 
 def resolve_program(program: list[str]) -> list[str]:
@@ -235,7 +258,7 @@ def capture(args, target_spec: dict) -> int:
         "sessionId": session_id, "traceRoot": trace_root, "drainers": args.drainers,
         "selection": selection.to_agent(), "duration": args.duration, "slots": args.slots,
         "ringBytes": args.ring_kb * 1024, "ringsPerLane": args.rings_per_lane,
-        "flight": flight, "followChildren": args.follow_children, **target_spec,
+        **ring_policy_spec(args), "flight": flight, "followChildren": args.follow_children, **target_spec,
     }
     stdio = None
     if "spawn" in target_spec:

@@ -26,8 +26,8 @@ import xmlrpc.client
 import orjson
 
 from lanetrace.cli import CliError
-from lanetrace.cli.argtypes import int_range
-from lanetrace.cli.capture import add_pipeline_options, check_pid, resolve_program
+from lanetrace.cli.argtypes import int_range, positive_float
+from lanetrace.cli.capture import add_pipeline_options, check_pid, resolve_program, ring_policy_spec
 from lanetrace.core.control import ControlClient, ControlError
 from lanetrace.core.rundir import RunDir, new_session_id
 from lanetrace.core.selection import Selection, SelectionError
@@ -78,6 +78,12 @@ def register(sub) -> None:
     attach.add_argument("-x", "--exclude", action="append", default=[], metavar="[MODULE!]FUNCTION")
     attach.add_argument("-I", "--include-module", action="append", default=[], metavar="MODULE")
     attach.add_argument("-X", "--exclude-module", action="append", default=[], metavar="MODULE")
+    attach.add_argument("--no-drop", action="store_true", default=None,
+                        help="these targets' threads wait for a free ring instead of dropping "
+                             "(default: as the daemon was started)")
+    attach.add_argument("--block-timeout-ms", type=positive_float, default=None, metavar="MS",
+                        help="with --no-drop, the longest a thread waits for a ring "
+                             "(default: as the daemon was started)")
     attach.add_argument("--timeout", type=float, default=90.0, metavar="SECONDS")
     attach.add_argument("--json", action="store_true")
     attach.add_argument("targets", nargs=argparse.REMAINDER, metavar="PID... | -- PROGRAM ARGS")
@@ -195,6 +201,7 @@ def cmd_start(args) -> int:
     cfg = {"sessionId": session_id, "traceRoot": trace_root, "queryBind": args.query_bind,
            "drainers": args.drainers, "queryReplicas": args.query_replicas, "slots": args.slots,
            "ringBytes": args.ring_kb * 1024, "ringsPerLane": args.rings_per_lane,
+           **ring_policy_spec(args),
            "inlineSymbols": args.inline_symbols, "agentStaleMs": args.agent_stale_ms,
            "startedAt": time.time()}
     os.makedirs(os.path.join(trace_root, session_id), exist_ok=True)
@@ -359,6 +366,10 @@ def cmd_attach(args) -> int:
         body["followChildren"] = args.follow_children
         if has_selection:
             body["selection"] = selection
+        if args.no_drop:
+            body["noDrop"] = True
+        if args.block_timeout_ms is not None:
+            body["blockTimeoutMs"] = args.block_timeout_ms
         results.append(_request(run_dir, "attach", body, args.timeout))
     if args.json:
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())

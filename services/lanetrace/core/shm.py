@@ -42,7 +42,8 @@ MODE_NAMES = {v: k for k, v in MODES.items()}
 # index == LT_DROP_* in shm.h
 DROP_REASONS = ("no_slot", "pool_exhausted", "depth_overflow", "global_full",
                 "thread_exiting", "alloc_failed", "detail_pool_exhausted",
-                "detail_no_slot", "detail_overwritten", "marks_overflow")
+                "detail_no_slot", "detail_overwritten", "marks_overflow",
+                "blocked_timeout")
 # reasons of the detail lane (the others are index-lane reasons)
 DETAIL_DROP_REASONS = ("detail_pool_exhausted", "detail_no_slot", "detail_overwritten")
 MARK_KINDS = {"symbol": 1, "crash": 2, "time": 3, "manual": 4}
@@ -117,6 +118,7 @@ class TargetSegment:
             "created_ns": info.created_ns, "creator_pid": info.creator_pid,
             "detail_ring_bytes": info.detail_ring_bytes,
             "detail_rings_per_lane": info.detail_rings_per_lane,
+            "pool_rings": info.pool_rings, "prefault_bytes": info.prefault_bytes,
         }
 
     # -- lifecycle -------------------------------------------------------
@@ -124,12 +126,15 @@ class TargetSegment:
     def create(cls, session_id: str, pid: int, slots: int = 64, shards: int = 1,
                ring_bytes: int = 65536, rings_per_lane: int = 8,
                global_records: int = 16384, detail_ring_bytes: int = 65536,
-               detail_rings_per_lane: int = 4,
+               detail_rings_per_lane: int = 4, pool_rings: int = 0,
                owner: tuple[int, int] | None = None) -> "TargetSegment":
         """Create the segment of target ``pid``. It starts in GLOBAL_ONLY with
         the agent's mode machine on and the detail lane off. The detail rings
         (slots * detail_rings_per_lane * detail_ring_bytes) take memory only
-        once the detail lane is used. ``owner`` (uid, gid): a target that runs
+        once the detail lane is used. ``pool_rings`` more index rings of
+        ring_bytes form the target's shared pool, which a thread borrows from
+        when its own rings all wait for the drainer; they take memory only
+        once a burst used them. ``owner`` (uid, gid): a target that runs
         as another user must open it, so it is handed to that user, still
         0600 (that user and root only)."""
         if not isinstance(session_id, str) or not _SESSION_RE.match(session_id) or len(session_id) > 63:
@@ -140,11 +145,14 @@ class TargetSegment:
                      ("detail_rings_per_lane", detail_rings_per_lane)):
             if not isinstance(v, int) or v <= 0:
                 raise SegmentError(f"invalid {k}={v!r}: must be a positive integer")
+        if not isinstance(pool_rings, int) or pool_rings < 0:
+            raise SegmentError(f"invalid pool_rings={pool_rings!r}: must be a non-negative integer")
         name = segment_name(session_id, pid)
         cfg = ffi.new("lt_shm_config *", {
             "slot_count": slots, "shard_count": shards, "ring_bytes": ring_bytes,
             "rings_per_lane": rings_per_lane, "global_records": global_records,
-            "detail_ring_bytes": detail_ring_bytes, "detail_rings_per_lane": detail_rings_per_lane})
+            "detail_ring_bytes": detail_ring_bytes, "detail_rings_per_lane": detail_rings_per_lane,
+            "pool_rings": pool_rings})
         m = ffi.new("lt_shm_map *")
         err = ffi.new("char[512]")
         rc = lib.lt_shm_create(name.encode(), cfg, pid, session_id.encode(), m, err, 512)
@@ -182,13 +190,11 @@ class TargetSegment:
         self._m = None
 
     def preallocate(self) -> None:
-        """Allocate the pages of everything but the detail rings (which stay
-        untouched until the detail lane is used), so that a later populating
-        map only has to map them. Best effort: lack of memory shows up later,
-        counted, as it would without this."""
-        c = self.config
-        detail = c["slots"] * c["detail_rings_per_lane"] * c["detail_ring_bytes"]
-        length = max(0, c["size"] - detail)
+        """Allocate the pages of everything before the detail rings (which,
+        like the ring pool after them, stay untouched until used), so that a
+        later populating map only has to map them. Best effort: lack of
+        memory shows up later, counted, as it would without this."""
+        length = self.config["prefault_bytes"]
         try:
             fd = os.open(os.path.join(SHM_DIR, self.name.lstrip("/")),
                          os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -260,6 +266,31 @@ class TargetSegment:
                                   0 if stale_ms is None else int(stale_ms * 1e6))
             lib.lt_shm_policy(self._map, cur)
         return {"auto": bool(cur[0]), "staleMs": cur[1] / 1e6, "modeSinceNs": int(cur[2])}
+
+    def drop_policy(self, no_drop: bool | None = None, block_timeout_ms: float | None = None) -> dict:
+        """What a thread does when no index ring is free: drop and count
+        (default), or with ``no_drop`` wait for one up to ``block_timeout_ms``,
+        then drop and count blocked_timeout. Threads pick it up at their next
+        periodic check. Without arguments it only reports."""
+        if block_timeout_ms is not None and (not isinstance(block_timeout_ms, (int, float))
+                                             or block_timeout_ms <= 0):
+            raise SegmentError(f"invalid block_timeout_ms={block_timeout_ms!r}: must be a positive number")
+        cur = self.pool_stats()
+        if no_drop is not None or block_timeout_ms is not None:
+            lib.lt_shm_set_drop_policy(
+                self._map, (1 if no_drop else 0) if no_drop is not None else int(cur["noDrop"]),
+                0 if block_timeout_ms is None else int(block_timeout_ms * 1e6))
+            cur = self.pool_stats()
+        return {"noDrop": cur["noDrop"], "blockTimeoutMs": cur["blockTimeoutMs"]}
+
+    def pool_stats(self) -> dict:
+        """The drop policy, how long threads waited for rings, and the shared
+        ring pool: its size, rings out now, the most out at once, borrows."""
+        out = ffi.new("uint64_t[8]")
+        lib.lt_shm_pool_stats(self._map, out)
+        return {"noDrop": bool(out[0]), "blockTimeoutMs": out[1] / 1e6, "blockedMs": out[2] / 1e6,
+                "blockedWaits": int(out[3]), "poolRings": int(out[4]), "poolOut": int(out[5]),
+                "poolPeak": int(out[6]), "poolBorrows": int(out[7])}
 
     # -- flight recorder ---------------------------------------------------
     def set_detail(self, enabled: bool, stack_bytes: int = 128) -> None:
@@ -434,6 +465,21 @@ class Shard:
         tok = ffi.new("uint64_t *")
         n = lib.lt_drain_collect_batch(d, buf, max_bytes, tok)
         return ffi.buffer(buf, n)[:], int(tok[0])
+
+    def collect_batch_into(self, buf: bytearray) -> tuple[int, int]:
+        """collect_batch() straight into ``buf`` (no copy through a bytes
+        object): returns (bytes written, token). The caller keeps ``buf``
+        untouched until the batch is acked."""
+        if len(buf) < RECORD_SIZE:
+            raise SegmentError(f"buffer of {len(buf)} bytes is smaller than one record ({RECORD_SIZE})")
+        d = self._drain()
+        tok = ffi.new("uint64_t *")
+        dst = ffi.from_buffer(buf)
+        try:
+            n = lib.lt_drain_collect_batch(d, dst, len(buf), tok)
+        finally:
+            ffi.release(dst)
+        return int(n), int(tok[0])
 
     def collect(self, max_bytes: int = 4 << 20) -> bytes:
         """collect_batch() without the token (commit() then acks everything)."""

@@ -28,10 +28,11 @@ from lanetrace.core.shm import SegmentError, TargetSegment
 from lanetrace.drainer.pipeline import Pipeline
 from lanetrace.drainer.preroll import PreRoll
 
-# Small enough that the first batch's rings go back while later ones are in
-# flight (a lane's whole pool is 8 x 64 KiB by default), large enough that the
-# per-request cost stays small.
-BATCH_BYTES = int(os.environ.get("LANETRACE_DRAIN_BATCH_KB", "128")) << 10
+# 32k records a request: the per-request cost (header, ZeroMQ hop, ack) is
+# then a few percent of the writer's encoding time. The rings a batch holds
+# until its ack are borrowed from the target's shared pool when a thread's own
+# run out, so big batches no longer starve the producers.
+BATCH_BYTES = int(os.environ.get("LANETRACE_DRAIN_BATCH_KB", "1024")) << 10
 # batches in flight to the writer; 1 = wait for each ack (bench/overhead.py
 # compares the two through this variable)
 PIPELINE_DEPTH = int(os.environ.get("LANETRACE_DRAIN_DEPTH", "4"))
@@ -77,6 +78,9 @@ class DrainedTarget:
         self.counts_sent_at = 0.0
         self.warned_budget = False
         self.rate_window = (time.monotonic(), 0)
+        # batch buffers not in flight: the records are collected into one and
+        # sent from it without a copy; it is reused once its batch was acked
+        self.spare_buffers: list[bytearray] = []
 
     def close(self) -> None:
         self.segment.close()
@@ -128,23 +132,26 @@ class Drainer:
         pipeline; return the number of bytes sent."""
         moved = 0
         while True:
-            data, token = target.shard.collect_batch(BATCH_BYTES)
-            if not data:
+            buf = target.spare_buffers.pop() if target.spare_buffers else bytearray(BATCH_BYTES)
+            n, token = target.shard.collect_batch_into(buf)
+            if not n:
+                target.spare_buffers.append(buf)
                 break
-            count = len(data) // 32
-            target.lag_ns = max(0, time.monotonic_ns() - int.from_bytes(data[:8], "little"))
+            count = n // 32
+            target.lag_ns = max(0, time.monotonic_ns() - int.from_bytes(buf[:8], "little"))
 
-            def acked(t=target, tok=token):
+            def acked(t=target, tok=token, b=buf):
                 # Durable at the writer: only now may the producer reuse the rings.
                 t.shard.commit(tok)
+                t.spare_buffers.append(b)
 
             self.pipe.send("index", {"pid": target.pid, "drainer": self.shard_index,
-                                     "count": count}, data, on_ack=acked)
+                                     "count": count}, memoryview(buf)[:n], on_ack=acked)
             target.records += count
             target.batches += 1
-            target.index_bytes += len(data)
-            moved += len(data)
-            if len(data) < BATCH_BYTES:
+            target.index_bytes += n
+            moved += n
+            if n < BATCH_BYTES:
                 break
         return moved
 

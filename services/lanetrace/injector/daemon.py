@@ -141,6 +141,9 @@ class DaemonInjector(Injector):
         self.selection = (Selection.from_agent(sel).validate() if sel
                           else self.default_selection)
         follow = bool(args.get("followChildren"))
+        daemon_spec = self.spec
+        # this attach's drop policy, if it has one, over the daemon's
+        self.spec = dict(daemon_spec, **{k: args[k] for k in ("noDrop", "blockTimeoutMs") if k in args})
         self._ensure_pipeline()
         before = len(self.targets)
         try:
@@ -171,6 +174,7 @@ class DaemonInjector(Injector):
             raise
         finally:
             self.selection = self.default_selection
+            self.spec = daemon_spec
         t = self.targets[-1]
         self.tree.setdefault(t.pid, None)
         self.write_session()
@@ -417,6 +421,7 @@ def run(args) -> int:
     spec = {"sessionId": cfg["sessionId"], "traceRoot": cfg["traceRoot"], "drainers": args.shards,
             "selection": cfg.get("selection") or {}, "slots": cfg.get("slots", 64),
             "ringBytes": cfg.get("ringBytes", 256 * 1024), "ringsPerLane": cfg.get("ringsPerLane", 8),
+            **{k: cfg[k] for k in ("ringBudgetBytes", "noDrop", "blockTimeoutMs") if k in cfg},
             "agentStaleMs": cfg.get("agentStaleMs", DEFAULT_AGENT_STALE_MS)}
     injector = DaemonInjector(run_dir, spec)
     finish_orphans(injector)

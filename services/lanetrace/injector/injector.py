@@ -23,7 +23,7 @@ import time
 import frida
 import orjson
 
-from lanetrace.core import atf, bus
+from lanetrace.core import atf, bus, ringpolicy
 from lanetrace.core.bus import Bus, receive
 from lanetrace.core.datachannel import WriterClient, WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
@@ -275,11 +275,13 @@ class Injector:
         target.mark("attachStart")
         uid, gid = _credentials(pid)
         foreign = uid != os.geteuid()  # a service account's process, attached by root
+        ring_bytes = int(self.spec.get("ringBytes", 256 * 1024))
         target.segment = TargetSegment.create(
             self.session_id, pid, slots=int(self.spec.get("slots", 64)), shards=self.shards,
-            ring_bytes=int(self.spec.get("ringBytes", 256 * 1024)),
-            rings_per_lane=int(self.spec.get("ringsPerLane", 8)),
+            ring_bytes=ring_bytes, rings_per_lane=int(self.spec.get("ringsPerLane", 8)),
+            pool_rings=ringpolicy.pool_rings(self.spec, ring_bytes),
             owner=(uid, gid) if foreign else None, **self.flight.segment_kwargs())
+        target.segment.drop_policy(**ringpolicy.drop_policy(self.spec))
         # The agent maps the segment with its pages populated; allocating them
         # here, while Frida attaches, takes that work off the way to live hooks.
         allocating = threading.Thread(target=target.segment.preallocate, daemon=True,
@@ -714,11 +716,13 @@ def control_counters(segment: TargetSegment) -> dict:
     agent stamped records with (control block)."""
     try:
         c = segment.counters()
+        pool = segment.pool_stats()
     except Exception:
         return {}
     return {"modeTransitions": c.get("mode_transitions", 0),
             "fallbackEvents": c.get("fallback_events", 0), "finalMode": c.get("mode"),
-            "recordClock": segment.clock}
+            "recordClock": segment.clock,
+            "ringPool": pool}
 
 
 def traced_functions(planned: list[dict]) -> list[dict]:
