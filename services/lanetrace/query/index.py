@@ -249,12 +249,14 @@ def scan_python(buf) -> dict:
     rows = {name: [] for name, _ in SCAN_FIELDS}
     side = {name: [] for name, _ in SIDE_FIELDS}
     data = bytes(buf)
+    derive = atf.Derivation().apply
     for i, (_, payload, length) in enumerate(atf.scan_frames(data)):
         ev = pb.Event()
         try:
             ev.ParseFromString(data[payload:payload + length])
         except Exception:  # protobuf's DecodeError and friends
             raise IndexError_(f"corrupt event #{i} in {atf.EVENTS_FILE}") from None
+        derive(ev)
         which = ev.WhichOneof("payload")
         kind = _ONEOF_KIND.get(which, K_UNKNOWN)
         if kind == K_SYMDEF:
@@ -274,8 +276,8 @@ def scan_python(buf) -> dict:
                 raw = body.symbol.encode()
                 sym_len, sym_hash = len(raw), fnv1a(raw)
                 sym_off = data.find(raw, payload, payload + length)
-        # proto3 scalars have no presence: an absent depth and 0 look alike
-        depth = ev.depth if ev.depth else -1
+        # -1: absent (0 in an event that carries its sequence)
+        depth = ev.depth if ev.HasField("depth") else -1
         for name, val in (("off", payload), ("plen", length), ("ts", atf.timestamp_ns(ev)),
                           ("tid", ev.thread_id), ("kind", kind), ("fid", fid), ("addr", addr),
                           ("sym_off", sym_off), ("sym_len", sym_len), ("sym_hash", sym_hash),
