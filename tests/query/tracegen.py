@@ -110,14 +110,17 @@ def write_trace(trace_dir, events, flavour="ours", pid=4242, os_name="linux", ar
                 seqs[ev.tid] = seqs.get(ev.tid, 0) + 1
                 msg.sequence = seqs[ev.tid]
                 stack = depths.setdefault(ev.tid, [])
+                # depth 0 left out, as every event's depth was before compact events
                 if ev.kind == "call":
-                    msg.depth = len(stack)
+                    if stack:
+                        msg.depth = len(stack)
                     stack.append(ev.func)
                 else:
                     # a return carries its call's depth (the writer's rule)
                     for j in range(len(stack) - 1, -1, -1):
                         if stack[j] == ev.func:
-                            msg.depth = j
+                            if j:
+                                msg.depth = j
                             del stack[j:]
                             break
         out += atf.frame(msg.SerializeToString())
