@@ -91,7 +91,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rings-per-lane", type=int_range(2, 64), default=8, metavar="N",
                    help="rings in each thread's pool (default 8)")
     p.add_argument("--inline-symbols", action="store_true",
-                   help="also write the symbol string into every call and return event")
+                   help="write every base ATF V4 field into each call and return (event id, "
+                        "timestamp, symbol, address) for readers that know only those; "
+                        "about 20 more bytes per event plus the name")
 
 
 def resolve_program(program: list[str]) -> list[str]:

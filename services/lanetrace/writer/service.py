@@ -424,7 +424,8 @@ def parse_args(argv=None):
     p.add_argument("--trace-root", required=True, help="traces go to <trace-root>/<session>/")
     p.add_argument("--session", required=True, help="session id")
     p.add_argument("--inline-symbols", action="store_true",
-                   help="also fill the base format's symbol string in every call/return")
+                   help="write every base ATF V4 field (event id, timestamp, symbol, "
+                        "address) into each call/return")
     p.add_argument("--broker-pub", default=None,
                    help="broker endpoint to publish on (default ipc://<run-dir>/broker-pub.sock)")
     return p.parse_args(argv)
