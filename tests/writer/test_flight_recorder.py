@@ -2,6 +2,8 @@
 windows, in the event of their own call or return (held until the detail can
 have come); thread names; SignalDelivery events. Real writer process, decoded
 with the official runtime."""
+import glob
+import os
 import time
 
 from lanetrace.core import atf
@@ -196,3 +198,57 @@ def test_writer_signal__sent_and_resent__then_one_signal_delivery_with_registers
     assert (s.thread_id, atf.timestamp_ns(s), s.signal_delivery.number, s.signal_delivery.name) \
         == (12, 5000, 11, "SIGSEGV")
     assert dict(s.signal_delivery.registers) == h["registers"]
+
+
+def test_writer_hold__thread_records_arrive_out_of_order__then_written_in_sequence_order(
+        writer, client):
+    _start(client)
+    idx, _ = _pairs_with_detail(TID, 1, 5)
+    client.ok("index", {"pid": PID, "count": 6}, records(idx[4:]))  # seq 5..10 first
+    client.ok("index", {"pid": PID, "count": 4}, records(idx[:4]))  # then 1..4 (another lane)
+    client.ok("target_end", end_header(PID, drops={}))
+    trace_dir = writer.trace_dir(PID)
+    assert [e.sequence for e in calls_and_returns(read_frames(trace_dir))] == list(range(1, 11))
+    m = manifest(trace_dir)
+    assert (m["lateRecords"], m["seqGaps"], m["callCount"]) == (0, 0, 5)
+    assert not glob.glob(os.path.join(trace_dir, "held.*.journal"))  # all written: journal gone
+
+
+def test_writer_hold__detail_before_its_index_record__then_merged_into_it(writer, client):
+    _start(client)
+    idx, det = _pairs_with_detail(TID, 1, 3)
+    client.ok("window", {"pid": PID, "startNs": T0, "endNs": T0 + 10**6, "trigger": "time=0"})
+    client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
+    client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
+    client.ok("target_end", end_header(PID, drops={}))
+    frames = calls_and_returns(read_frames(writer.trace_dir(PID)))
+    assert len(frames) == 6 and all(atf.carries_detail(e) for e in frames)
+    assert manifest(writer.trace_dir(PID))["detailKept"] == 6
+
+
+def test_writer_hold__index_record_never_comes__then_its_detail_counted_unmatched(writer, client):
+    _start(client)
+    idx, det = _pairs_with_detail(TID, 1, 3)
+    client.ok("window", {"pid": PID, "startNs": T0, "endNs": T0 + 10**6, "trigger": "time=0"})
+    client.ok("index", {"pid": PID, "count": 4}, records(idx[:4]))  # seq 5, 6 dropped
+    client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
+    client.ok("target_end", end_header(PID, drops={}))
+    m = manifest(writer.trace_dir(PID))
+    assert (m["detailKept"], m["flightRecorder"]["writer"]["unmatched"]) == (4, 2)
+    assert m["detailKept"] + m["detailDiscarded"] == 6
+
+
+def test_writer_hold__budget_full__then_written_at_once_and_later_detail_counted_late(
+        writer, client):
+    _start(client, flightRecorder=dict(FLIGHT, bufferBytes=256))  # 8 records
+    idx, det = _pairs_with_detail(TID, 1, 10)
+    client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
+    client.ok("window", {"pid": PID, "startNs": T0, "endNs": T0 + 10**6, "trigger": "time=0"})
+    client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
+    client.ok("target_end", end_header(PID, drops={}))
+    trace_dir = writer.trace_dir(PID)
+    m = manifest(trace_dir)
+    w = m["flightRecorder"]["writer"]
+    assert (w["releasedEarly"], w["late"], w["holdBudgetBytes"]) == (20, 20, 256)
+    assert (m["detailKept"], m["detailDiscarded"]) == (0, 20)
+    assert [e.sequence for e in calls_and_returns(read_frames(trace_dir))] == list(range(1, 21))
