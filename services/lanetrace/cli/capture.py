@@ -93,7 +93,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inline-symbols", action="store_true",
                    help="write every base ATF V4 field into each call and return (event id, "
                         "timestamp, symbol, address) for readers that know only those; "
-                        "about 20 more bytes per event plus the name")
+                        "about 25 more bytes per event plus the name")
 
 
 def resolve_program(program: list[str]) -> list[str]:
