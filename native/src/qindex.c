@@ -95,9 +95,10 @@ static inline uint64_t fnv1a(const uint8_t *s, size_t n)
     return h ? h : 1; /* 0 means "no symbol" */
 }
 
-/* Decode the FunctionCall/FunctionReturn fields the index needs. */
+/* Decode the FunctionCall/FunctionReturn fields the index needs; *regs is
+ * set when it carries registers or a stack copy (the flight recorder's). */
 static int scan_callret(const uint8_t *buf, size_t pos, size_t end, uint32_t *fid,
-                        uint64_t *addr, int64_t *sym_off, uint32_t *sym_len)
+                        uint64_t *addr, int64_t *sym_off, uint32_t *sym_len, int *regs)
 {
     while (pos < end) {
         uint64_t key, v;
@@ -113,8 +114,10 @@ static int scan_callret(const uint8_t *buf, size_t pos, size_t end, uint32_t *fi
         } else if (fn == 15 && wt == 0) {
             if (rd_varint(buf, end, &pos, &v)) return -1;
             *fid = (uint32_t)v;
-        } else if (skip_field(buf, end, &pos, wt)) {
-            return -1;
+        } else {
+            *regs |= (fn == 3 || fn == 4) && wt == 2;
+            if (skip_field(buf, end, &pos, wt))
+                return -1;
         }
     }
     return 0;
@@ -187,9 +190,11 @@ static derive_t *derive_get(derive_map *m, int32_t tid)
  * span and hash, depth (-1 when the field is absent), sequence (0 when
  * absent). SymbolDefinition frames are not events: their payload spans go
  * to def_off/def_len instead (*ndefs of them), so no column needs a second
- * pass to drop them. Flight-recorder detail frames (Event.detail = 22) repeat
- * a call/return already in the stream: they go to det_* (payload span,
- * thread id, sequence; *ndet of them), to be joined by (thread, sequence).
+ * pass to drop them. Flight-recorder detail frames (Event.detail = 22, older
+ * traces) repeat a call/return already in the stream: they go to det_*
+ * (payload span, thread id, sequence; *ndet of them), to be joined by
+ * (thread, sequence). A numbered call/return that carries its registers
+ * itself is an event and also goes to det_*, joined to itself.
  * Returns the number of events, or -(1 + index) of the first frame that is
  * not a valid Event message.
  */
@@ -206,7 +211,7 @@ int64_t lt_qindex_scan(const uint8_t *buf, int64_t len, int64_t n,
     derive_map dm = {0};
     for (int64_t f = 0; f < n; f++) {
         uint64_t flen, key, v, delta = 0;
-        int detail = 0, have_ts = 0;
+        int detail = 0, have_ts = 0, regs = 0;
         if (rd_varint(buf, end, &pos, &flen) || flen > end - pos) {
             rc = -(1 + f);
             goto out;
@@ -236,7 +241,8 @@ int64_t lt_qindex_scan(const uint8_t *buf, int64_t len, int64_t n,
                 } else if (fn == 12 || fn == 13) {
                     kind[i] = fn == 12 ? K_CALL : K_RETURN;
                     fid[i] = 0; addr[i] = 0; sym_off[i] = 0; sym_len[i] = 0;
-                    if (scan_callret(buf, sub, subend, &fid[i], &addr[i], &sym_off[i], &sym_len[i]))
+                    if (scan_callret(buf, sub, subend, &fid[i], &addr[i], &sym_off[i], &sym_len[i],
+                                     &regs))
                         { rc = -(1 + f); goto out; }
                 } else {
                     kind[i] = fn == 10 ? K_TRACE_START : fn == 11 ? K_TRACE_END
@@ -281,6 +287,13 @@ int64_t lt_qindex_scan(const uint8_t *buf, int64_t len, int64_t n,
                 d->seq = seq[i];
                 d->depth = depth[i] < 0 ? 0 : (uint32_t)depth[i];
                 d->kind = is_call ? 1 : 2;
+                if (regs) { /* its own detail: joined to itself like a twin */
+                    det_off[nt] = off[i];
+                    det_len[nt] = plen[i];
+                    det_tid[nt] = tid[i];
+                    det_seq[nt] = seq[i];
+                    nt++;
+                }
             }
         }
         if (sym_len[i])

@@ -278,6 +278,10 @@ def scan_python(buf) -> dict:
                 sym_off = data.find(raw, payload, payload + length)
         # -1: absent (0 in an event that carries its sequence)
         depth = ev.depth if ev.HasField("depth") else -1
+        if ev.sequence and atf.carries_detail(ev):  # its own detail: joined to itself
+            for name, val in (("det_off", payload), ("det_len", length),
+                              ("det_tid", ev.thread_id), ("det_seq", ev.sequence)):
+                side[name].append(val)
         for name, val in (("off", payload), ("plen", length), ("ts", atf.timestamp_ns(ev)),
                           ("tid", ev.thread_id), ("kind", kind), ("fid", fid), ("addr", addr),
                           ("sym_off", sym_off), ("sym_len", sym_len), ("sym_hash", sym_hash),
