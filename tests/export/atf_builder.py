@@ -138,6 +138,8 @@ class TraceBuilder:
                "timeEndNs": self.last_ns or 0, "eventCount": self.count,
                "bytesWritten": os.path.getsize(os.path.join(self.dir, atf.EVENTS_FILE)),
                "spanCount": 0, "formatVersion": atf.FORMAT_VERSION}
+        if self.compact:
+            doc["eventEncoding"] = atf.COMPACT_ENCODING
         if windows is not None:
             doc["windows"] = windows
         if threads is not None:

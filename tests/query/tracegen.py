@@ -153,6 +153,8 @@ def write_trace(trace_dir, events, flavour="ours", pid=4242, os_name="linux", ar
                  "executablePath": next((e.exec_path for e in events if e.kind == "start"), "")}
         else:
             m = {"version": "ATF V4", "pid": pid}
+        if compact:
+            m["eventEncoding"] = atf.COMPACT_ENCODING
         m.update(manifest_extra or {})
         with open(os.path.join(trace_dir, atf.MANIFEST_FILE), "wb") as f:
             f.write(orjson.dumps(m))

@@ -20,6 +20,8 @@ EVENTS_FILE = "events.bin"
 MANIFEST_FILE = "trace.json"
 SYMBOLS_FILE = "symbols.json"
 FORMAT_VERSION = "ATF V4"
+# trace.json "eventEncoding" of traces with compact calls and returns
+COMPACT_ENCODING = "compact"
 
 PAYLOAD_EVENT_TYPES = {
     "trace_start": "TraceStart",

@@ -165,6 +165,8 @@ def build(trace_dir: str, out_dir: str, fp: tuple[int, int]) -> dict:
         buf = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) if size else b""
     try:
         cols = scan_native(buf) if HAVE_NATIVE else scan_python(buf)
+        if not _compact(trace_dir):
+            cols = _without_own_details(cols)
         arrays, meta = _assemble(buf, cols, _sidecar_symbols(trace_dir))
     finally:
         if isinstance(buf, mmap.mmap):
@@ -189,6 +191,27 @@ SCAN_FIELDS = (("off", np.int64), ("plen", np.uint32), ("ts", np.int64), ("tid",
 # not events: symbol definitions, and flight-recorder detail copies of calls
 SIDE_FIELDS = (("def_off", np.int64), ("def_len", np.uint32), ("det_off", np.int64),
                ("det_len", np.uint32), ("det_tid", np.int32), ("det_seq", np.uint64))
+
+
+def _compact(trace_dir: str) -> bool:
+    """Written by the current writer, whose calls and returns carry the
+    flight recorder's registers themselves (docs/format.md)."""
+    try:
+        return atf.read_manifest(trace_dir).get("eventEncoding") == atf.COMPACT_ENCODING
+    except atf.TraceFormatError:
+        return False
+
+
+def _without_own_details(cols: dict) -> dict:
+    """Registers inside an event of another trace are not flight-recorder
+    detail (only ``detail = true`` twins are): drop the self-joins."""
+    keep = ~np.isin(cols["det_off"], cols["off"])
+    if keep.all():
+        return cols
+    cols = dict(cols)
+    for name in ("det_off", "det_len", "det_tid", "det_seq"):
+        cols[name] = cols[name][keep]
+    return cols
 
 
 def scan_native(buf) -> dict:

@@ -459,6 +459,7 @@ class TraceFile:
         detail = self.detail_counts(st)
         return {
             "formatVersion": atf.FORMAT_VERSION,
+            "eventEncoding": atf.COMPACT_ENCODING,
             "os": "linux",
             "arch": "x86_64",
             "pid": self.pid,
