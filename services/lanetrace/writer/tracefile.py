@@ -212,9 +212,9 @@ class TraceFile:
         if not self.flight:
             self.flight = {"full": False}
         self._start_hold()
+        recounted = ("duplicates", "detail_late", "detail_duplicates", "detail_discarded")
         before = self.stats()
-        before = {k: getattr(before, k) for k in ("duplicates", "detail_late", "detail_duplicates",
-                                                  "detail_discarded")}
+        before = {k: getattr(before, k) for k in recounted}
         replayed = 0
         for entry in self.journal.replay():
             if entry[0] == "index":
@@ -223,10 +223,8 @@ class TraceFile:
                 self._hold_detail(entry[1], entry[2], entry[3])
             replayed += 1
         after = self.stats()
-        for k, name in (("duplicates", "duplicates"), ("detail_late", "detail_late"),
-                        ("detail_duplicates", "detail_duplicates"),
-                        ("detail_discarded", "detail_discarded")):
-            self.base[name] -= getattr(after, k) - before[k]
+        for k in recounted:
+            self.base[k] -= getattr(after, k) - before[k]
         log.info("pid %d: replayed %d held batches from the journal", self.pid, replayed)
 
     def close(self) -> None:
