@@ -27,7 +27,7 @@
 #define TAG_UNWOUND_0 0x80       /* FunctionReturn.unwound = 16: 80 01 */
 #define TAG_REGISTERS 0x1a       /* argument_registers / return_registers = 3, len */
 #define TAG_STACK 0x22           /* FunctionCall.stack_shallow_copy = 4, len */
-#define TAG_DETAIL_0 0xb0        /* Event.detail = 22, varint: b0 01 */
+#define TAG_DELTA_0 0xb8         /* Event.time_delta_ns = 23, varint: b8 01 */
 #define TAG_MAP_KEY 0x0a
 #define TAG_MAP_VALUE 0x10
 
@@ -59,11 +59,29 @@ typedef struct tid_entry {
     uint32_t used;
     uint64_t max_seq;
     uint64_t open_calls;
-    uint64_t detail_max_seq; /* detail records: one lane per thread, so in order */
     uint32_t nholes, hole_cap;
     uint64_t *hole_lo; /* ascending, disjoint, all below max_seq; grown on demand */
     uint64_t *hole_hi;
+    /* What a reader derives a compact event's omitted fields from: the
+     * thread's previous call/return in the file (docs/format.md). */
+    uint64_t last_seq; /* 0: the thread has no call/return in the file yet */
+    uint64_t last_ts;
+    uint64_t emitted_max; /* highest sequence written */
+    uint32_t last_depth;
+    uint8_t last_kind; /* 0 none, 1 call, 2 return */
+    /* Held while the flight recorder may still send their detail: index
+     * records and detail copies, each sorted by seq, live in [head, len). */
+    lt_index_record *pend;
+    size_t pend_head, pend_len, pend_cap;
+    struct held_detail *det;
+    size_t det_head, det_len, det_cap;
 } tid_entry;
+
+typedef struct held_detail {
+    uint64_t seq;
+    uint8_t *rec; /* malloc'd copy of the lt_detail_record and its stack bytes */
+    uint32_t size;
+} held_detail;
 
 struct lt_encoder {
     int inline_symbols;
@@ -76,6 +94,9 @@ struct lt_encoder {
     tid_entry *last_tid;
     uint64_t *others;
     size_t others_len, others_cap;
+    int hold;
+    size_t hold_budget; /* bytes of held records and detail copies */
+    size_t held_bytes, held_records, held_details;
     lt_encode_stats st;
 };
 
@@ -133,55 +154,17 @@ void lt_encoder_free(lt_encoder *e) {
     free(e->fns);
     if (e->tids)
         for (size_t i = 0; i < e->tid_cap; i++) {
-            free(e->tids[i].hole_lo);
-            free(e->tids[i].hole_hi);
+            tid_entry *t = &e->tids[i];
+            free(t->hole_lo);
+            free(t->hole_hi);
+            free(t->pend);
+            for (size_t k = t->det_head; k < t->det_len; k++)
+                free(t->det[k].rec);
+            free(t->det);
         }
     free(e->tids);
     free(e->others);
     free(e);
-}
-
-/* Fields every call/return Event starts with (event_id, thread_id,
- * timestamp), shared by the index and the detail encoders. */
-typedef struct ev_head {
-    uint64_t eid, tidv, secs, nanos;
-    size_t ts_len;
-} ev_head;
-
-static inline ev_head ev_head_of(uint64_t eid, uint32_t tid, uint64_t ts_ns) {
-    ev_head h;
-    h.eid = eid;
-    /* int32 thread_id: proto sign-extends negative values to 64 bits */
-    h.tidv = (uint64_t)(int64_t)(int32_t)tid;
-    h.secs = ts_ns / 1000000000u;
-    h.nanos = ts_ns % 1000000000u;
-    h.ts_len = (h.secs ? 1 + varint_size(h.secs) : 0) + (h.nanos ? 1 + varint_size(h.nanos) : 0);
-    return h;
-}
-
-static inline size_t ev_head_size(const ev_head *h) {
-    return 1 + varint_size(h->eid) + (h->tidv ? 1 + varint_size(h->tidv) : 0) +
-           1 + varint_size(h->ts_len) + h->ts_len;
-}
-
-static inline uint8_t *put_ev_head(uint8_t *p, const ev_head *h) {
-    *p++ = TAG_EVENT_ID;
-    p = put_varint(p, h->eid);
-    if (h->tidv) {
-        *p++ = TAG_THREAD_ID;
-        p = put_varint(p, h->tidv);
-    }
-    *p++ = TAG_TIMESTAMP;
-    p = put_varint(p, h->ts_len);
-    if (h->secs) {
-        *p++ = TAG_TS_SECONDS;
-        p = put_varint(p, h->secs);
-    }
-    if (h->nanos) {
-        *p++ = TAG_TS_NANOS;
-        p = put_varint(p, h->nanos);
-    }
-    return p;
 }
 
 /* The base format's symbol string (only with --inline-symbols) and the runtime
@@ -423,17 +406,17 @@ static int hole_take(tid_entry *t, uint64_t seq) {
     return 0;
 }
 
-enum { SEQ_NEW, SEQ_DUPLICATE, SEQ_LATE };
+enum { SEQ_NEW, SEQ_DUPLICATE, SEQ_HOLE };
 
-/* Sequence check; SEQ_NEW advances max_seq and records any gap. A late record
- * (it fills a remembered hole) is written like a new one: readers sort a
- * thread's events by sequence, and the hole is no longer a gap. */
+/* Sequence check; SEQ_NEW advances max_seq and records any gap; SEQ_HOLE
+ * fills a remembered hole (the record came through a slower lane), which is
+ * then no longer a gap. */
 static inline int seq_accept(lt_encoder *e, tid_entry *t, uint64_t seq, uint64_t *gaps) {
     if (seq <= t->max_seq) {
         if (!hole_take(t, seq))
             return SEQ_DUPLICATE;
         e->st.gaps--;
-        return SEQ_LATE;
+        return SEQ_HOLE;
     }
     uint64_t gap = seq - t->max_seq - 1;
     if (gap) {
@@ -445,10 +428,310 @@ static inline int seq_accept(lt_encoder *e, tid_entry *t, uint64_t seq, uint64_t
     return SEQ_NEW;
 }
 
+/* The depth a reader derives for the thread's next call/return from its
+ * nesting; -1 when it derives none (the event must carry its depth). */
+static inline int64_t derived_depth(const tid_entry *t, int is_call) {
+    if (t->last_kind == 1)
+        return is_call ? (int64_t)t->last_depth + 1 : (int64_t)t->last_depth;
+    if (t->last_kind == 2) {
+        if (is_call)
+            return t->last_depth;
+        return t->last_depth ? (int64_t)t->last_depth - 1 : -1;
+    }
+    return -1;
+}
+
+/* After a call/return of t with these fields was written (or scanned). */
+static inline void derive_advance(tid_entry *t, uint64_t seq, uint64_t ts, uint32_t depth,
+                                  int is_call) {
+    t->last_seq = seq;
+    t->last_ts = ts;
+    t->last_depth = depth;
+    t->last_kind = is_call ? 1 : 2;
+    if (seq > t->emitted_max)
+        t->emitted_max = seq;
+}
+
+static inline size_t tagged_varint(uint64_t v) { return v ? 1 + varint_size(v) : 0; }
+
+/* Worst case of one detail record's registers and stack header. */
+#define DETAIL_BOUND (LT_DETAIL_MAX_REGS * REG_ENTRY_BOUND + 1 + 5)
+
+static inline uint8_t *put_reg(uint8_t *p, const char *name, uint64_t v) {
+    size_t kl = strlen(name);
+    *p++ = TAG_REGISTERS;
+    *p++ = (uint8_t)(2 + kl + 1 + varint_size(v));
+    *p++ = TAG_MAP_KEY;
+    *p++ = (uint8_t)kl;
+    memcpy(p, name, kl);
+    p += kl;
+    *p++ = TAG_MAP_VALUE;
+    return put_varint(p, v);
+}
+
+static inline size_t reg_len(const char *name, uint64_t v) {
+    return 2 + (2 + strlen(name) + 1 + varint_size(v));
+}
+
+/* Write one call/return as a compact Event (docs/format.md): only what a
+ * reader cannot derive from the thread's previous call/return. `det` (may be
+ * NULL) is the flight recorder's detail of the same call/return, whose
+ * registers and stack go into this one event. */
+static uint8_t *emit_event(lt_encoder *e, tid_entry *t, const lt_index_record *rec,
+                           const lt_detail_record *det, const uint8_t *stack, uint8_t *p,
+                           uint64_t *late) {
+    fn_entry *f = fn_find(e, rec->func_id);
+    int is_call = rec->kind == LT_KIND_ENTRY;
+    int unwound = rec->kind == LT_KIND_RETURN_UNWOUND;
+    uint64_t eid = e->st.next_event_id++;
+    if (rec->seq < t->emitted_max) { /* written after higher numbers of its thread */
+        (*late)++;
+        e->st.late++;
+    }
+    account(e, t, f, is_call, unwound, rec->ts_ns);
+
+    int full = e->inline_symbols; /* every base field, for readers that know only those */
+    int put_seq = t->last_seq == 0 || rec->seq != t->last_seq + 1;
+    int put_depth = put_seq ? rec->depth != 0 : derived_depth(t, is_call) != (int64_t)rec->depth;
+    int abs_ts = full || t->last_kind == 0 || rec->ts_ns < t->last_ts;
+    uint64_t delta = abs_ts ? 0 : rec->ts_ns - t->last_ts;
+    uint64_t secs = rec->ts_ns / 1000000000u, nanos = rec->ts_ns % 1000000000u;
+    size_t ts_len = tagged_varint(secs) + tagged_varint(nanos);
+    /* int32 thread_id: proto sign-extends negative values to 64 bits */
+    uint64_t tidv = (uint64_t)(int64_t)(int32_t)rec->tid;
+
+    uint64_t addr = (f && full) ? f->address : 0;
+    size_t symlen = (f && full) ? f->symbol_len : 0;
+    const char *const *names = is_call ? ENTRY_REGS : RETURN_REGS;
+    size_t regs_len = 0, stack_len = 0;
+    if (det) {
+        for (uint32_t i = 0; i < det->reg_count; i++)
+            regs_len += reg_len(names[i], det->regs[i]);
+        stack_len = is_call ? det->stack_len : 0;
+        e->st.detail_events++;
+    }
+    size_t pl_len = symbol_address_size(symlen, addr) + regs_len +
+                    (stack_len ? 1 + varint_size(stack_len) + stack_len : 0) +
+                    tagged_varint(rec->func_id) + (unwound ? 3 : 0);
+    size_t ev_len = (full ? 1 + varint_size(eid) : 0) + tagged_varint(tidv) +
+                    (abs_ts ? 1 + varint_size(ts_len) + ts_len : 0) +
+                    1 + varint_size(pl_len) + pl_len +
+                    (put_seq ? 2 + varint_size(rec->seq) : 0) +
+                    (put_depth ? 2 + varint_size(rec->depth) : 0) +
+                    (delta ? 2 + varint_size(delta) : 0);
+
+    p = put_varint(p, ev_len);
+    if (full) {
+        *p++ = TAG_EVENT_ID;
+        p = put_varint(p, eid);
+    }
+    if (tidv) {
+        *p++ = TAG_THREAD_ID;
+        p = put_varint(p, tidv);
+    }
+    if (abs_ts) {
+        *p++ = TAG_TIMESTAMP;
+        p = put_varint(p, ts_len);
+        if (secs) {
+            *p++ = TAG_TS_SECONDS;
+            p = put_varint(p, secs);
+        }
+        if (nanos) {
+            *p++ = TAG_TS_NANOS;
+            p = put_varint(p, nanos);
+        }
+    }
+    *p++ = is_call ? TAG_CALL : TAG_RETURN;
+    p = put_varint(p, pl_len);
+    p = put_symbol_address(p, f, symlen, addr);
+    if (det) {
+        for (uint32_t i = 0; i < det->reg_count; i++)
+            p = put_reg(p, names[i], det->regs[i]);
+        if (stack_len) {
+            *p++ = TAG_STACK;
+            p = put_varint(p, stack_len);
+            memcpy(p, stack, stack_len);
+            p += stack_len;
+        }
+    }
+    if (rec->func_id) {
+        *p++ = TAG_FUNCTION_ID;
+        p = put_varint(p, rec->func_id);
+    }
+    if (unwound) {
+        *p++ = TAG_UNWOUND_0;
+        *p++ = 0x01;
+        *p++ = 0x01;
+    }
+    if (put_seq) {
+        *p++ = TAG_SEQUENCE_0;
+        *p++ = 0x01;
+        p = put_varint(p, rec->seq);
+    }
+    if (put_depth) {
+        *p++ = TAG_DEPTH_0;
+        *p++ = 0x01;
+        p = put_varint(p, rec->depth);
+    }
+    if (delta) {
+        *p++ = TAG_DELTA_0;
+        *p++ = 0x01;
+        p = put_varint(p, delta);
+    }
+    derive_advance(t, rec->seq, rec->ts_ns, rec->depth, is_call);
+    return p;
+}
+
+/* ---- holding records for the flight recorder's detail ------------------- */
+
+void lt_encoder_set_hold(lt_encoder *e, size_t budget_bytes) {
+    e->hold = 1;
+    e->hold_budget = budget_bytes;
+}
+
+size_t lt_encoder_held_bytes(const lt_encoder *e) {
+    return e->held_bytes;
+}
+
+/* Insert rec into t's held records in seq order; 0, or -1 out of memory. */
+static int pend_insert(lt_encoder *e, tid_entry *t, const lt_index_record *rec) {
+    if (t->pend_head && t->pend_len == t->pend_cap) { /* reclaim the written prefix */
+        memmove(t->pend, t->pend + t->pend_head,
+                (t->pend_len - t->pend_head) * sizeof *t->pend);
+        t->pend_len -= t->pend_head;
+        t->pend_head = 0;
+    }
+    if (t->pend_len == t->pend_cap) {
+        size_t cap = t->pend_cap ? t->pend_cap * 2 : 1024;
+        lt_index_record *n = realloc(t->pend, cap * sizeof *n);
+        if (!n)
+            return -1;
+        t->pend = n;
+        t->pend_cap = cap;
+    }
+    size_t at = t->pend_len; /* records mostly arrive in order: search from the end */
+    while (at > t->pend_head && t->pend[at - 1].seq > rec->seq)
+        at--;
+    memmove(&t->pend[at + 1], &t->pend[at], (t->pend_len - at) * sizeof *t->pend);
+    t->pend[at] = *rec;
+    t->pend_len++;
+    e->held_records++;
+    e->held_bytes += sizeof *rec;
+    return 0;
+}
+
+/* Hold a copy of a detail record in t's seq order; 1 kept, 0 duplicate,
+ * -1 out of memory. */
+static int det_insert(lt_encoder *e, tid_entry *t, const uint8_t *raw, uint32_t size,
+                      uint64_t seq) {
+    if (t->det_head && t->det_len == t->det_cap) {
+        memmove(t->det, t->det + t->det_head, (t->det_len - t->det_head) * sizeof *t->det);
+        t->det_len -= t->det_head;
+        t->det_head = 0;
+    }
+    if (t->det_len == t->det_cap) {
+        size_t cap = t->det_cap ? t->det_cap * 2 : 256;
+        held_detail *n = realloc(t->det, cap * sizeof *n);
+        if (!n)
+            return -1;
+        t->det = n;
+        t->det_cap = cap;
+    }
+    size_t at = t->det_len;
+    while (at > t->det_head && t->det[at - 1].seq > seq)
+        at--;
+    if (at > t->det_head && t->det[at - 1].seq == seq)
+        return 0;
+    uint8_t *copy = malloc(size);
+    if (!copy)
+        return -1;
+    memcpy(copy, raw, size);
+    memmove(&t->det[at + 1], &t->det[at], (t->det_len - at) * sizeof *t->det);
+    t->det[at] = (held_detail){seq, copy, size};
+    t->det_len++;
+    e->held_details++;
+    e->held_bytes += size;
+    return 1;
+}
+
+static void det_pop(lt_encoder *e, tid_entry *t) {
+    held_detail *d = &t->det[t->det_head++];
+    e->held_bytes -= d->size;
+    e->held_details--;
+    free(d->rec);
+    if (t->det_head == t->det_len)
+        t->det_head = t->det_len = 0;
+}
+
+size_t lt_encoder_flush_bound(const lt_encoder *e) {
+    return e->held_records * (FIXED_BOUND + (e->inline_symbols ? e->max_symbol_len : 0)) +
+           e->held_bytes + e->held_details * DETAIL_BOUND;
+}
+
+int64_t lt_encoder_flush(lt_encoder *e, uint64_t horizon_ns, uint8_t *out, size_t out_cap,
+                         lt_flush_result *res) {
+    lt_flush_result r = {0};
+    if (out_cap < lt_encoder_flush_bound(e))
+        return -1;
+    uint64_t limit = horizon_ns;
+    if (e->held_bytes > e->hold_budget) /* over budget: nothing waits any longer */
+        limit = UINT64_MAX;
+    uint8_t *p = out;
+    for (size_t i = 0; i < e->tid_cap; i++) {
+        tid_entry *t = &e->tids[i];
+        if (!t->used)
+            continue;
+        while (t->pend_head < t->pend_len && t->pend[t->pend_head].ts_ns < limit) {
+            const lt_index_record *rec = &t->pend[t->pend_head];
+            const lt_detail_record *det = NULL;
+            lt_detail_record d;
+            while (t->det_head < t->det_len && t->det[t->det_head].seq < rec->seq) {
+                det_pop(e, t); /* its index record never came */
+                r.detail_unmatched++;
+            }
+            if (t->det_head < t->det_len && t->det[t->det_head].seq == rec->seq) {
+                memcpy(&d, t->det[t->det_head].rec, sizeof d);
+                int kinds_agree = (d.kind == LT_KIND_ENTRY) == (rec->kind == LT_KIND_ENTRY);
+                if (kinds_agree)
+                    det = &d;
+                else
+                    r.detail_unmatched++;
+            }
+            if (rec->ts_ns >= horizon_ns)
+                r.early++;
+            p = emit_event(e, t, rec, det, det ? t->det[t->det_head].rec + LT_DETAIL_HEADER_SIZE
+                                               : NULL, p, &r.late);
+            if (det)
+                r.merged++;
+            if (t->det_head < t->det_len && t->det[t->det_head].seq == rec->seq)
+                det_pop(e, t);
+            t->pend_head++;
+            e->held_records--;
+            e->held_bytes -= sizeof *rec;
+            r.events++;
+        }
+        if (t->pend_head == t->pend_len)
+            t->pend_head = t->pend_len = 0;
+        /* Detail whose index record was written already, or will never come
+         * (every record of the thread up to the horizon is out). */
+        while (t->det_head < t->det_len &&
+               (t->det[t->det_head].seq <= t->emitted_max ||
+                (limit == UINT64_MAX && t->pend_head == t->pend_len))) {
+            det_pop(e, t);
+            r.detail_unmatched++;
+        }
+    }
+    e->st.hold_early += r.early;
+    e->st.detail_unmatched += r.detail_unmatched;
+    if (res)
+        *res = r;
+    return (int64_t)(p - out);
+}
+
 int64_t lt_encode_index(lt_encoder *e, const lt_index_record *recs, size_t count,
                         uint8_t *out, size_t out_cap, lt_batch_result *res) {
     lt_batch_result r = {0};
-    if (out_cap < lt_encode_bound(e, count))
+    if (!e->hold && out_cap < lt_encode_bound(e, count))
         return -1;
     uint8_t *p = out;
     for (size_t i = 0; i < count; i++) {
@@ -468,49 +751,13 @@ int64_t lt_encode_index(lt_encoder *e, const lt_index_record *recs, size_t count
             e->st.duplicates++;
             continue;
         }
-        if (verdict == SEQ_LATE) {
-            r.late++;
-            e->st.late++;
-        }
-        fn_entry *f = fn_find(e, rec.func_id);
-        int is_call = rec.kind == LT_KIND_ENTRY;
-        int unwound = rec.kind == LT_KIND_RETURN_UNWOUND;
-        if (!f)
+        if (!fn_find(e, rec.func_id))
             r.unknown_function++;
-        account(e, t, f, is_call, unwound, rec.ts_ns);
-
-        ev_head h = ev_head_of(e->st.next_event_id++, rec.tid, rec.ts_ns);
-        uint64_t addr = f ? f->address : 0;
-        size_t symlen = (f && e->inline_symbols) ? f->symbol_len : 0;
-
-        size_t pl_len = symbol_address_size(symlen, addr) +
-                        (rec.func_id ? 1 + varint_size(rec.func_id) : 0) + (unwound ? 3 : 0);
-        size_t ev_len = ev_head_size(&h) +
-                        1 + varint_size(pl_len) + pl_len +
-                        2 + varint_size(rec.seq) +
-                        (rec.depth ? 2 + varint_size(rec.depth) : 0);
-
-        p = put_varint(p, ev_len);
-        p = put_ev_head(p, &h);
-        *p++ = is_call ? TAG_CALL : TAG_RETURN;
-        p = put_varint(p, pl_len);
-        p = put_symbol_address(p, f, symlen, addr);
-        if (rec.func_id) {
-            *p++ = TAG_FUNCTION_ID;
-            p = put_varint(p, rec.func_id);
-        }
-        if (unwound) {
-            *p++ = TAG_UNWOUND_0;
-            *p++ = 0x01;
-            *p++ = 0x01;
-        }
-        *p++ = TAG_SEQUENCE_0;
-        *p++ = 0x01;
-        p = put_varint(p, rec.seq);
-        if (rec.depth) {
-            *p++ = TAG_DEPTH_0;
-            *p++ = 0x01;
-            p = put_varint(p, rec.depth);
+        if (e->hold) {
+            if (pend_insert(e, t, &rec) != 0)
+                break;
+        } else {
+            p = emit_event(e, t, &rec, NULL, NULL, p, &r.late);
         }
         r.events++;
     }
@@ -521,106 +768,50 @@ int64_t lt_encode_index(lt_encoder *e, const lt_index_record *recs, size_t count
 
 /* ---- detail records (flight recorder) ---------------------------------- */
 
-size_t lt_encode_detail_bound(const lt_encoder *e, size_t len) {
-    size_t n = len / LT_DETAIL_HEADER_SIZE + 1;
-    size_t per = FIXED_BOUND + 3 + 1 + 5 + LT_DETAIL_MAX_REGS * REG_ENTRY_BOUND +
-                 (e->inline_symbols ? e->max_symbol_len : 0);
-    return len + n * per;
-}
-
-static inline uint8_t *put_reg(uint8_t *p, const char *name, uint64_t v) {
-    size_t kl = strlen(name);
-    *p++ = TAG_REGISTERS;
-    *p++ = (uint8_t)(2 + kl + 1 + varint_size(v));
-    *p++ = TAG_MAP_KEY;
-    *p++ = (uint8_t)kl;
-    memcpy(p, name, kl);
-    p += kl;
-    *p++ = TAG_MAP_VALUE;
-    return put_varint(p, v);
-}
-
-static inline size_t reg_len(const char *name, uint64_t v) {
-    return 2 + (2 + strlen(name) + 1 + varint_size(v));
-}
-
-int64_t lt_encode_detail(lt_encoder *e, const uint8_t *buf, size_t len, const uint64_t *win,
-                         size_t nwin, int keep_all, uint8_t *out, size_t out_cap,
-                         lt_detail_result *res) {
+int lt_encode_detail(lt_encoder *e, const uint8_t *buf, size_t len, const uint64_t *win,
+                     size_t nwin, int keep_all, lt_detail_result *res) {
     lt_detail_result r = {0};
-    if (out_cap < lt_encode_detail_bound(e, len))
-        return -1;
-    uint8_t *p = out;
     size_t off = 0;
+    int rc = 0;
     lt_detail_record rec;
     uint32_t size;
     while ((size = lt_detail_at(buf, len, off, &rec)) != 0) {
-        const uint8_t *stack = buf + off + LT_DETAIL_HEADER_SIZE;
-        off += size;
+        const uint8_t *raw = buf + off;
         if (!keep_all && !lt_detail_in_windows(rec.ts_ns, win, nwin)) {
+            off += size;
             r.discarded++;
             continue;
         }
         tid_entry *t = tid_get(e, rec.tid);
-        if (!t)
+        if (!t) {
+            rc = -1;
             break;
-        if (rec.seq <= t->detail_max_seq) {
-            r.duplicates++;
+        }
+        if (!e->hold || rec.seq <= t->emitted_max) {
+            off += size; /* its call/return is in the file already */
+            r.late++;
             continue;
         }
-        t->detail_max_seq = rec.seq;
-        fn_entry *f = fn_find(e, rec.func_id);
-        int is_call = rec.kind == LT_KIND_ENTRY;
-        const char *const *names = is_call ? ENTRY_REGS : RETURN_REGS;
-
-        ev_head h = ev_head_of(e->st.next_event_id++, rec.tid, rec.ts_ns);
-        uint64_t addr = f ? f->address : 0;
-        size_t symlen = (f && e->inline_symbols) ? f->symbol_len : 0;
-        size_t stack_len = is_call ? rec.stack_len : 0;
-
-        size_t regs_len = 0;
-        for (uint32_t i = 0; i < rec.reg_count; i++)
-            regs_len += reg_len(names[i], rec.regs[i]);
-        size_t pl_len = symbol_address_size(symlen, addr) + regs_len +
-                        (stack_len ? 1 + varint_size(stack_len) + stack_len : 0) +
-                        (rec.func_id ? 1 + varint_size(rec.func_id) : 0);
-        size_t ev_len = ev_head_size(&h) +
-                        1 + varint_size(pl_len) + pl_len +
-                        2 + varint_size(rec.seq) + 3;
-
-        p = put_varint(p, ev_len);
-        p = put_ev_head(p, &h);
-        *p++ = is_call ? TAG_CALL : TAG_RETURN;
-        p = put_varint(p, pl_len);
-        p = put_symbol_address(p, f, symlen, addr);
-        for (uint32_t i = 0; i < rec.reg_count; i++)
-            p = put_reg(p, names[i], rec.regs[i]);
-        if (stack_len) {
-            *p++ = TAG_STACK;
-            p = put_varint(p, stack_len);
-            memcpy(p, stack, stack_len);
-            p += stack_len;
+        int kept = det_insert(e, t, raw, size, rec.seq);
+        if (kept < 0) {
+            rc = -1;
+            break;
         }
-        if (rec.func_id) {
-            *p++ = TAG_FUNCTION_ID;
-            p = put_varint(p, rec.func_id);
-        }
-        *p++ = TAG_SEQUENCE_0;
-        *p++ = 0x01;
-        p = put_varint(p, rec.seq);
-        *p++ = TAG_DETAIL_0;
-        *p++ = 0x01;
-        *p++ = 0x01;
-        r.kept++;
+        off += size;
+        if (kept)
+            r.kept++;
+        else
+            r.duplicates++;
     }
-    r.invalid_bytes = len - off;
-    e->st.detail_events += r.kept;
+    if (rc == 0)
+        r.invalid_bytes = len - off;
     e->st.detail_discarded += r.discarded;
     e->st.detail_duplicates += r.duplicates;
     e->st.detail_invalid_bytes += r.invalid_bytes;
+    e->st.detail_late += r.late;
     if (res)
         *res = r;
-    return (int64_t)(p - out);
+    return rc;
 }
 
 /* ---- scanning an existing file ---------------------------------------- */
@@ -699,9 +890,9 @@ static int others_push(lt_encoder *e, uint64_t off) {
 /* Parse one Event; returns 0, -1 malformed, -2 allocation failure. */
 static int scan_event(lt_encoder *e, const uint8_t *b, size_t len, uint64_t frame_off) {
     reader r = {b, b + len, 0};
-    uint64_t eid = 0, tid = 0, secs = 0, nanos = 0, seq = 0, addr = 0;
+    uint64_t eid = 0, tid = 0, secs = 0, nanos = 0, seq = 0, addr = 0, delta = 0, depth = 0;
     uint32_t fid = 0;
-    int payload = 0, unwound = 0, detail = 0;
+    int payload = 0, unwound = 0, detail = 0, have_ts = 0, have_depth = 0, has_regs = 0;
     while (r.p < r.end && !r.bad) {
         uint64_t key = rd_varint(&r);
         if (r.bad)
@@ -712,6 +903,7 @@ static int scan_event(lt_encoder *e, const uint8_t *b, size_t len, uint64_t fram
         } else if (field == 2 && wt == 0) {
             tid = rd_varint(&r);
         } else if (field == 3 && wt == 2) {
+            have_ts = 1;
             reader s = rd_sub(&r);
             while (s.p < s.end && !s.bad) {
                 uint64_t k = rd_varint(&s);
@@ -729,7 +921,10 @@ static int scan_event(lt_encoder *e, const uint8_t *b, size_t len, uint64_t fram
                 if (f == 2 && w == 0) addr = rd_varint(&s);
                 else if (f == 15 && w == 0) fid = (uint32_t)rd_varint(&s);
                 else if (f == 16 && w == 0 && field == 13) unwound = rd_varint(&s) != 0;
-                else rd_skip(&s, w);
+                else {
+                    has_regs |= f == 3 && w == 2;
+                    rd_skip(&s, w);
+                }
             }
             r.bad |= s.bad;
         } else if (field == 15 && wt == 2) {
@@ -755,8 +950,13 @@ static int scan_event(lt_encoder *e, const uint8_t *b, size_t len, uint64_t fram
                 return -2;
         } else if (field == 20 && wt == 0) {
             seq = rd_varint(&r);
+        } else if (field == 21 && wt == 0) {
+            depth = rd_varint(&r);
+            have_depth = 1;
         } else if (field == 22 && wt == 0) {
             detail = rd_varint(&r) != 0;
+        } else if (field == 23 && wt == 0) {
+            delta = rd_varint(&r);
         } else if (wt == 2 && (field == 10 || field == 11 || field == 14)) {
             payload = (int)field;
             rd_skip(&r, wt);
@@ -767,25 +967,41 @@ static int scan_event(lt_encoder *e, const uint8_t *b, size_t len, uint64_t fram
     if (r.bad)
         return -1;
     (void)addr;
+    /* an event without an id takes the previous one's + 1 */
     if (eid >= e->st.next_event_id)
         e->st.next_event_id = eid + 1;
+    else if (!eid)
+        e->st.next_event_id++;
     if (payload != 12 && payload != 13)
         return others_push(e, frame_off) ? -2 : 0;
     tid_entry *t = tid_get(e, (uint32_t)tid);
     if (!t)
         return -2;
-    if (detail) { /* repeats a call of the index stream: not an event of its own */
+    if (detail) { /* older traces: repeats a call of the stream, not an event of its own */
         e->st.detail_events++;
-        if (seq > t->detail_max_seq)
-            t->detail_max_seq = seq;
         return 0;
+    }
+    int is_call = payload == 12;
+    e->st.detail_events += (unsigned)has_regs;
+    uint64_t ts = have_ts ? secs * 1000000000u + nanos : t->last_ts + delta;
+    if (!seq && t->last_seq) { /* compact: derive what the writer left out */
+        seq = t->last_seq + 1;
+        if (!have_depth) {
+            int64_t d = derived_depth(t, is_call);
+            depth = d < 0 ? 0 : (uint64_t)d;
+        }
     }
     uint64_t gaps = 0;
     /* Foreign writers leave sequence unset; then there is nothing to track. */
-    if (seq && seq_accept(e, t, seq, &gaps) == SEQ_LATE)
-        e->st.late++;
-    account(e, t, fid ? fn_find(e, fid) : NULL, payload == 12, unwound,
-            secs * 1000000000u + nanos);
+    if (seq) {
+        if (seq < t->emitted_max)
+            e->st.late++;
+        seq_accept(e, t, seq, &gaps);
+        derive_advance(t, seq, ts, (uint32_t)depth, is_call);
+    } else {
+        t->last_ts = ts;
+    }
+    account(e, t, fid ? fn_find(e, fid) : NULL, is_call, unwound, ts);
     return 0;
 }
 

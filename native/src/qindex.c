@@ -95,9 +95,10 @@ static inline uint64_t fnv1a(const uint8_t *s, size_t n)
     return h ? h : 1; /* 0 means "no symbol" */
 }
 
-/* Decode the FunctionCall/FunctionReturn fields the index needs. */
+/* Decode the FunctionCall/FunctionReturn fields the index needs; *regs is
+ * set when it carries registers or a stack copy (the flight recorder's). */
 static int scan_callret(const uint8_t *buf, size_t pos, size_t end, uint32_t *fid,
-                        uint64_t *addr, int64_t *sym_off, uint32_t *sym_len)
+                        uint64_t *addr, int64_t *sym_off, uint32_t *sym_len, int *regs)
 {
     while (pos < end) {
         uint64_t key, v;
@@ -113,8 +114,10 @@ static int scan_callret(const uint8_t *buf, size_t pos, size_t end, uint32_t *fi
         } else if (fn == 15 && wt == 0) {
             if (rd_varint(buf, end, &pos, &v)) return -1;
             *fid = (uint32_t)v;
-        } else if (skip_field(buf, end, &pos, wt)) {
-            return -1;
+        } else {
+            *regs |= (fn == 3 || fn == 4) && wt == 2;
+            if (skip_field(buf, end, &pos, wt))
+                return -1;
         }
     }
     return 0;
@@ -139,15 +142,59 @@ static int scan_timestamp(const uint8_t *buf, size_t pos, size_t end, int64_t *t
     return 0;
 }
 
+/* Per-thread state for what compact calls/returns leave out (docs/format.md):
+ * the thread's previous call/return. Open addressing, power-of-two size. */
+typedef struct {
+    int32_t tid;
+    uint8_t used, kind; /* kind: 0 none, 1 call, 2 return */
+    uint32_t depth;
+    uint64_t seq;
+    int64_t ts;
+} derive_t;
+
+typedef struct {
+    derive_t *slot;
+    size_t cap, n;
+} derive_map;
+
+static derive_t *derive_get(derive_map *m, int32_t tid)
+{
+    if ((m->n + 1) * 2 > m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 64;
+        derive_t *ns = calloc(cap, sizeof *ns);
+        if (!ns) return NULL;
+        for (size_t i = 0; i < m->cap; i++) {
+            if (!m->slot[i].used) continue;
+            size_t j = ((uint32_t)m->slot[i].tid * 2654435761u) & (cap - 1);
+            while (ns[j].used) j = (j + 1) & (cap - 1);
+            ns[j] = m->slot[i];
+        }
+        free(m->slot);
+        m->slot = ns;
+        m->cap = cap;
+    }
+    size_t i = ((uint32_t)tid * 2654435761u) & (m->cap - 1);
+    while (m->slot[i].used && m->slot[i].tid != tid) i = (i + 1) & (m->cap - 1);
+    if (!m->slot[i].used) {
+        memset(&m->slot[i], 0, sizeof m->slot[i]);
+        m->slot[i].used = 1;
+        m->slot[i].tid = tid;
+        m->n++;
+    }
+    return &m->slot[i];
+}
+
 /*
  * Decode up to n frames. Per event: payload offset and length, timestamp
  * (ns), thread id, kind (K_*), function id, runtime address, symbol string
  * span and hash, depth (-1 when the field is absent), sequence (0 when
  * absent). SymbolDefinition frames are not events: their payload spans go
  * to def_off/def_len instead (*ndefs of them), so no column needs a second
- * pass to drop them. Flight-recorder detail frames (Event.detail = 22) repeat
- * a call/return already in the stream: they go to det_* (payload span,
- * thread id, sequence; *ndet of them), to be joined by (thread, sequence).
+ * pass to drop them. Flight-recorder detail frames (Event.detail = 22, older
+ * traces) repeat a call/return already in the stream: they go to det_*
+ * (payload span, thread id, sequence; *ndet of them), to be joined by
+ * (thread, sequence). A numbered call/return that carries its registers
+ * itself is an event and also goes to det_*, joined to itself.
  * Returns the number of events, or -(1 + index) of the first frame that is
  * not a valid Event message.
  */
@@ -160,43 +207,49 @@ int64_t lt_qindex_scan(const uint8_t *buf, int64_t len, int64_t n,
                        uint64_t *det_seq, int64_t *ndet)
 {
     size_t pos = 0, end = (size_t)len;
-    int64_t i = 0, nd = 0, nt = 0;
+    int64_t i = 0, nd = 0, nt = 0, rc = 0;
+    derive_map dm = {0};
     for (int64_t f = 0; f < n; f++) {
-        uint64_t flen, key, v;
-        int detail = 0;
-        if (rd_varint(buf, end, &pos, &flen) || flen > end - pos)
-            return -(1 + f);
+        uint64_t flen, key, v, delta = 0;
+        int detail = 0, have_ts = 0, regs = 0;
+        if (rd_varint(buf, end, &pos, &flen) || flen > end - pos) {
+            rc = -(1 + f);
+            goto out;
+        }
         size_t mend = pos + flen;
         off[i] = (int64_t)pos;
         plen[i] = (uint32_t)flen;
         ts[i] = 0; tid[i] = 0; kind[i] = K_UNKNOWN; fid[i] = 0; addr[i] = 0;
         sym_off[i] = 0; sym_len[i] = 0; sym_hash[i] = 0; depth[i] = -1; seq[i] = 0;
         while (pos < mend) {
-            if (rd_varint(buf, mend, &pos, &key)) return -(1 + f);
+            if (rd_varint(buf, mend, &pos, &key)) { rc = -(1 + f); goto out; }
             unsigned fn = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
-            if (wt == 0 && (fn == 2 || fn == 20 || fn == 21 || fn == 22)) {
-                if (rd_varint(buf, mend, &pos, &v)) return -(1 + f);
+            if (wt == 0 && (fn == 2 || (fn >= 20 && fn <= 23))) {
+                if (rd_varint(buf, mend, &pos, &v)) { rc = -(1 + f); goto out; }
                 if (fn == 2) tid[i] = (int32_t)(uint32_t)v;
                 else if (fn == 20) seq[i] = v;
                 else if (fn == 21) depth[i] = (int32_t)(uint32_t)v;
-                else detail = v != 0;
+                else if (fn == 22) detail = v != 0;
+                else delta = v;
             } else if (wt == 2 && (fn == 3 || (fn >= 10 && fn <= 15))) {
-                if (rd_varint(buf, mend, &pos, &v) || v > mend - pos) return -(1 + f);
+                if (rd_varint(buf, mend, &pos, &v) || v > mend - pos) { rc = -(1 + f); goto out; }
                 size_t sub = pos, subend = pos + v;
                 pos = subend;
                 if (fn == 3) {
-                    if (scan_timestamp(buf, sub, subend, &ts[i])) return -(1 + f);
+                    have_ts = 1;
+                    if (scan_timestamp(buf, sub, subend, &ts[i])) { rc = -(1 + f); goto out; }
                 } else if (fn == 12 || fn == 13) {
                     kind[i] = fn == 12 ? K_CALL : K_RETURN;
                     fid[i] = 0; addr[i] = 0; sym_off[i] = 0; sym_len[i] = 0;
-                    if (scan_callret(buf, sub, subend, &fid[i], &addr[i], &sym_off[i], &sym_len[i]))
-                        return -(1 + f);
+                    if (scan_callret(buf, sub, subend, &fid[i], &addr[i], &sym_off[i], &sym_len[i],
+                                     &regs))
+                        { rc = -(1 + f); goto out; }
                 } else {
                     kind[i] = fn == 10 ? K_TRACE_START : fn == 11 ? K_TRACE_END
                             : fn == 14 ? K_SIGNAL : K_SYMDEF;
                 }
             } else if (skip_field(buf, mend, &pos, wt)) {
-                return -(1 + f);
+                { rc = -(1 + f); goto out; }
             }
         }
         pos = mend;
@@ -214,13 +267,47 @@ int64_t lt_qindex_scan(const uint8_t *buf, int64_t len, int64_t n,
             nt++;
             continue;
         }
+        if (kind[i] == K_CALL || kind[i] == K_RETURN) {
+            derive_t *d = derive_get(&dm, tid[i]);
+            if (!d) { rc = -(1 + f); goto out; }
+            int is_call = kind[i] == K_CALL;
+            if (!have_ts)
+                ts[i] = d->ts + (int64_t)delta;
+            d->ts = ts[i];
+            if (!seq[i] && d->seq) { /* compact: previous + 1, depth from the nesting */
+                seq[i] = d->seq + 1;
+                if (depth[i] < 0) {
+                    int64_t dd = d->kind == 1 ? (is_call ? (int64_t)d->depth + 1 : d->depth)
+                               : d->kind == 2 ? (is_call ? (int64_t)d->depth : (int64_t)d->depth - 1)
+                               : -1;
+                    depth[i] = dd < 0 ? 0 : (int32_t)dd;
+                }
+            }
+            if (seq[i]) {
+                d->seq = seq[i];
+                d->depth = depth[i] < 0 ? 0 : (uint32_t)depth[i];
+                d->kind = is_call ? 1 : 2;
+                if (regs) { /* its own detail: joined to itself like a twin */
+                    det_off[nt] = off[i];
+                    det_len[nt] = plen[i];
+                    det_tid[nt] = tid[i];
+                    det_seq[nt] = seq[i];
+                    nt++;
+                }
+            }
+        }
         if (sym_len[i])
             sym_hash[i] = fnv1a(buf + sym_off[i], sym_len[i]);
         i++;
     }
+    rc = i;
+out:
+    free(dm.slot);
+    if (rc < 0)
+        return rc;
     *ndefs = nd;
     *ndet = nt;
-    return i;
+    return rc;
 }
 
 /*

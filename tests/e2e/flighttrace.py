@@ -1,5 +1,6 @@
-"""Reading a flight-recorder trace back: index events and detail events by
-(thread, sequence), with the names the in-stream symbol table gives."""
+"""Reading a flight-recorder trace back: calls and returns, and those that
+carry the flight recorder's detail, by (thread, sequence), with the names the
+in-stream symbol table gives."""
 from __future__ import annotations
 
 from lanetrace.core import atf
@@ -11,7 +12,7 @@ class FlightTrace:
         self.manifest = atf.read_manifest(trace_dir)
         self.symbols = atf.SymbolTable()
         self.index = {}    # (tid, seq) -> (kind, name, ts)
-        self.detail = {}   # (tid, seq) -> Event
+        self.detail = {}   # (tid, seq) -> Event that carries detail
         self.signals = []
         for ev in atf.iter_events(trace_dir, self.symbols, include_detail=True):
             kind = ev.WhichOneof("payload")
@@ -20,12 +21,11 @@ class FlightTrace:
             if kind not in ("function_call", "function_return"):
                 continue
             key = (ev.thread_id, ev.sequence)
-            if ev.detail:
-                assert key not in self.detail, f"detail {key} written twice"
+            assert not ev.detail, f"{key}: a second event for one call"
+            assert key not in self.index, f"{key} written twice"
+            self.index[key] = (kind, self.symbols.name_of(ev)[0], atf.timestamp_ns(ev))
+            if atf.carries_detail(ev):
                 self.detail[key] = ev
-            else:
-                assert key not in self.index, f"index {key} written twice"
-                self.index[key] = (kind, self.symbols.name_of(ev)[0], atf.timestamp_ns(ev))
 
     def detail_name(self, ev) -> str:
         return self.symbols.name_of(ev)[0]

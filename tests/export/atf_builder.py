@@ -1,7 +1,8 @@
-"""Writes small ATF V4 traces with the protobuf runtime, in two flavours:
+"""Writes small ATF V4 traces with the protobuf runtime, in three flavours:
 ``ours`` (function ids interned by in-stream SymbolDefinition events, per-
-thread sequence numbers and depths) and ``foreign`` (seed fields only: a
-symbol string and address in every call/return). Frames go to disk as they
+thread sequence numbers and depths), ``compact`` (``ours`` with what a reader
+derives left out, as the writer writes it now) and ``foreign`` (seed fields
+only: a symbol string and address in every call/return). Frames go to disk as they
 are added, so large traces cost no memory to build."""
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ import orjson
 
 from lanetrace.core import atf
 from lanetrace.core import atf_v4_pb2 as pb
+from query.tracegen import compact_stream
 
 
 class TraceBuilder:
     def __init__(self, trace_dir, flavour: str = "ours", pid: int = 4242,
                  executable: str = "/usr/bin/demo", args=("demo", "--run")):
-        assert flavour in ("ours", "foreign")
+        assert flavour in ("ours", "foreign", "compact")
         self.dir = str(trace_dir)
         os.makedirs(self.dir, exist_ok=True)
-        self.flavour = flavour
+        self.compact = flavour == "compact"
+        self.flavour = "ours" if self.compact else flavour
         self.pid = pid
         self.executable = executable
         self.args = list(args)
@@ -124,11 +127,19 @@ class TraceBuilder:
 
     def close(self, windows=None, threads=None, **manifest) -> str:
         self._f.close()
+        if self.compact:
+            path = os.path.join(self.dir, atf.EVENTS_FILE)
+            with open(path, "rb") as f:
+                data = compact_stream(f.read())
+            with open(path, "wb") as f:
+                f.write(data)
         doc = {"os": "linux", "arch": "x86_64", "pid": self.pid, "sessionId": "20261121-000000-ab12",
                "executablePath": self.executable, "timeStartNs": self.first_ns or 0,
                "timeEndNs": self.last_ns or 0, "eventCount": self.count,
                "bytesWritten": os.path.getsize(os.path.join(self.dir, atf.EVENTS_FILE)),
                "spanCount": 0, "formatVersion": atf.FORMAT_VERSION}
+        if self.compact:
+            doc["eventEncoding"] = atf.COMPACT_ENCODING
         if windows is not None:
             doc["windows"] = windows
         if threads is not None:

@@ -45,7 +45,7 @@ def complete(events):
                   for e in events if e["ph"] == "X")
 
 
-@pytest.mark.parametrize("flavour", ["ours", "foreign"])
+@pytest.mark.parametrize("flavour", ["ours", "compact", "foreign"])
 def test_chrome_export__two_threads__then_complete_events_in_microseconds(tmp_path, flavour):
     _, out = export(nested_trace(tmp_path / "t", flavour), tmp_path)
     events = events_of(out)

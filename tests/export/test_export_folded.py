@@ -75,7 +75,7 @@ def random_trace(path, seed, flavour="ours"):
     return self_time, calls
 
 
-@pytest.mark.parametrize("flavour", ["ours", "foreign"])
+@pytest.mark.parametrize("flavour", ["ours", "compact", "foreign"])
 def test_folded_export__random_nesting__then_self_time_per_stack_exact(tmp_path, flavour):
     self_time, _ = random_trace(tmp_path / "t", seed=7, flavour=flavour)
     weights = parse(export(str(tmp_path / "t"), tmp_path))

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from .atf_builder import nested_trace
 
 from lanetrace.export import ExportOptions, export_trace
@@ -11,8 +13,9 @@ def export(trace_dir, tmp_path, **options):
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_jsonl_export__nested_trace__then_one_object_per_event_in_file_order(tmp_path):
-    rows = export(nested_trace(tmp_path / "t"), tmp_path)
+@pytest.mark.parametrize("flavour", ["ours", "compact"])
+def test_jsonl_export__nested_trace__then_one_object_per_event_in_file_order(tmp_path, flavour):
+    rows = export(nested_trace(tmp_path / "t", flavour), tmp_path)
     assert [r["eventType"] for r in rows] == (
         ["TraceStart"] + ["FunctionCall"] * 5 + ["FunctionReturn"] * 3 + ["FunctionCall",
          "SignalDelivery"] + ["FunctionReturn"] * 3 + ["TraceEnd"])
@@ -28,8 +31,9 @@ def test_jsonl_export__nested_trace__then_one_object_per_event_in_file_order(tmp
     assert (main["module"], main["sourceFile"], main["sourceLine"]) == ("demo", "/src/demo.c", 10)
 
 
-def test_jsonl_export__registers__then_args_on_call_and_return(tmp_path):
-    rows = export(nested_trace(tmp_path / "t"), tmp_path)
+@pytest.mark.parametrize("flavour", ["ours", "compact"])
+def test_jsonl_export__registers__then_args_on_call_and_return(tmp_path, flavour):
+    rows = export(nested_trace(tmp_path / "t", flavour), tmp_path)
     ev = [r for r in rows if r.get("functionName") == "eval"]
     assert ev[0]["args"] == {"rdi": 7, "rsi": 0xFFFFFFFFFFFFFFF0}
     assert ev[1]["args"] == {"rax": 42}

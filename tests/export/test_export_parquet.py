@@ -27,7 +27,7 @@ def _plain(table):
     return table.to_pylist()
 
 
-@pytest.mark.parametrize("flavour", ["ours", "foreign"])
+@pytest.mark.parametrize("flavour", ["ours", "compact", "foreign"])
 def test_export_parquet__trace__then_every_table_reads_back_equal(tmp_path, flavour):
     trace = _trace(tmp_path / "traces", "s/pid_1", 3, flavour)
     out = tmp_path / "pq"

@@ -57,7 +57,7 @@ def reference_spans(evs):
     return spans
 
 
-flavours = st.sampled_from(["ours", "foreign"])
+flavours = st.sampled_from(["ours", "foreign", "compact"])
 
 
 @SETTINGS

@@ -1,6 +1,6 @@
 """Build ATF V4 trace directories for the query tests, with the protobuf runtime.
 
-Two flavours:
+Three flavours:
 
 * ``ours``: what the lanetrace writer produces: function ids interned by
   in-stream SymbolDefinition events, ``sequence``/``depth`` on calls and
@@ -8,6 +8,8 @@ Two flavours:
   file is NOT globally time-ordered), and our manifest fields.
 * ``foreign``: only the seed fields: a symbol string in every call/return,
   no function ids, no sidecars, a minimal manifest.
+* ``compact``: ``ours`` as the writer writes it now: flight-recorder detail
+  inside its call/return, derivable fields left out (``compact_stream``).
 
 Events are described with :class:`Ev`; :func:`random_program` makes random but
 well-formed call trees for property tests.
@@ -49,9 +51,10 @@ def write_trace(trace_dir, events, flavour="ours", pid=4242, os_name="linux", ar
                 manifest_extra=None, inline_symbols=False, chunk=3, manifest=True):
     """Write ``events`` (a list of :class:`Ev`, in per-thread order) as a trace
     directory; return the directory path."""
-    assert flavour in ("ours", "foreign")
+    assert flavour in ("ours", "foreign", "compact")
     os.makedirs(trace_dir, exist_ok=True)
-    ours = flavour == "ours"
+    compact = flavour == "compact"
+    ours = flavour in ("ours", "compact")
     ordered = _interleave(events, chunk) if ours else list(events)
     ids: dict[tuple[str, str], int] = {}
     seqs: dict[int, int] = {}
@@ -110,14 +113,17 @@ def write_trace(trace_dir, events, flavour="ours", pid=4242, os_name="linux", ar
                 seqs[ev.tid] = seqs.get(ev.tid, 0) + 1
                 msg.sequence = seqs[ev.tid]
                 stack = depths.setdefault(ev.tid, [])
+                # depth 0 left out, as every event's depth was before compact events
                 if ev.kind == "call":
-                    msg.depth = len(stack)
+                    if stack:
+                        msg.depth = len(stack)
                     stack.append(ev.func)
                 else:
                     # a return carries its call's depth (the writer's rule)
                     for j in range(len(stack) - 1, -1, -1):
                         if stack[j] == ev.func:
-                            msg.depth = j
+                            if j:
+                                msg.depth = j
                             del stack[j:]
                             break
         out += atf.frame(msg.SerializeToString())
@@ -132,6 +138,8 @@ def write_trace(trace_dir, events, flavour="ours", pid=4242, os_name="linux", ar
         event_id += 1
         d.event_id = event_id
         out += atf.frame(d.SerializeToString())
+    if compact:
+        out = compact_stream(bytes(out), inline_symbols)
     with open(os.path.join(trace_dir, atf.EVENTS_FILE), "wb") as f:
         f.write(out)
     if manifest:
@@ -145,6 +153,8 @@ def write_trace(trace_dir, events, flavour="ours", pid=4242, os_name="linux", ar
                  "executablePath": next((e.exec_path for e in events if e.kind == "start"), "")}
         else:
             m = {"version": "ATF V4", "pid": pid}
+        if compact:
+            m["eventEncoding"] = atf.COMPACT_ENCODING
         m.update(manifest_extra or {})
         with open(os.path.join(trace_dir, atf.MANIFEST_FILE), "wb") as f:
             f.write(orjson.dumps(m))
@@ -154,6 +164,52 @@ def write_trace(trace_dir, events, flavour="ours", pid=4242, os_name="linux", ar
         with open(os.path.join(trace_dir, atf.SYMBOLS_FILE), "wb") as f:
             f.write(orjson.dumps({"functions": table}))
     return str(trace_dir)
+
+
+def compact_stream(data: bytes, inline_symbols: bool = False) -> bytes:
+    """The same trace as the writer writes it today (docs/format.md, "Compact
+    calls and returns"): detail twins merged into their call/return, and
+    what a reader can derive left out."""
+    frames = []
+    for _, pos, length in atf.scan_frames(data):
+        frames.append(pb.Event.FromString(data[pos:pos + length]))
+    twins = {(e.thread_id, e.sequence): e for e in frames if e.detail}
+    out = bytearray()
+    prev: dict[int, tuple] = {}  # tid -> (seq, ts, depth, kind)
+    for ev in frames:
+        which = ev.WhichOneof("payload")
+        if ev.detail:
+            continue
+        if which not in ("function_call", "function_return"):
+            out += atf.frame(ev.SerializeToString())
+            continue
+        is_call = which == "function_call"
+        body = ev.function_call if is_call else ev.function_return
+        twin = twins.get((ev.thread_id, ev.sequence))
+        if twin is not None:
+            tb = twin.function_call if is_call else twin.function_return
+            if is_call:
+                body.argument_registers.update(tb.argument_registers)
+                body.stack_shallow_copy = tb.stack_shallow_copy
+            else:
+                body.return_registers.update(tb.return_registers)
+        seq, ts, depth = ev.sequence, atf.timestamp_ns(ev), ev.depth
+        last_seq, last_ts, last_depth, last_kind = prev.get(ev.thread_id, (0, 0, 0, 0))
+        if not inline_symbols:
+            ev.ClearField("event_id")
+            body.ClearField("address")
+            if last_kind and ts >= last_ts:
+                ev.ClearField("timestamp")
+                ev.time_delta_ns = ts - last_ts
+        if last_seq and seq == last_seq + 1:
+            ev.ClearField("sequence")
+            if atf.derived_depth(last_kind, last_depth, is_call) == depth:
+                ev.ClearField("depth")
+            else:
+                ev.depth = depth
+        prev[ev.thread_id] = (seq, ts, depth, 1 if is_call else 2)
+        out += atf.frame(ev.SerializeToString())
+    return bytes(out)
 
 
 def _interleave(events, chunk):

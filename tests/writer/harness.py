@@ -152,13 +152,16 @@ def end_header(pid: int, **kw) -> dict:
 
 def read_frames(trace_dir: str) -> list[pb.Event]:
     """Every Event of events.bin, symbol definitions included, in file order,
-    decoded with the official runtime; fails on a torn tail."""
+    decoded with the official runtime (with the fields compact events leave
+    out filled in); fails on a torn tail."""
     with open(os.path.join(trace_dir, atf.EVENTS_FILE), "rb") as f:
         data = f.read()
     out, end = [], 0
+    derive = atf.Derivation().apply
     for _, pos, length in atf.scan_frames(data):
         ev = pb.Event()
         ev.ParseFromString(data[pos:pos + length])
+        derive(ev)
         out.append(ev)
         end = pos + length
     assert end == len(data), f"torn tail: {len(data) - end} bytes after the last frame"

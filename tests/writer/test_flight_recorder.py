@@ -1,6 +1,11 @@
 """The writer's flight-recorder side: detail records persisted only inside
-windows, as Events with detail = true next to their index event; thread names;
-SignalDelivery events. Real writer process, decoded with the official runtime."""
+windows, in the event of their own call or return (held until the detail can
+have come); thread names; SignalDelivery events. Real writer process, decoded
+with the official runtime."""
+import glob
+import os
+import time
+
 from lanetrace.core import atf
 
 from .harness import (ENTRY, ENTRY_REGS, RETURN, RETURN_REGS, Client, WriterProcess, call_pairs,
@@ -11,11 +16,19 @@ PID = 5150
 TID = 77
 
 
+# Records as the writer sees them live, so they are held for their detail
+# (a pre-roll long enough that none ages out while the module runs); T0 +
+# offsets keeps the tests' windows readable.
+T0 = time.monotonic_ns()
+FLIGHT = {"triggers": ["symbol=fn_1"], "full": False, "preRollNs": 600 * 10**9,
+          "postRollNs": 10**8, "stackBytes": 128, "bufferBytes": 1 << 20}
+
+
 def _details(trace_dir):
-    return [e for e in read_frames(trace_dir) if e.detail]
+    return [e for e in read_frames(trace_dir) if atf.carries_detail(e)]
 
 
-def _pairs_with_detail(tid, first_seq, n, ts0=1000):
+def _pairs_with_detail(tid, first_seq, n, ts0=T0 + 1000):
     """n call/return pairs (index records) and their detail records; ENTRY
     regs are (seq, seq+1, ...), RETURN's rax is seq*10."""
     idx = call_pairs(tid, first_seq, n, ts0=ts0)
@@ -30,6 +43,7 @@ def _pairs_with_detail(tid, first_seq, n, ts0=1000):
 
 
 def _start(client, **kw):
+    kw.setdefault("flightRecorder", FLIGHT)
     client.ok("target_start", start_header(PID, **kw))
     client.ok("functions", functions_header(PID))
 
@@ -39,12 +53,12 @@ def test_writer_detail__records_inside_and_outside_window__then_only_inside_kept
     _start(client)
     idx, det = _pairs_with_detail(TID, 1, 10)           # ts 1010 .. 1205
     client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
-    client.ok("window", {"pid": PID, "startNs": 1050, "endNs": 1100, "trigger": "symbol=fn_1"})
+    client.ok("window", {"pid": PID, "startNs": T0 + 1050, "endNs": T0 + 1100, "trigger": "symbol=fn_1"})
     client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
     client.ok("target_end", end_header(PID, drops={}))
     trace_dir = writer.trace_dir(PID)
     kept = _details(trace_dir)
-    want = [(ts, seq) for ts, seq, *_ in idx if 1050 <= ts <= 1100]
+    want = [(ts, seq) for ts, seq, *_ in idx if T0 + 1050 <= ts <= T0 + 1100]
     assert [(atf.timestamp_ns(e), e.sequence) for e in kept] == want
     for e in kept:
         assert e.thread_id == TID
@@ -53,14 +67,16 @@ def test_writer_detail__records_inside_and_outside_window__then_only_inside_kept
             assert regs == {name: e.sequence + i for i, name in enumerate(ENTRY_REGS)}
             assert e.function_call.stack_shallow_copy == \
                 bytes(range(e.sequence % 7, e.sequence % 7 + 20))
-            assert e.function_call.address == 0x400100
+            assert e.function_call.function_id == 1
         else:
             assert dict(e.function_return.return_registers) == \
                 {RETURN_REGS[0]: e.sequence * 10, RETURN_REGS[1]: 5}
-    # the index stream is untouched: readers that skip detail see every call once
-    assert len(calls_and_returns([e for e in read_frames(trace_dir) if not e.detail])) == 20
+    # one event per call and per return, the detail inside it
+    frames = read_frames(trace_dir)
+    assert not any(e.detail for e in frames)
+    assert [e.sequence for e in calls_and_returns(frames)] == list(range(1, 21))
     m = manifest(trace_dir)
-    assert m["windows"] == [{"startNs": 1050, "endNs": 1100, "trigger": "symbol=fn_1"}]
+    assert m["windows"] == [{"startNs": T0 + 1050, "endNs": T0 + 1100, "trigger": "symbol=fn_1"}]
     assert (m["detailKept"], m["detailDiscarded"]) == (len(want), 20 - len(want))
     assert m["eventCount"] == 22  # start + 20 calls/returns + end; detail not counted
 
@@ -80,15 +96,16 @@ def test_writer_detail__windows_in_detail_header_overlap__then_merged_and_labels
     _start(client)
     idx, det = _pairs_with_detail(TID, 1, 10)
     client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
-    wins = [{"startNs": 1000, "endNs": 1060, "trigger": "symbol#2, symbol#1"},
-            {"startNs": 1050, "endNs": 1080, "trigger": "crash"}]
+    wins = [{"startNs": T0 + 1000, "endNs": T0 + 1060, "trigger": "symbol#2, symbol#1"},
+            {"startNs": T0 + 1050, "endNs": T0 + 1080, "trigger": "crash"}]
     client.ok("detail", {"pid": PID, "drainer": 1, "bytes": len(det), "windows": wins,
                          "instance": "drainer-1:99:1", "counts": {"discarded": 7, "budget": 2}},
               det)
     client.ok("target_end", end_header(PID, drops={}))
     m = manifest(writer.trace_dir(PID))
-    assert m["windows"] == [{"startNs": 1000, "endNs": 1080, "trigger": "symbol=fn_2, symbol=fn_1, crash"}]
-    kept = sum(1 for ts, *_ in idx if 1000 <= ts <= 1080)
+    assert m["windows"] == [{"startNs": T0 + 1000, "endNs": T0 + 1080,
+                             "trigger": "symbol=fn_2, symbol=fn_1, crash"}]
+    kept = sum(1 for ts, *_ in idx if T0 + 1000 <= ts <= T0 + 1080)
     assert m["detailKept"] == kept
     # the drainer's own discards (aged out, over budget) are in the total
     assert m["detailDiscarded"] == (20 - kept) + 7 + 2
@@ -118,7 +135,7 @@ def test_writer_detail__sigkill_and_restart__then_detail_state_rebuilt_no_duplic
         _start(c)
         idx, det = _pairs_with_detail(TID, 1, 4)
         c.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
-        c.ok("window", {"pid": PID, "startNs": 0, "endNs": 10**6, "trigger": "time=0"})
+        c.ok("window", {"pid": PID, "startNs": T0, "endNs": T0 + 10**6, "trigger": "time=0"})
         c.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
         w.kill()
         w.start()
@@ -137,8 +154,9 @@ def test_writer_detail__sigkill_and_restart__then_detail_state_rebuilt_no_duplic
 
 def test_writer_detail__malformed_tail__then_whole_records_kept_and_tail_counted(writer, client):
     _start(client)
-    good = detail_record(1010, 1, TID, 1, ENTRY, range(7))
-    bad = bytearray(detail_record(1020, 2, TID, 1, RETURN, [1, 2]))
+    client.ok("index", {"pid": PID, "count": 2}, records(call_pairs(TID, 1, 1, ts0=T0)))
+    good = detail_record(T0 + 10, 1, TID, 1, ENTRY, range(7))
+    bad = bytearray(detail_record(T0 + 15, 2, TID, 1, RETURN, [1, 2]))
     bad[28:32] = (12345).to_bytes(4, "little")  # size field not matching
     payload = good + bytes(bad)
     client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(payload), "full": True}, payload)
@@ -180,3 +198,57 @@ def test_writer_signal__sent_and_resent__then_one_signal_delivery_with_registers
     assert (s.thread_id, atf.timestamp_ns(s), s.signal_delivery.number, s.signal_delivery.name) \
         == (12, 5000, 11, "SIGSEGV")
     assert dict(s.signal_delivery.registers) == h["registers"]
+
+
+def test_writer_hold__thread_records_arrive_out_of_order__then_written_in_sequence_order(
+        writer, client):
+    _start(client)
+    idx, _ = _pairs_with_detail(TID, 1, 5)
+    client.ok("index", {"pid": PID, "count": 6}, records(idx[4:]))  # seq 5..10 first
+    client.ok("index", {"pid": PID, "count": 4}, records(idx[:4]))  # then 1..4 (another lane)
+    client.ok("target_end", end_header(PID, drops={}))
+    trace_dir = writer.trace_dir(PID)
+    assert [e.sequence for e in calls_and_returns(read_frames(trace_dir))] == list(range(1, 11))
+    m = manifest(trace_dir)
+    assert (m["lateRecords"], m["seqGaps"], m["callCount"]) == (0, 0, 5)
+    assert not glob.glob(os.path.join(trace_dir, "held.*.journal"))  # all written: journal gone
+
+
+def test_writer_hold__detail_before_its_index_record__then_merged_into_it(writer, client):
+    _start(client)
+    idx, det = _pairs_with_detail(TID, 1, 3)
+    client.ok("window", {"pid": PID, "startNs": T0, "endNs": T0 + 10**6, "trigger": "time=0"})
+    client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
+    client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
+    client.ok("target_end", end_header(PID, drops={}))
+    frames = calls_and_returns(read_frames(writer.trace_dir(PID)))
+    assert len(frames) == 6 and all(atf.carries_detail(e) for e in frames)
+    assert manifest(writer.trace_dir(PID))["detailKept"] == 6
+
+
+def test_writer_hold__index_record_never_comes__then_its_detail_counted_unmatched(writer, client):
+    _start(client)
+    idx, det = _pairs_with_detail(TID, 1, 3)
+    client.ok("window", {"pid": PID, "startNs": T0, "endNs": T0 + 10**6, "trigger": "time=0"})
+    client.ok("index", {"pid": PID, "count": 4}, records(idx[:4]))  # seq 5, 6 dropped
+    client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
+    client.ok("target_end", end_header(PID, drops={}))
+    m = manifest(writer.trace_dir(PID))
+    assert (m["detailKept"], m["flightRecorder"]["writer"]["unmatched"]) == (4, 2)
+    assert m["detailKept"] + m["detailDiscarded"] == 6
+
+
+def test_writer_hold__budget_full__then_written_at_once_and_later_detail_counted_late(
+        writer, client):
+    _start(client, flightRecorder=dict(FLIGHT, bufferBytes=256))  # 8 records
+    idx, det = _pairs_with_detail(TID, 1, 10)
+    client.ok("index", {"pid": PID, "count": len(idx)}, records(idx))
+    client.ok("window", {"pid": PID, "startNs": T0, "endNs": T0 + 10**6, "trigger": "time=0"})
+    client.ok("detail", {"pid": PID, "drainer": 0, "bytes": len(det)}, det)
+    client.ok("target_end", end_header(PID, drops={}))
+    trace_dir = writer.trace_dir(PID)
+    m = manifest(trace_dir)
+    w = m["flightRecorder"]["writer"]
+    assert (w["releasedEarly"], w["late"], w["holdBudgetBytes"]) == (20, 20, 256)
+    assert (m["detailKept"], m["detailDiscarded"]) == (0, 20)
+    assert [e.sequence for e in calls_and_returns(read_frames(trace_dir))] == list(range(1, 21))

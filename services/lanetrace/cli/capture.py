@@ -108,7 +108,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help=f"with --no-drop, the longest a thread waits for a ring "
                         f"(default {DEFAULT_BLOCK_TIMEOUT_MS:g})")
     p.add_argument("--inline-symbols", action="store_true",
-                   help="also write the symbol string into every call and return event")
+                   help="write every base ATF V4 field into each call and return (event id, "
+                        "timestamp, symbol, address) for readers that know only those; "
+                        "about 25 more bytes per event plus the name")
 
 
 def ring_policy_spec(args) -> dict:

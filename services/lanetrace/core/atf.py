@@ -26,6 +26,8 @@ EVENTS_FILE = "events.bin"
 MANIFEST_FILE = "trace.json"
 SYMBOLS_FILE = "symbols.json"
 FORMAT_VERSION = "ATF V4"
+# trace.json "eventEncoding" of traces with compact calls and returns
+COMPACT_ENCODING = "compact"
 
 PAYLOAD_EVENT_TYPES = {
     "trace_start": "TraceStart",
@@ -308,6 +310,68 @@ class SymbolTable:
         return sym.name, sym.module
 
 
+class Derivation:
+    """Fills in what a compact call or return leaves out, from the events
+    before it in file order (docs/format.md, "Compact calls and returns"):
+    event_id, timestamp, sequence and depth. Feed it every event of a file,
+    in order; events that carry these fields (older traces, other writers)
+    pass unchanged."""
+
+    __slots__ = ("last_id", "threads")
+
+    def __init__(self):
+        self.last_id = 0
+        self.threads: dict[int, list[int]] = {}  # tid -> [seq, ts, depth, kind 1 call/2 return]
+
+    def apply(self, ev: pb.Event) -> None:
+        if ev.event_id:
+            self.last_id = ev.event_id
+        else:
+            self.last_id += 1
+            ev.event_id = self.last_id
+        which = ev.WhichOneof("payload")
+        if ev.detail or (which != "function_call" and which != "function_return"):
+            return
+        is_call = which == "function_call"
+        st = self.threads.get(ev.thread_id)
+        if st is None:
+            st = self.threads[ev.thread_id] = [0, 0, 0, 0]
+        if ev.HasField("timestamp"):
+            ts = timestamp_ns(ev)
+        else:
+            ts = st[1] + ev.time_delta_ns
+            set_timestamp_ns(ev, ts)
+        st[1] = ts
+        seq = ev.sequence
+        if not seq:
+            if not st[0]:
+                return  # a writer that numbers nothing: nothing to derive
+            seq = ev.sequence = st[0] + 1
+            if not ev.HasField("depth"):
+                ev.depth = max(0, derived_depth(st[3], st[2], is_call))
+        st[0], st[2], st[3] = seq, ev.depth, 1 if is_call else 2
+
+
+def derived_depth(last_kind: int, last_depth: int, is_call: bool) -> int:
+    """Depth of a thread's next call/return implied by its previous one
+    (kind 1 call, 2 return, 0 none); -1 when nothing is implied."""
+    if last_kind == 1:
+        return last_depth + 1 if is_call else last_depth
+    if last_kind == 2:
+        return last_depth if is_call else last_depth - 1
+    return -1
+
+
+def carries_detail(ev: pb.Event) -> bool:
+    """The call/return holds the flight recorder's registers (and stack)."""
+    which = ev.WhichOneof("payload")
+    if which == "function_call":
+        return bool(ev.function_call.argument_registers) or bool(ev.function_call.stack_shallow_copy)
+    if which == "function_return":
+        return bool(ev.function_return.return_registers)
+    return False
+
+
 READ_CHUNK = 256 * 1024
 
 
@@ -329,11 +393,12 @@ def iter_events(trace_dir: str, symbols: SymbolTable | None = None,
     fixed-size chunks so memory stays bounded on traces of any size.
 
     Symbol definitions are fed to ``symbols`` (if given) and not yielded.
-    Flight-recorder detail events (``Event.detail``) repeat a call already in
-    the stream, so they are skipped unless ``include_detail``. A torn last
-    frame ends the stream and is counted in ``report``; corruption (see
-    ``torn_tail``, ``check_event_count``) raises TraceFormatError, after the
-    events before it were yielded. ``progress(bytes_consumed, total)`` is
+    What compact calls and returns leave out is filled in (``Derivation``).
+    Older traces' flight-recorder twins (``Event.detail``) repeat a call
+    already in the stream, so they are skipped unless ``include_detail``. A
+    torn last frame ends the stream and is counted in ``report``; corruption
+    (see ``torn_tail``, ``check_event_count``) raises TraceFormatError, after
+    the events before it were yielded. ``progress(bytes_consumed, total)`` is
     called once per chunk."""
     path = os.path.join(trace_dir, EVENTS_FILE)
     # read before events.bin, which is then at least as long as it says
@@ -348,6 +413,7 @@ def iter_events(trace_dir: str, symbols: SymbolTable | None = None,
         raise TraceFormatError(f"cannot read {path}: {exc.strerror}") from None
     parse = pb.Event.FromString
     events = 0
+    derive = Derivation().apply
     with f:
         total = os.fstat(f.fileno()).st_size
         buf = b""
@@ -368,6 +434,7 @@ def iter_events(trace_dir: str, symbols: SymbolTable | None = None,
                     raise TraceFormatError(
                         f"{path}: corrupt event at offset {base + pos}: {exc}") from None
                 pos = payload + length
+                derive(event)
                 if event.WhichOneof("payload") == "symbol_definition":
                     if symbols is not None:
                         symbols.add_definition(event.symbol_definition)

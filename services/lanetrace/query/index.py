@@ -28,7 +28,7 @@ import orjson
 from lanetrace.core import atf
 from lanetrace.core import atf_v4_pb2 as pb
 
-INDEX_VERSION = 9  # 9: torn tail size; built only from traces that pass the format checks
+INDEX_VERSION = 10  # 10: compact events (derived fields); 9: torn tail size, format checks
 INDEX_DIR = "index"
 LOCK_FILE = "index.lock"
 
@@ -168,6 +168,8 @@ def build(trace_dir: str, out_dir: str, fp: tuple[int, int]) -> dict:
     try:
         cols = scan_native(buf, path) if HAVE_NATIVE else scan_python(buf, path)
         _decode_rare_frames(buf, cols, path)
+        if not _compact(trace_dir):
+            cols = _without_own_details(cols)
         arrays, meta = _assemble(buf, cols, sidecar)
         meta["tornTailBytes"] = cols["torn_tail_bytes"]
     finally:
@@ -193,6 +195,27 @@ SCAN_FIELDS = (("off", np.int64), ("plen", np.uint32), ("ts", np.int64), ("tid",
 # not events: symbol definitions, and flight-recorder detail copies of calls
 SIDE_FIELDS = (("def_off", np.int64), ("def_len", np.uint32), ("det_off", np.int64),
                ("det_len", np.uint32), ("det_tid", np.int32), ("det_seq", np.uint64))
+
+
+def _compact(trace_dir: str) -> bool:
+    """Written by the current writer, whose calls and returns carry the
+    flight recorder's registers themselves (docs/format.md)."""
+    try:
+        return atf.read_manifest(trace_dir).get("eventEncoding") == atf.COMPACT_ENCODING
+    except atf.TraceFormatError:
+        return False
+
+
+def _without_own_details(cols: dict) -> dict:
+    """Registers inside an event of another trace are not flight-recorder
+    detail (only ``detail = true`` twins are): drop the self-joins."""
+    keep = ~np.isin(cols["det_off"], cols["off"])
+    if keep.all():
+        return cols
+    cols = dict(cols)
+    for name in ("det_off", "det_len", "det_tid", "det_seq"):
+        cols[name] = cols[name][keep]
+    return cols
 
 
 def scan_native(buf, path: str = atf.EVENTS_FILE) -> dict:
@@ -281,6 +304,7 @@ def scan_python(buf, path: str = atf.EVENTS_FILE) -> dict:
     side = {name: [] for name, _ in SIDE_FIELDS}
     data = bytes(buf)
     frames = end = 0
+    derive = atf.Derivation().apply
     for i, (offset, payload, length) in enumerate(atf.scan_frames(data)):
         frames, end = i + 1, payload + length
         ev = pb.Event()
@@ -289,6 +313,7 @@ def scan_python(buf, path: str = atf.EVENTS_FILE) -> dict:
         except Exception as exc:  # protobuf's DecodeError and friends
             raise atf.TraceFormatError(
                 f"{path}: corrupt event at offset {offset} (frame #{i}): {exc}") from None
+        derive(ev)
         which = ev.WhichOneof("payload")
         kind = _ONEOF_KIND.get(which, K_UNKNOWN)
         if kind == K_SYMDEF:
@@ -308,8 +333,12 @@ def scan_python(buf, path: str = atf.EVENTS_FILE) -> dict:
                 raw = body.symbol.encode()
                 sym_len, sym_hash = len(raw), fnv1a(raw)
                 sym_off = data.find(raw, payload, payload + length)
-        # proto3 scalars have no presence: an absent depth and 0 look alike
-        depth = ev.depth if ev.depth else -1
+        # -1: absent (0 in an event that carries its sequence)
+        depth = ev.depth if ev.HasField("depth") else -1
+        if ev.sequence and atf.carries_detail(ev):  # its own detail: joined to itself
+            for name, val in (("det_off", payload), ("det_len", length),
+                              ("det_tid", ev.thread_id), ("det_seq", ev.sequence)):
+                side[name].append(val)
         for name, val in (("off", payload), ("plen", length), ("ts", atf.timestamp_ns(ev)),
                           ("tid", ev.thread_id), ("kind", kind), ("fid", fid), ("addr", addr),
                           ("sym_off", sym_off), ("sym_len", sym_len), ("sym_hash", sym_hash),

@@ -286,7 +286,7 @@ class Writer:
             t.drops_by_thread = by_thread
             t.control = control
             t.hooks = hooks
-            self._guarded(t, lambda: (t.write_end(end), t.sync()))
+            self._guarded(t, lambda: (t.write_end(end, self.out), t.sync()))
         try:
             t.write_manifest(self.session)
             t.write_symbols()
@@ -358,6 +358,10 @@ class Writer:
         now = time.monotonic()
         for t in list(self.targets.values()):
             try:
+                self._guarded(t, lambda: t.release(self.out))
+            except RequestError:
+                continue
+            try:
                 if t.manifest_dirty:
                     t.write_manifest(self.session)
                 if t.end is not None and now - t.last_append > ENDED_CLOSE_AFTER_S:
@@ -399,6 +403,7 @@ class Writer:
         self.syncer.stop()
         for t in list(self.targets.values()):
             try:
+                t.release(self.out, everything=True)
                 t.sync()
                 t.write_manifest(self.session)
                 t.write_symbols()
@@ -419,7 +424,8 @@ def parse_args(argv=None):
     p.add_argument("--trace-root", required=True, help="traces go to <trace-root>/<session>/")
     p.add_argument("--session", required=True, help="session id")
     p.add_argument("--inline-symbols", action="store_true",
-                   help="also fill the base format's symbol string in every call/return")
+                   help="write every base ATF V4 field (event id, timestamp, symbol, "
+                        "address) into each call/return")
     p.add_argument("--broker-pub", default=None,
                    help="broker endpoint to publish on (default ipc://<run-dir>/broker-pub.sock)")
     return p.parse_args(argv)

@@ -8,8 +8,10 @@ SIGKILL, and also after any failed write, so an error can never leave the
 memory state ahead of the file. A torn last frame is cut on reopening.
 
 Raw index records are encoded in C (native/src/encode.c); Python only moves
-whole batches. Flight-recorder detail records are encoded there too, filtered
-by the trace's windows (docs/internals.md, "Flight recorder").
+whole batches. With the flight recorder on, the encoder holds calls and
+returns for a while (``hold_ns``), so that the detail records the drainers
+send once a window claims them go into the same event, and writes each
+thread's events in sequence order (docs/internals.md, "Flight recorder").
 """
 from __future__ import annotations
 
@@ -24,11 +26,15 @@ from lanetrace._native import ffi, lib
 from lanetrace.core import atf
 from lanetrace.core import atf_v4_pb2 as pb
 from lanetrace.core import flightrec
+from lanetrace.writer.holdjournal import HoldJournal
 
 log = logging.getLogger("lanetrace.writer")
 
 RECORD_SIZE = 32
 SYNC_INTERVAL_S = 1.0
+# Held calls and returns wait this long beyond the pre-roll and the mark
+# latency for their detail: a drainer's release cycle and the data channel.
+HOLD_SLACK_S = 0.5
 TOP_FUNCTIONS = 20
 U64 = (1 << 64) - 1
 
@@ -84,8 +90,12 @@ class TraceFile:
         # Writer-side counts that events.bin cannot tell: restored from the
         # last manifest after a restart, added to the encoder's own.
         self.base = {"duplicates": 0, "invalid_records": 0, "events_after_end": 0,
-                     "detail_discarded": 0, "detail_duplicates": 0, "detail_invalid_bytes": 0}
+                     "detail_discarded": 0, "detail_duplicates": 0, "detail_invalid_bytes": 0,
+                     "detail_late": 0, "detail_unmatched": 0, "hold_early": 0}
         self.events_after_end = 0
+        self.hold_ns = 0  # 0: calls and returns are written as they come
+        self.hold_budget = 0
+        self.journal = HoldJournal(trace_dir)
         self.manifest_dirty = True
         self.unsynced = False
         self.last_append = time.monotonic()
@@ -106,6 +116,7 @@ class TraceFile:
                     os.close(dfd)
         try:
             self._rebuild()
+            self._replay_journal()
         except BaseException:
             os.close(self.fd)
             self.fd = -1
@@ -188,8 +199,36 @@ class TraceFile:
         self.base["detail_discarded"] = int(wdd.get("discarded", 0))
         self.base["detail_duplicates"] = int(wdd.get("duplicates", 0))
         self.base["detail_invalid_bytes"] = int(wdd.get("invalidBytes", 0))
+        self.base["detail_late"] = int(wdd.get("late", 0))
+        self.base["detail_unmatched"] = int(wdd.get("unmatched", 0))
+        self.base["hold_early"] = int(wdd.get("releasedEarly", 0))
+
+    def _replay_journal(self) -> None:
+        """Hold again what a killed writer held (acked, not yet written);
+        records events.bin has already are dropped by sequence number, and
+        are not counted as duplicates or late detail a second time."""
+        if not self.journal.existing():
+            return
+        if not self.flight:
+            self.flight = {"full": False}
+        self._start_hold()
+        recounted = ("duplicates", "detail_late", "detail_duplicates", "detail_discarded")
+        before = self.stats()
+        before = {k: getattr(before, k) for k in recounted}
+        replayed = 0
+        for entry in self.journal.replay():
+            if entry[0] == "index":
+                self._hold_index(entry[1], len(entry[1]) // RECORD_SIZE, None)
+            else:
+                self._hold_detail(entry[1], entry[2], entry[3])
+            replayed += 1
+        after = self.stats()
+        for k in recounted:
+            self.base[k] -= getattr(after, k) - before[k]
+        log.info("pid %d: replayed %d held batches from the journal", self.pid, replayed)
 
     def close(self) -> None:
+        self.journal.close()
         with self.lock:
             if self.fd >= 0:
                 os.close(self.fd)
@@ -247,9 +286,46 @@ class TraceFile:
             self.functions[e["id"]] = e
         return len(new)
 
-    def append_index(self, payload, count: int, out: "OutBuffer") -> tuple:
-        need = lib.lt_encode_bound(self.enc, count)
+    def _start_hold(self) -> None:
+        """With the flight recorder on, hold calls and returns until their
+        detail can have come (see module doc); the budget is the drainers'
+        own pre-roll budget."""
+        if self.hold_ns or not self.flight:
+            return
+        pre_ns = int(self.flight.get("preRollNs", 0))
+        if self.flight.get("full"):
+            pre_ns = 0  # --full: the drainers send detail as they take it
+        self.hold_ns = pre_ns + flightrec.seconds_to_ns(flightrec.MARK_LATENCY_S + HOLD_SLACK_S)
+        self.hold_budget = int(self.flight.get("bufferBytes") or
+                               flightrec.DEFAULT_BUFFER_MB << 20)
+        lib.lt_encoder_set_hold(self.enc, self.hold_budget)
+
+    def release(self, out: "OutBuffer", everything: bool = False) -> tuple:
+        """Write the held calls and returns whose detail cannot come any more
+        (all of them with ``everything``, or once the trace has ended)."""
+        if not self.hold_ns or not lib.lt_encoder_held_bytes(self.enc):
+            return 0, 0
+        horizon = U64 if everything or self.end is not None else \
+            max(0, time.monotonic_ns() - self.hold_ns)
+        need = lib.lt_encoder_flush_bound(self.enc)
         buf = out.get(need)
+        res = ffi.new("lt_flush_result *")
+        n = lib.lt_encoder_flush(self.enc, horizon, buf, need, res)
+        if n < 0:
+            raise RuntimeError("encode buffer smaller than lt_encoder_flush_bound")
+        self._append(ffi.buffer(buf, n))
+        if self.end is not None:
+            self.events_after_end += res.events
+        if not lib.lt_encoder_held_bytes(self.enc):
+            self.journal.clear()
+        else:
+            self.journal.released_until(horizon)
+        return res.events, n
+
+    def _hold_index(self, payload, count: int, out: "OutBuffer | None"):
+        """Encode (or, holding, take in) ``count`` raw index records."""
+        need = lib.lt_encode_bound(self.enc, count) if out is not None else 0
+        buf = out.get(need) if out is not None else ffi.NULL
         res = ffi.new("lt_batch_result *")
         src = ffi.from_buffer(payload)
         try:
@@ -258,31 +334,50 @@ class TraceFile:
             ffi.release(src)
         if n < 0:
             raise RuntimeError("encode buffer smaller than lt_encode_bound")
-        self._append(ffi.buffer(buf, n))
         handled = res.events + res.duplicates + res.invalid_records  # late ones are events
         if handled != count:
             raise MemoryError(f"encoder ran out of memory after {handled} of {count} records")
-        if self.end is not None:
-            self.events_after_end += res.events
-        return res.events, res.duplicates, res.gaps, res.unknown_function, \
-            res.invalid_records, res.late, n
+        return res, n, buf
 
-    def append_detail(self, payload, keep_all: bool, out: "OutBuffer"):
-        """Persist the detail records of ``payload`` that lie in a window."""
-        need = lib.lt_encode_detail_bound(self.enc, len(payload))
-        buf = out.get(need)
-        bounds = flightrec.flat_bounds(self.windows)
+    def append_index(self, payload, count: int, out: "OutBuffer") -> tuple:
+        self._start_hold()
+        if self.hold_ns:
+            res, n, _ = self._hold_index(payload, count, None)
+            self.journal.add_index(payload)  # acked means durable
+        else:
+            res, n, buf = self._hold_index(payload, count, out)
+            self._append(ffi.buffer(buf, n))
+            if self.end is not None:
+                self.events_after_end += res.events
+        _, held_out = self.release(out)
+        return res.events, res.duplicates, res.gaps, res.unknown_function, \
+            res.invalid_records, res.late, n + held_out
+
+    def _hold_detail(self, payload, keep_all: bool, windows: list[dict]):
+        bounds = flightrec.flat_bounds(windows)
         win = ffi.new("uint64_t[]", bounds or [0])
         res = ffi.new("lt_detail_result *")
         src = ffi.from_buffer(payload)
         try:
-            n = lib.lt_encode_detail(self.enc, ffi.cast("const uint8_t *", src), len(payload),
-                                     win, len(bounds) // 2, 1 if keep_all else 0, buf, need, res)
+            rc = lib.lt_encode_detail(self.enc, ffi.cast("const uint8_t *", src), len(payload),
+                                      win, len(bounds) // 2, 1 if keep_all else 0, res)
         finally:
             ffi.release(src)
-        if n < 0:
-            raise RuntimeError("encode buffer smaller than lt_encode_detail_bound")
-        self._append(ffi.buffer(buf, n))
+        if rc != 0:
+            raise MemoryError("lt_encode_detail: out of memory")
+        return res
+
+    def append_detail(self, payload, keep_all: bool, out: "OutBuffer"):
+        """Hold the detail records of ``payload`` that lie in a window for the
+        events of their calls and returns."""
+        if not self.flight:  # detail without a flight-recorder config: hold from now on
+            self.flight = {"full": keep_all}
+        self._start_hold()
+        res = self._hold_detail(payload, keep_all, self.windows)
+        if res.kept:
+            self.journal.add_detail(payload, keep_all, self.windows)
+        self.manifest_dirty = True
+        _, n = self.release(out)
         return res.kept, res.discarded, res.duplicates, res.invalid_bytes, n
 
     def add_windows(self, windows: list[dict]) -> bool:
@@ -314,7 +409,8 @@ class TraceFile:
         self.signals.add(key)
         return True
 
-    def write_end(self, end: dict) -> None:
+    def write_end(self, end: dict, out: "OutBuffer") -> None:
+        self.release(out, everything=True)
         ev = _ns_event(self._take_ids(1), end["endNs"])
         ev.trace_end.exit_code = end["exitCode"]
         ev.trace_end.signal = end["signal"]
@@ -361,6 +457,7 @@ class TraceFile:
         detail = self.detail_counts(st)
         return {
             "formatVersion": atf.FORMAT_VERSION,
+            "eventEncoding": atf.COMPACT_ENCODING,
             "os": "linux",
             "arch": "x86_64",
             "pid": self.pid,
@@ -414,11 +511,16 @@ class TraceFile:
         pre-roll buffers (aged out, or over the budget)."""
         wd = {"discarded": st.detail_discarded + self.base["detail_discarded"],
               "duplicates": st.detail_duplicates + self.base["detail_duplicates"],
-              "invalidBytes": st.detail_invalid_bytes + self.base["detail_invalid_bytes"]}
+              "invalidBytes": st.detail_invalid_bytes + self.base["detail_invalid_bytes"],
+              "late": st.detail_late + self.base["detail_late"],
+              "unmatched": st.detail_unmatched + self.base["detail_unmatched"],
+              "releasedEarly": st.hold_early + self.base["hold_early"],
+              "holdNs": self.hold_ns, "holdBudgetBytes": self.hold_budget}
         aged = sum(int(d.get("discarded", 0)) for d in self.drainer_detail.values())
         budget = sum(int(d.get("budget", 0)) for d in self.drainer_detail.values())
         lost = sum(int(d.get("lost", 0)) for d in self.drainer_detail.values())
-        return {"kept": st.detail_events, "discarded": wd["discarded"] + aged + budget,
+        lost_in_writer = wd["discarded"] + wd["late"] + wd["unmatched"]
+        return {"kept": st.detail_events, "discarded": lost_in_writer + aged + budget,
                 "report": {"config": self.flight, "writer": wd, "drainers": self.drainer_detail,
                            "discardedAged": aged, "discardedBudget": budget,
                            "discardedWriter": wd["discarded"], "lostUnsent": lost}}
