@@ -20,6 +20,7 @@ import orjson
 from lanetrace.cli import CliError, flightopts, human
 from lanetrace.cli.argtypes import int_range, positive_float
 from lanetrace.cli.maintenance import remove_session_segments
+from lanetrace.core.deferred import preload
 from lanetrace.core.rundir import RunDir, default_run_dir, new_session_id
 from lanetrace.core.selection import Selection, SelectionError
 from lanetrace.core.stdio import StdioServer
@@ -273,6 +274,7 @@ def capture(args, target_spec: dict) -> int:
     try:
         supervisor.start()
         timings["supervisordUp"] = time.monotonic_ns()
+        preload("lanetrace.core.atf")  # for the summary, while the target runs
         if flightopts.describe(flight):
             print(flightopts.describe(flight), file=sys.stderr)
         if not args.json:

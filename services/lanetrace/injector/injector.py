@@ -23,14 +23,14 @@ import time
 import frida
 import orjson
 
-from lanetrace.core import atf, bus
+from lanetrace.core import bus
 from lanetrace.core.bus import Bus, receive
+from lanetrace.core.deferred import Deferred, preload
 from lanetrace.core.datachannel import WriterClient, WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
 from lanetrace.core.selection import Selection
 from lanetrace.core.shm import TargetSegment
 from lanetrace.core.stdio import adopt_caller_stdio
-from lanetrace.injector import hooksafety
 from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
 from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard
@@ -40,6 +40,11 @@ from lanetrace.injector.threadstop import StoppedThreads
 from lanetrace.injector.traced import TargetError, TracedProcess
 
 log = logging.getLogger("lanetrace.injector")
+
+# Needed once the target is spawned and attached: imported meanwhile (main()).
+HEAVY_MODULES = ("lanetrace.injector.hooksafety", "lanetrace.core.atf")
+hooksafety = Deferred(HEAVY_MODULES[0])
+atf = Deferred(HEAVY_MODULES[1])
 
 # The build (setup.py) puts the agent library and its scripts into the package.
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -781,6 +786,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--spec", required=True)
     args = parser.parse_args(argv)
+    preload(*HEAVY_MODULES)
     run_dir = RunDir(args.run_dir)
     logging.basicConfig(filename=os.path.join(run_dir.logs_dir, "injector.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
