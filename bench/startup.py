@@ -2,7 +2,8 @@
 program next to uftrace and a stock Frida spawn of the same program, and how
 fast a killed writer or broker is back.
 
-    .venv/bin/python bench/startup.py [--reps 7] [--restarts 5] [--no-restarts] [--json]
+    .venv/bin/python bench/startup.py [--reps 7] [--restarts 5] [--no-restarts]
+                                      [--baseline-src DIR] [--json]
 
 The program is ``examples/bin/branchy good`` (it returns at once) and each
 tracer hooks its ``main``. Every variant runs --reps times, interleaved (rep 1
@@ -21,6 +22,10 @@ exit:
   lanetrace        lanetrace run -i 'branchy!main' --json -o <tmp> -- examples/bin/branchy good
                    (supervisord, broker, writer, drainers, watchdog,
                    injector, the trace finalized and every service stopped)
+  lanetrace-base   with --baseline-src DIR: the same command run from another
+                   checkout's services/ directory (PYTHONPATH=DIR, with its
+                   native libraries built or copied in), to compare two
+                   versions under the same load
 
 For lanetrace the median time spent in each phase is printed too, from the
 run's session.json timings (CLI module loaded -> supervisord answering ->
@@ -95,11 +100,12 @@ def frida_spawn(work):
     return timed([PYTHON, "-c", FRIDA_SPAWN, *PROGRAM])
 
 
-def lanetrace(work):
+def lanetrace(work, src=None):
     out = tempfile.mkdtemp(dir=work)
+    env = dict(os.environ, PYTHONPATH=src) if src else None
     wall, proc = timed([PYTHON, "-m", "lanetrace", "run", "-i", f"branchy!{FUNCTION}", "--json",
-                        "-o", out, "--", *PROGRAM])
-    if proc.returncode == 0:
+                        "-o", out, "--", *PROGRAM], env=env)
+    if proc.returncode == 0 and not src:
         proc.phases = phases(out, wall)
     return wall, proc
 
@@ -123,7 +129,11 @@ VARIANTS = {"untraced": untraced, "uftrace": uftrace, "frida-spawn": frida_spawn
             "lanetrace": lanetrace}
 
 
-def run_variants(reps: int, only: list[str]) -> tuple[dict, dict, dict]:
+def run_variants(reps: int, only: list[str], baseline_src: str | None) -> tuple[dict, dict, dict]:
+    variants = dict(VARIANTS)
+    if baseline_src:
+        variants["lanetrace-base"] = lambda work: lanetrace(work, baseline_src)
+        only = [*only, "lanetrace-base"]
     walls = {name: [] for name in only}
     errors: dict[str, str] = {}
     steps: dict[str, list[float]] = {}
@@ -134,7 +144,7 @@ def run_variants(reps: int, only: list[str]) -> tuple[dict, dict, dict]:
                 if name in errors:
                     continue
                 try:
-                    wall, proc = VARIANTS[name](work)
+                    wall, proc = variants[name](work)
                 except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
                     errors[name] = str(exc)
                     continue
@@ -150,8 +160,13 @@ def run_variants(reps: int, only: list[str]) -> tuple[dict, dict, dict]:
     return walls, errors, steps
 
 
-def restarts(n: int) -> dict:
+def restarts(n: int, src: str | None = None) -> dict:
+    """Writer and broker kills on a daemon (run from src's services/ if
+    given: every process it starts inherits PYTHONPATH)."""
     from recovery import Bench
+    saved = os.environ.get("PYTHONPATH")
+    if src:
+        os.environ["PYTHONPATH"] = src
     b = Bench(drainers=2)
     out = {"writer hb": [], "writer acked": [], "broker": []}
     try:
@@ -166,6 +181,10 @@ def restarts(n: int) -> dict:
             time.sleep(0.5)
     finally:
         b.stop()
+        if src:
+            os.environ.pop("PYTHONPATH", None)
+            if saved is not None:
+                os.environ["PYTHONPATH"] = saved
     return out
 
 
@@ -184,14 +203,19 @@ def main() -> int:
     ap.add_argument("--no-restarts", action="store_true", help="skip the writer/broker kills")
     ap.add_argument("--only", default=",".join(VARIANTS),
                     help=f"comma-separated variants (default: {','.join(VARIANTS)})")
+    ap.add_argument("--baseline-src", metavar="DIR",
+                    help="also run lanetrace from this services/ directory (another checkout)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     only = [v for v in args.only.split(",") if v]
     unknown = [v for v in only if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s): {', '.join(unknown)}")
-    walls, errors, steps = run_variants(args.reps, only)
-    rec = {} if args.no_restarts else restarts(args.restarts)
+    walls, errors, steps = run_variants(args.reps, only, args.baseline_src)
+    only = list(walls)
+    rec = {} if args.no_restarts else {"": restarts(args.restarts)}
+    if rec and args.baseline_src:
+        rec["base "] = restarts(args.restarts, args.baseline_src)
     if args.json:
         print(json.dumps({"walls": walls, "errors": errors, "lanetracePhases": steps,
                           "restarts": rec}, indent=2))
@@ -199,16 +223,16 @@ def main() -> int:
     base = statistics.median(walls["untraced"]) if walls.get("untraced") else None
     print(f"start-up, whole command wall time (s; {args.reps} reps, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f})")
-    print(f"{'variant':<12} {'median':>8} {'min':>8} {'max':>8} {'x frida':>8}")
+    print(f"{'variant':<15} {'median':>8} {'min':>8} {'max':>8} {'x frida':>8}")
     frida_med = statistics.median(walls["frida-spawn"]) if walls.get("frida-spawn") else None
     for name in only:
         if name in errors and not walls[name]:
-            print(f"{name:<12} not available ({errors[name]})")
+            print(f"{name:<15} not available ({errors[name]})")
             continue
         ratio = (f"{statistics.median(walls[name]) / frida_med:8.2f}" if frida_med else "")
-        print(f"{name:<12} {fmt(walls[name])} {ratio}")
+        print(f"{name:<15} {fmt(walls[name])} {ratio}")
         if name in errors:
-            print(f"{'':<12} (failed later: {errors[name]})")
+            print(f"{'':<15} (failed later: {errors[name]})")
     if base is not None:
         print(f"(untraced median {base:.3f} s is in every other row)")
     if steps:
@@ -218,10 +242,11 @@ def main() -> int:
             print(f"{k:<44} {fmt(vals)}")
     if rec:
         print(f"\nrestart after SIGKILL (s; {args.restarts} kills each)")
-        print(f"{'what':<44} {'median':>8} {'min':>8} {'max':>8}")
-        print(f"{'writer: kill -> hb.writer of the new writer':<44} {fmt(rec['writer hb'])}")
-        print(f"{'writer: kill -> data-channel ping acked':<44} {fmt(rec['writer acked'])}")
-        print(f"{'broker: kill -> heartbeats flow again':<44} {fmt(rec['broker'])}")
+        print(f"{'what':<50} {'median':>8} {'min':>8} {'max':>8}")
+        for tag, r in rec.items():
+            print(f"{tag + 'writer: kill -> hb.writer of the new writer':<50} {fmt(r['writer hb'])}")
+            print(f"{tag + 'writer: kill -> data-channel ping acked':<50} {fmt(r['writer acked'])}")
+            print(f"{tag + 'broker: kill -> heartbeats flow again':<50} {fmt(r['broker'])}")
     return 0
 
 

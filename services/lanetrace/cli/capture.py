@@ -274,7 +274,6 @@ def capture(args, target_spec: dict) -> int:
     try:
         supervisor.start()
         timings["supervisordUp"] = time.monotonic_ns()
-        preload("lanetrace.core.atf")  # for the summary, while the target runs
         if flightopts.describe(flight):
             print(flightopts.describe(flight), file=sys.stderr)
         if not args.json:
@@ -282,6 +281,7 @@ def capture(args, target_spec: dict) -> int:
             status = StatusLine(run_dir.broker_sub)
         supervisor.wait_until_exited("injector", on_tick=status.tick if status else None)
         timings["injectorExited"] = time.monotonic_ns()
+        preload("lanetrace.core.atf")  # for the summary, while the services stop
         result_path = run_dir.file("result.json")
         if os.path.exists(result_path):
             with open(result_path, "rb") as f:

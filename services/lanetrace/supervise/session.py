@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from lanetrace.core.rundir import RunDir
-from lanetrace.supervise.services import GROUP
+from lanetrace.supervise.services import GROUP, SERVICES
 from lanetrace.supervise.supervisorconf import render_session_config
 
 START_TIMEOUT_S = 20.0
@@ -133,12 +133,16 @@ class Supervisor:
                 os.close(pidfd)
 
     def shutdown(self) -> None:
-        """Stop every program (reverse priority: injector, drainers, writer,
-        broker, each given time to flush) and supervisord itself."""
+        """Stop every program at once, each given time to flush, and
+        supervisord itself. (supervisord's own shutdown stops one group after
+        another: the watchdog's only once the others have exited.)"""
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
-            self.rpc.supervisor.shutdown()
+            rpc = self.rpc
+            for group in (GROUP, *(s.name for s in SERVICES if s.listener)):
+                rpc.supervisor.stopProcessGroup(group, False)
+            rpc.supervisor.shutdown()
         except _rpc_errors():
             self.proc.send_signal(signal.SIGTERM)
         try:
