@@ -9,7 +9,9 @@ The program is ``examples/bin/branchy good`` (it returns at once) and each
 tracer hooks its ``main``. Every variant runs --reps times, interleaved (rep 1
 of each, then rep 2, ...), so that the machine's load hits all alike; the
 figure is the whole command's wall time, from the fork of the command to its
-exit:
+exit, next to the CPU time (user + sys) it and every process below it used,
+which depends little on the machine's load (the wall time of a command
+that starts eight Python processes grows with it):
 
   untraced         examples/bin/branchy good
   uftrace          uftrace record -P main -d <tmp> examples/bin/branchy good
@@ -44,6 +46,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -79,10 +82,18 @@ PHASES = ("cliStart", "supervisordUp", "injectorStart", "attached", "pipelineRea
 
 
 def timed(argv, **kw) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time of the command; ``proc.cpu`` is the CPU time (user + sys)
+    of the command and of every process below it that was waited for
+    (supervisord, the services, Frida's helper), which the machine's load
+    hardly changes."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           timeout=300, cwd=REPO, **kw)
-    return time.perf_counter() - start, proc
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, proc
 
 
 def untraced(work):
@@ -135,6 +146,7 @@ def run_variants(reps: int, only: list[str], baseline_src: str | None) -> tuple[
         variants["lanetrace-base"] = lambda work: lanetrace(work, baseline_src)
         only = [*only, "lanetrace-base"]
     walls = {name: [] for name in only}
+    cpus = {name: [] for name in only}
     errors: dict[str, str] = {}
     steps: dict[str, list[float]] = {}
     work = tempfile.mkdtemp(prefix="ltstartup-")
@@ -153,11 +165,12 @@ def run_variants(reps: int, only: list[str], baseline_src: str | None) -> tuple[
                         ((proc.stderr or "").strip().splitlines() or ["?"])[-1]
                     continue
                 walls[name].append(wall)
+                cpus[name].append(proc.cpu)
                 for k, v in getattr(proc, "phases", {}).items():
                     steps.setdefault(k, []).append(v)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return walls, errors, steps
+    return walls, cpus, errors, steps
 
 
 def restarts(n: int, src: str | None = None) -> dict:
@@ -211,26 +224,26 @@ def main() -> int:
     unknown = [v for v in only if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s): {', '.join(unknown)}")
-    walls, errors, steps = run_variants(args.reps, only, args.baseline_src)
+    walls, cpus, errors, steps = run_variants(args.reps, only, args.baseline_src)
     only = list(walls)
     rec = {} if args.no_restarts else {"": restarts(args.restarts)}
     if rec and args.baseline_src:
         rec["base "] = restarts(args.restarts, args.baseline_src)
     if args.json:
-        print(json.dumps({"walls": walls, "errors": errors, "lanetracePhases": steps,
+        print(json.dumps({"walls": walls, "cpu": cpus, "errors": errors, "lanetracePhases": steps,
                           "restarts": rec}, indent=2))
         return 0
     base = statistics.median(walls["untraced"]) if walls.get("untraced") else None
     print(f"start-up, whole command wall time (s; {args.reps} reps, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f})")
-    print(f"{'variant':<15} {'median':>8} {'min':>8} {'max':>8} {'x frida':>8}")
+    print(f"{'variant':<15} {'median':>8} {'min':>8} {'max':>8} {'x frida':>8} {'cpu s':>8}")
     frida_med = statistics.median(walls["frida-spawn"]) if walls.get("frida-spawn") else None
     for name in only:
         if name in errors and not walls[name]:
             print(f"{name:<15} not available ({errors[name]})")
             continue
         ratio = (f"{statistics.median(walls[name]) / frida_med:8.2f}" if frida_med else "")
-        print(f"{name:<15} {fmt(walls[name])} {ratio}")
+        print(f"{name:<15} {fmt(walls[name])} {ratio:>8} {statistics.median(cpus[name]):8.3f}")
         if name in errors:
             print(f"{'':<15} (failed later: {errors[name]})")
     if base is not None:
