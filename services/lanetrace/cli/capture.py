@@ -279,10 +279,13 @@ def capture(args, target_spec: dict) -> int:
         if not args.json:
             from lanetrace.cli.status import StatusLine
             status = StatusLine(run_dir.broker_sub)
-        supervisor.wait_until_exited("injector", on_tick=status.tick if status else None)
+        # result.json is the injector's last act (written whole, then renamed):
+        # the services stop while it tears Frida down
+        result_path = run_dir.file("result.json")
+        supervisor.wait_until_exited("injector", on_tick=status.tick if status else None,
+                                     finished=lambda: os.path.exists(result_path))
         timings["injectorExited"] = time.monotonic_ns()
         preload("lanetrace.core.atf")  # for the summary, while the services stop
-        result_path = run_dir.file("result.json")
         if os.path.exists(result_path):
             with open(result_path, "rb") as f:
                 result = orjson.loads(f.read())

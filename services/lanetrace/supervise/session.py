@@ -28,6 +28,7 @@ SHUTDOWN_TIMEOUT_S = 60.0
 # connect() on a unix socket
 START_POLL_S = 0.01
 ENDED_STATES = ("EXITED", "FATAL", "STOPPED")
+FINISHED_POLL_S = 0.01
 
 
 class SessionError(Exception):
@@ -104,13 +105,20 @@ class Supervisor:
         except _rpc_errors():
             pass  # already stopped
 
-    def wait_until_exited(self, name: str, poll_s: float = 0.1, on_tick=None) -> str:
+    def wait_until_exited(self, name: str, poll_s: float = 0.1, on_tick=None,
+                          finished=None) -> str:
         """Wait for the program to end; ``on_tick`` runs every ``poll_s``.
         The end is seen at once through a pidfd of the running process;
-        supervisord is asked only until it reports a pid."""
+        supervisord is asked only until it reports a pid. ``finished()``,
+        checked every FINISHED_POLL_S, may end the wait earlier ("FINISHED"):
+        the program has done its work and is only tearing itself down."""
         pidfd = None
+        step = min(poll_s, FINISHED_POLL_S) if finished else poll_s
+        next_tick = time.monotonic() + poll_s
         try:
             while True:
+                if finished and finished():
+                    return "FINISHED"
                 if pidfd is None:
                     info = self.process_info(name)
                     if info["statename"] in ENDED_STATES:
@@ -122,11 +130,12 @@ class Supervisor:
                             pidfd = None
                             continue
                 if pidfd is not None:
-                    if select.select([pidfd], [], [], poll_s)[0]:
+                    if select.select([pidfd], [], [], step)[0]:
                         return "EXITED"
                 else:
-                    time.sleep(poll_s)
-                if on_tick:
+                    time.sleep(step)
+                if on_tick and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + poll_s
                     on_tick()
         finally:
             if pidfd is not None:
