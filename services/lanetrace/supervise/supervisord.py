@@ -11,9 +11,10 @@ shutdown waits a tick per process group.
 
 Here the C-level signal handler also writes to a self-pipe
 (``signal.set_wakeup_fd``) whose read end sits in the loop's poll set, so
-the poll returns at once on SIGCHLD (and SIGTERM, SIGHUP...) and the same
-pass reaps, restarts and notifies the event listeners. Nothing else of
-supervisord changes."""
+the poll returns at once on SIGCHLD (and SIGTERM, SIGHUP...). Reading the
+pipe reaps the children at once: the loop runs the processes' transitions
+before its own reap, so an exit reaped only there would be restarted one
+poll (a second) later. Nothing else of supervisord changes."""
 from __future__ import annotations
 
 import os
@@ -30,6 +31,7 @@ class SignalWakeup:
 
     def __init__(self, fd: int):
         self.fd = fd
+        self.supervisor = None  # the running Supervisor, set by runforever()
 
     def readable(self) -> bool:
         return True
@@ -43,6 +45,8 @@ class SignalWakeup:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        if self.supervisor is not None:
+            self.supervisor.reap()
 
     def handle_error(self) -> None:
         pass
@@ -71,8 +75,19 @@ def setsignals(self) -> None:
     socket_map[read_fd] = SignalWakeup(read_fd)
 
 
+_stock_runforever = supervisord.Supervisor.runforever
+
+
+def runforever(self) -> None:
+    for dispatcher in self.options.get_socket_map().values():
+        if isinstance(dispatcher, SignalWakeup):
+            dispatcher.supervisor = self
+    _stock_runforever(self)
+
+
 def main(argv: list[str] | None = None) -> None:
     supervisor_options.ServerOptions.setsignals = setsignals
+    supervisord.Supervisor.runforever = runforever
     supervisord.main(argv)
 
 
