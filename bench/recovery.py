@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.join(REPO, "services"))
 
 from supervisor.xmlrpc import SupervisorTransport  # noqa: E402
 
+from lanetrace.core.bus import RECONNECT_IVL_MS  # noqa: E402
 from lanetrace.core.datachannel import WriterClient  # noqa: E402
 from lanetrace.core.shm import TargetSegment  # noqa: E402
 
@@ -83,6 +84,8 @@ class Bench:
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"hb.")
+        # reconnects to a restarted broker as the services' own sockets do
+        self.sub.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self.sub.connect(f"ipc://{self.run_dir}/broker-sub.sock")
 
     def stop(self):
