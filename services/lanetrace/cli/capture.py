@@ -1,7 +1,11 @@
 """``lanetrace run`` and ``lanetrace attach``: capture a trace.
 
 Everything a user can get wrong is checked before any process starts, so a
-mistake costs nothing and gets one specific message."""
+mistake costs nothing and gets one specific message.
+
+supervisord is started before anything heavy is imported here: ZeroMQ (the
+status line), protobuf (the manifest) and the XML-RPC client load while the
+services start, not before."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +20,7 @@ import orjson
 from lanetrace.cli import CliError, flightopts, human
 from lanetrace.cli.argtypes import int_range, positive_float
 from lanetrace.cli.maintenance import remove_session_segments
-from lanetrace.cli.status import StatusLine
-from lanetrace.core import atf
+from lanetrace.core.deferred import preload
 from lanetrace.core.ringpolicy import DEFAULT_BLOCK_TIMEOUT_MS, DEFAULT_RING_BUDGET_MB
 from lanetrace.core.rundir import RunDir, default_run_dir, new_session_id
 from lanetrace.core.selection import Selection, SelectionError
@@ -299,10 +302,15 @@ def capture(args, target_spec: dict) -> int:
         if flightopts.describe(flight):
             print(flightopts.describe(flight), file=sys.stderr)
         if not args.json:
+            from lanetrace.cli.status import StatusLine
             status = StatusLine(run_dir.broker_sub)
-        supervisor.wait_until_exited("injector", on_tick=status.tick if status else None)
-        timings["injectorExited"] = time.monotonic_ns()
+        # result.json is the injector's last act (written whole, then renamed):
+        # the services stop while it tears Frida down
         result_path = run_dir.file("result.json")
+        supervisor.wait_until_exited("injector", on_tick=status.tick if status else None,
+                                     finished=lambda: os.path.exists(result_path))
+        timings["injectorExited"] = time.monotonic_ns()
+        preload("lanetrace.core.atf")  # for the summary, while the services stop
         if os.path.exists(result_path):
             with open(result_path, "rb") as f:
                 result = orjson.loads(f.read())
@@ -335,6 +343,7 @@ def capture(args, target_spec: dict) -> int:
 
 
 def write_session_file(session_dir: str, spec: dict, result: dict, started: float) -> None:
+    from lanetrace.core import atf
     session = {
         "sessionId": spec["sessionId"], "startedAt": started, "endedAt": time.time(),
         "options": {k: spec[k] for k in ("selection", "duration", "drainers", "slots",
@@ -348,6 +357,7 @@ def write_session_file(session_dir: str, spec: dict, result: dict, started: floa
 
 
 def summarize(result: dict) -> dict:
+    from lanetrace.core import atf
     targets = []
     for t in result["targets"]:
         entry = {"pid": t["pid"], "program": " ".join(t["argv"]) or "?", "traceDir": t["traceDir"],

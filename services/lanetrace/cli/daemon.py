@@ -21,14 +21,12 @@ import signal
 import subprocess
 import sys
 import time
-import xmlrpc.client
 
 import orjson
 
 from lanetrace.cli import CliError
 from lanetrace.cli.argtypes import int_range, positive_float
 from lanetrace.cli.capture import add_pipeline_options, check_pid, resolve_program, ring_policy_spec
-from lanetrace.core.control import ControlClient, ControlError
 from lanetrace.core.rundir import RunDir, new_session_id
 from lanetrace.core.selection import Selection, SelectionError
 from lanetrace.supervise.daemonconf import (DEFAULT_DAEMON_DIR, default_daemon_dir,
@@ -121,9 +119,16 @@ def _run_dir(args) -> RunDir:
 # ---- supervisord access ---------------------------------------------------------
 
 def _rpc(run_dir: RunDir):
+    import xmlrpc.client
+
     from supervisor.xmlrpc import SupervisorTransport
     transport = SupervisorTransport(None, None, f"unix://{run_dir.file('supervisord.sock')}")
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def _rpc_errors() -> tuple[type[BaseException], ...]:
+    import xmlrpc.client
+    return (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError)
 
 
 def daemon_running(run_dir: RunDir) -> bool:
@@ -131,7 +136,7 @@ def daemon_running(run_dir: RunDir) -> bool:
         return False
     try:
         return _rpc(run_dir).supervisor.getState()["statename"] == "RUNNING"
-    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+    except _rpc_errors():
         return False
 
 
@@ -167,7 +172,7 @@ def _default_path() -> str:
 def process_states(run_dir: RunDir) -> list[dict]:
     try:
         infos = _rpc(run_dir).supervisor.getAllProcessInfo()
-    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+    except _rpc_errors():
         return []
     return [{"name": f"{i['group']}:{i['name']}", "state": i["statename"], "pid": i["pid"],
              "description": i["description"]} for i in infos]
@@ -211,7 +216,7 @@ def cmd_start(args) -> int:
     with open(conf, "w") as f:
         f.write(render_daemon_config(run_dir.path, sys.executable, args.drainers,
                                         args.query_replicas))
-    proc = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", conf],
+    proc = subprocess.run([sys.executable, "-m", "lanetrace.supervise.supervisord", "-c", conf],
                           capture_output=True, text=True, cwd=run_dir.path)
     if proc.returncode != 0:
         raise CliError(f"supervisord did not start: {(proc.stderr or proc.stdout).strip()}",
@@ -222,6 +227,7 @@ def cmd_start(args) -> int:
             raise CliError(f"supervisord did not come up within {START_TIMEOUT_S:.0f}s; see "
                            f"{run_dir.file('supervisord.log')}", status=1)
         time.sleep(0.05)
+    from lanetrace.core.control import ControlClient, ControlError
     client = ControlClient(run_dir)
     try:
         client.request("ping", {}, timeout_s=max(1.0, deadline - time.monotonic()))
@@ -266,6 +272,8 @@ def _supervisord_pid(run_dir: RunDir) -> int | None:
 
 
 def cmd_stop(args) -> int:
+    import xmlrpc.client
+
     from lanetrace.core.shm import remove_stale_segments
     run_dir = _run_dir(args)
     require_daemon(run_dir, procfile_ok=False)
@@ -324,11 +332,13 @@ def cmd_daemon_status(args) -> int:
 # ---- ctl ----------------------------------------------------------------------
 
 def _client(run_dir: RunDir):
+    from lanetrace.core.control import ControlClient
     require_daemon(run_dir)
     return ControlClient(run_dir)
 
 
 def _request(run_dir: RunDir, verb: str, body: dict, timeout: float) -> dict:
+    from lanetrace.core.control import ControlError
     client = _client(run_dir)
     try:
         return client.request(verb, body, timeout_s=timeout)
@@ -398,6 +408,7 @@ def cmd_detach(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from lanetrace.core.control import ControlClient, ControlError
     run_dir = _run_dir(args)
     require_daemon(run_dir)
     procs = process_states(run_dir)

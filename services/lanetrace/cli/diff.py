@@ -8,9 +8,6 @@ import orjson
 
 from lanetrace.cli import CliError
 from lanetrace.cli.argtypes import non_negative_int
-from lanetrace.core import atf
-from lanetrace.export.diff import diff_traces
-from lanetrace.export.tracedir import TraceNotFound, resolve_trace
 
 
 def register(subparsers) -> None:
@@ -33,6 +30,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from lanetrace.core import atf
+    from lanetrace.export.diff import diff_traces
+    from lanetrace.export.tracedir import TraceNotFound, resolve_trace
     try:
         dir_a = resolve_trace(args.trace_a, args.trace_root)
         dir_b = resolve_trace(args.trace_b, args.trace_root)

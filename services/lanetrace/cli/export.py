@@ -5,8 +5,7 @@ import sys
 
 from lanetrace.cli import CliError
 from lanetrace.cli.argtypes import non_negative_int
-from lanetrace.export.run import FORMATS, ExportError, ExportOptions, export_trace
-from lanetrace.export.tracedir import TraceNotFound, resolve_trace
+from lanetrace.export.formats import FORMATS
 
 
 
@@ -51,6 +50,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from lanetrace.export.run import ExportError, ExportOptions, export_trace
+    from lanetrace.export.tracedir import TraceNotFound, resolve_trace
     try:
         trace_dir = resolve_trace(args.trace_id, args.trace_root)
     except TraceNotFound as exc:

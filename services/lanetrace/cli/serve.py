@@ -2,7 +2,6 @@
 sharing one port (SO_REUSEPORT)."""
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -84,6 +83,8 @@ def run(args) -> int:
     cfg = _config(args)
     if args.replicas > 1:
         return _run_replicas(args, cfg)
+    import asyncio
+
     from lanetrace.query.server import serve_forever
 
     def ready(port):

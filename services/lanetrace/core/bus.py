@@ -31,6 +31,11 @@ TOPICS = (HEARTBEAT + "<service>", WRITER_METRICS, DRAINER_METRICS + "<k>", TARG
           CONTROL_REPLY + "<client>", DRAINER_LOG, FLIGHT_BUDGET)
 
 
+# A restarted broker binds within ~0.1 s of its exit; reconnecting to a
+# missing ipc socket costs one failed connect(), so peers retry often.
+RECONNECT_IVL_MS = 10
+
+
 class Bus:
     def __init__(self, run_dir, service: str, ctx: zmq.Context | None = None):
         self.service = service
@@ -39,6 +44,7 @@ class Bus:
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 10000)
+        self.pub.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self.pub.connect(run_dir.broker_pub)
         self._last_heartbeat = 0.0
 
@@ -61,6 +67,7 @@ class Bus:
     def subscriber(self, *prefixes: str) -> zmq.Socket:
         sub = self.ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         for prefix in prefixes or ("",):
             sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         sub.connect(self.run_dir.broker_sub)

@@ -64,10 +64,17 @@ class RunDir:
         return os.path.join(self.targets_dir, f"{pid}.json")
 
     def register_target(self, pid: int, info: dict) -> None:
-        tmp = self.target_file(pid) + ".tmp"
+        self.write_json(self.target_file(pid), info)
+
+    @staticmethod
+    def write_json(path: str, obj) -> None:
+        """Replace a run-directory file whole (temp file, rename): readers
+        never see half of it. Not fsynced: the run directory lives as long
+        as its session."""
+        tmp = f"{path}.tmp.{os.getpid()}"
         with open(tmp, "wb") as f:
-            f.write(orjson.dumps(info))
-        os.replace(tmp, self.target_file(pid))
+            f.write(orjson.dumps(obj))
+        os.replace(tmp, path)
 
     def unregister_target(self, pid: int) -> None:
         try:

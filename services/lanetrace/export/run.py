@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from lanetrace.core import atf
 from lanetrace.export.chrome import ChromeSink
+from lanetrace.export.formats import FORMATS
 from lanetrace.export.folded import WEIGHTS, FoldedSink
 from lanetrace.export.frames import SliceTracker
 from lanetrace.export.jsonl import JsonlSink
@@ -14,7 +15,6 @@ from lanetrace.export.perfetto import PerfettoSink
 from lanetrace.export.reader import stream_events
 from lanetrace.export.tracedir import read_meta
 
-FORMATS = ("perfetto", "chrome", "folded", "jsonl")
 
 
 class ExportError(Exception):

@@ -23,14 +23,14 @@ import time
 import frida
 import orjson
 
-from lanetrace.core import atf, bus, ringpolicy
+from lanetrace.core import bus, ringpolicy
 from lanetrace.core.bus import Bus, receive
+from lanetrace.core.deferred import Deferred, preload
 from lanetrace.core.datachannel import WriterClient, WriterRejected, WriterUnavailable
 from lanetrace.core.rundir import RunDir
 from lanetrace.core.selection import Selection
 from lanetrace.core.shm import TargetSegment
 from lanetrace.core.stdio import adopt_caller_stdio
-from lanetrace.injector import hooksafety
 from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
 from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard, release_frida
@@ -41,11 +41,18 @@ from lanetrace.injector.traced import TargetError, TracedProcess
 
 log = logging.getLogger("lanetrace.injector")
 
+# Needed once the target is spawned and attached: imported meanwhile (main()).
+HEAVY_MODULES = ("lanetrace.injector.hooksafety", "lanetrace.core.atf")
+hooksafety = Deferred(HEAVY_MODULES[0])
+atf = Deferred(HEAVY_MODULES[1])
+
 # The build (setup.py) puts the agent library and its scripts into the package.
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT_DIR = os.path.join(PACKAGE_DIR, "agent")
 AGENT_LIB = os.path.join(PACKAGE_DIR, "liblanetrace_agent.so")
 PIPELINE_TIMEOUT_S = 30.0
+# a drainer's first beat in a new segment comes within its scan interval
+SEGMENT_POLL_MS = 5
 DRAIN_TIMEOUT_S = 120.0
 TERMINATE_GRACE_S = 2.0
 INJECT_TIMEOUT_S = 60.0
@@ -82,10 +89,12 @@ class Injector:
         self.children: ChildFollower | None = None
 
     # ---- pipeline readiness -------------------------------------------------
-    def wait_for_pipeline(self) -> None:
+    def wait_for_pipeline(self, segments: list[TargetSegment] = ()) -> None:
         """Targets must not run before the writer answers and every drainer
-        beats: records made before that would wait in the rings and, with a
-        busy target, overflow them."""
+        drains: records made before that would wait in the rings and, with a
+        busy target, overflow them. A drainer is ready once it beats in the
+        segment of every target about to start (it has opened it and drains
+        it), or, with no such segment, once its heartbeat is on the bus."""
         self.writer.request("ping", {}, deadline_s=PIPELINE_TIMEOUT_S)
         seen: set[str] = set()
         deadline = time.monotonic() + PIPELINE_TIMEOUT_S
@@ -94,7 +103,12 @@ class Injector:
                 missing = sorted(set(f"drainer-{k}" for k in range(self.shards)) - seen)
                 raise TargetError(f"drainers did not start within {PIPELINE_TIMEOUT_S:.0f}s: "
                                   f"{', '.join(missing)} (see the logs in {self.run_dir.logs_dir})")
-            msg = receive(self.drained_sub, 200)
+            if segments:
+                beats = [segment.heartbeats() for segment in segments]
+                seen |= {f"drainer-{k}" for k in range(self.shards) if all(b[k] for b in beats)}
+                if len(seen) == self.shards:
+                    break
+            msg = receive(self.drained_sub, SEGMENT_POLL_MS if segments else 200)
             if msg and msg[0].startswith(bus.HEARTBEAT + "drainer-"):
                 seen.add(msg[0][3:])
 
@@ -131,7 +145,7 @@ class Injector:
             target = self._new_attached(int(pid))
             self._set_up(target, self.prepare)
             prepared.append((target, True))
-        self.wait_for_pipeline()
+        self.wait_for_pipeline([t.segment for t, _ in prepared if t.segment is not None])
         self.timings["pipelineReady"] = time.monotonic_ns()
         for target, attached in prepared:
             if attached:
@@ -847,6 +861,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--spec", required=True)
     args = parser.parse_args(argv)
+    preload(*HEAVY_MODULES)
     run_dir = RunDir(args.run_dir)
     logging.basicConfig(filename=os.path.join(run_dir.logs_dir, "injector.log"), level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

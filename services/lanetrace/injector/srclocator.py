@@ -28,24 +28,36 @@ def cache_dir() -> str:
     return os.path.join(base, "lanetrace", "source-locations")
 
 
-def _module_locations(path: str) -> dict:
-    """In the worker process: name -> [file, line]; {"__error__": why} for a
-    module we cannot parse (it keeps its names). Kept in the user's cache,
-    keyed by the module's path, size and mtime: a library is parsed once per
-    version, not once per trace."""
-    from lanetrace.export.dwarf import DwarfError, source_locations
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return {"__error__": str(exc)}
+def _cache_file(path: str) -> str:
+    """Where the locations of the module at path are cached, keyed by its
+    real path, size and mtime: a library is parsed once per version, not
+    once per trace. Raises OSError when path cannot be read."""
+    st = os.stat(path)
     real = os.path.realpath(path)
     key = hashlib.sha256(f"{real}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:32]
-    cached = os.path.join(cache_dir(), key + ".json")
+    return os.path.join(cache_dir(), key + ".json")
+
+
+def cached_locations(path: str) -> dict | None:
+    """The cached table of a module, or None when it must be parsed."""
     try:
-        with open(cached, "rb") as f:
+        with open(_cache_file(path), "rb") as f:
             return orjson.loads(f.read())["functions"]
-    except (OSError, ValueError, KeyError):
-        pass
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _module_locations(path: str) -> dict:
+    """In the worker process: name -> [file, line]; {"__error__": why} for a
+    module we cannot parse (it keeps its names). Kept in the user's cache."""
+    from lanetrace.export.dwarf import DwarfError, source_locations
+    try:
+        cached = _cache_file(path)
+    except OSError as exc:
+        return {"__error__": str(exc)}
+    table = cached_locations(path)
+    if table is not None:
+        return table
     try:
         table = source_locations(path)
     except (DwarfError, OSError) as exc:
@@ -54,7 +66,7 @@ def _module_locations(path: str) -> dict:
         os.makedirs(cache_dir(), mode=0o700, exist_ok=True)
         tmp = f"{cached}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
-            f.write(orjson.dumps({"module": real, "functions": table}))
+            f.write(orjson.dumps({"module": os.path.realpath(path), "functions": table}))
         os.replace(tmp, cached)
     except OSError as exc:  # an unwritable cache only costs time
         log.info("cannot cache source locations of %s: %s", path, exc)
@@ -76,6 +88,12 @@ class SourceLocator:
     def _parse(self, path: str) -> Future:
         with self._lock:
             if path not in self._modules:
+                table = cached_locations(path)
+                if table is not None:
+                    # no worker process for what an earlier trace parsed
+                    self._modules[path] = Future()
+                    self._modules[path].set_result(table)
+                    return self._modules[path]
                 if self._parser is None:
                     # spawn, not fork: the injector has Frida's threads
                     self._parser = ProcessPoolExecutor(

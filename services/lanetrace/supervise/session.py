@@ -10,22 +10,25 @@ then a final drain, then the services) instead of every process at once.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import xmlrpc.client
 from dataclasses import dataclass
 
-from supervisor.xmlrpc import SupervisorTransport
-
 from lanetrace.core.rundir import RunDir
-from lanetrace.supervise.services import GROUP
+from lanetrace.supervise.services import GROUP, SERVICES
 from lanetrace.supervise.supervisorconf import render_session_config
 
 START_TIMEOUT_S = 20.0
 SHUTDOWN_TIMEOUT_S = 60.0
+# supervisord answers ~0.1-0.2 s after its fork; each try is one failed
+# connect() on a unix socket
+START_POLL_S = 0.01
+ENDED_STATES = ("EXITED", "FATAL", "STOPPED")
+FINISHED_POLL_S = 0.01
 
 
 class SessionError(Exception):
@@ -47,8 +50,14 @@ def render_config(cfg: SessionConfig) -> str:
                                  cfg.inline_symbols, cfg.spec_path)
 
 
+def _rpc_errors() -> tuple[type[BaseException], ...]:
+    import xmlrpc.client
+    return (OSError, xmlrpc.client.Fault)
+
+
 class Supervisor:
-    """A supervisord of our own for one session."""
+    """A supervisord of our own for one session
+    (lanetrace.supervise.supervisord: it notices a child's exit at once)."""
 
     def __init__(self, cfg: SessionConfig):
         self.cfg = cfg
@@ -59,59 +68,106 @@ class Supervisor:
         with open(self.conf_path, "w") as f:
             f.write(render_config(self.cfg))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", self.conf_path],
+            [sys.executable, "-m", "lanetrace.supervise.supervisord", "-c", self.conf_path],
             start_new_session=True, cwd=self.cfg.run_dir.path)
+        rpc_errors = _rpc_errors()  # imported while supervisord starts
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
                 self.rpc.supervisor.getState()
                 return
-            except (OSError, xmlrpc.client.Fault):
+            except rpc_errors:
                 if self.proc.poll() is not None:
                     raise SessionError(f"supervisord exited with status {self.proc.returncode}; "
                                        f"see {self.cfg.run_dir.file('supervisord.log')}") from None
                 if time.monotonic() > deadline:
                     raise SessionError("supervisord did not come up within "
                                        f"{START_TIMEOUT_S:.0f}s") from None
-                time.sleep(0.05)
+                time.sleep(START_POLL_S)
 
     @property
     def rpc(self):
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import SupervisorTransport
         transport = SupervisorTransport(None, None, f"unix://{self.cfg.run_dir.file('supervisord.sock')}")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
+    def process_info(self, name: str) -> dict:
+        return self.rpc.supervisor.getProcessInfo(f"{GROUP}:{name}")
+
     def process_state(self, name: str) -> str:
-        return self.rpc.supervisor.getProcessInfo(f"{GROUP}:{name}")["statename"]
+        return self.process_info(name)["statename"]
 
     def signal(self, name: str, sig: str) -> None:
         try:
             self.rpc.supervisor.signalProcess(f"{GROUP}:{name}", sig)
-        except (OSError, xmlrpc.client.Fault):
+        except _rpc_errors():
             pass  # already stopped
 
-    def wait_until_exited(self, name: str, poll_s: float = 0.1, on_tick=None) -> str:
-        while True:
-            state = self.process_state(name)
-            if state in ("EXITED", "FATAL", "STOPPED"):
-                return state
-            if on_tick:
-                on_tick()
-            time.sleep(poll_s)
+    def wait_until_exited(self, name: str, poll_s: float = 0.1, on_tick=None,
+                          finished=None) -> str:
+        """Wait for the program to end; ``on_tick`` runs every ``poll_s``.
+        The end is seen at once through a pidfd of the running process;
+        supervisord is asked only until it reports a pid. ``finished()``,
+        checked every FINISHED_POLL_S, may end the wait earlier ("FINISHED"):
+        the program has done its work and is only tearing itself down."""
+        pidfd = None
+        step = min(poll_s, FINISHED_POLL_S) if finished else poll_s
+        next_tick = time.monotonic() + poll_s
+        try:
+            while True:
+                if finished and finished():
+                    return "FINISHED"
+                if pidfd is None:
+                    info = self.process_info(name)
+                    if info["statename"] in ENDED_STATES:
+                        return info["statename"]
+                    if info["statename"] == "RUNNING" and info["pid"]:
+                        pidfd = _pidfd_of(info["pid"])
+                        if pidfd is not None and self.process_info(name)["pid"] != info["pid"]:
+                            os.close(pidfd)  # ended and reaped meanwhile: ask again
+                            pidfd = None
+                            continue
+                if pidfd is not None:
+                    if select.select([pidfd], [], [], step)[0]:
+                        return "EXITED"
+                else:
+                    time.sleep(step)
+                if on_tick and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + poll_s
+                    on_tick()
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
 
     def shutdown(self) -> None:
-        """Stop every program (reverse priority: injector, drainers, writer,
-        broker, each given time to flush) and supervisord itself."""
+        """Stop every program at once, each given time to flush, and
+        supervisord itself. (supervisord's own shutdown stops one group after
+        another: the watchdog's only once the others have exited.)"""
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
-            self.rpc.supervisor.shutdown()
-        except (OSError, xmlrpc.client.Fault):
+            rpc = self.rpc
+            for group in (GROUP, *(s.name for s in SERVICES if s.listener)):
+                rpc.supervisor.stopProcessGroup(group, False)
+            rpc.supervisor.shutdown()
+        except _rpc_errors():
             self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(SHUTDOWN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def _pidfd_of(pid: int) -> int | None:
+    """A pidfd of pid (readable once it has ended), or None where pidfds
+    are missing or the process is already gone."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
 
 
 def remove_run_dir(run_dir: RunDir, keep_logs_in: str | None = None) -> None:

@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 
-from lanetrace.core import atf, bus
+from lanetrace.core import bus
 from lanetrace.core.bus import Bus
 from lanetrace.core.rundir import RunDir
 from lanetrace.core.shm import SegmentError, TargetSegment
@@ -289,7 +289,7 @@ class Watchdog:
                  "drainers": {str(k): v for k, v in self.proc_state.items()},
                  "events": self.events, "history": self.history[-20:]}
         try:
-            atf.write_json_atomic(self.run_dir.file(STATE_FILE), state)
+            self.run_dir.write_json(self.run_dir.file(STATE_FILE), state)
         except OSError as exc:
             log.warning("cannot write %s: %s", STATE_FILE, exc)
 

@@ -1,0 +1,95 @@
+"""supervisord as the ``supervisor`` package ships it, woken by signals.
+
+    python -m lanetrace.supervise.supervisord -c CONF
+
+supervisord reaps its children only when its main loop comes round, and the
+loop sleeps in poll() for up to a second: Python retries a poll that a signal
+interrupted (PEP 475), so a child's SIGCHLD does not end the wait. Every
+exit is then seen up to a second late: a killed writer or broker is
+restarted late, a one-shot session notices its injector's end late, and a
+shutdown waits a tick per process group.
+
+Here the C-level signal handler also writes to a self-pipe
+(``signal.set_wakeup_fd``) whose read end sits in the loop's poll set, so
+the poll returns at once on SIGCHLD (and SIGTERM, SIGHUP...). Reading the
+pipe reaps the children at once: the loop runs the processes' transitions
+before its own reap, so an exit reaped only there would be restarted one
+poll (a second) later. Nothing else of supervisord changes."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from supervisor import options as supervisor_options
+from supervisor import supervisord
+
+
+class SignalWakeup:
+    """The read end of the wakeup pipe, in the shape of the asyncore
+    dispatchers that supervisord's loop polls."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.supervisor = None  # the running Supervisor, set by runforever()
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read_event(self) -> None:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        if self.supervisor is not None:
+            self.supervisor.reap()
+
+    def handle_error(self) -> None:
+        pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_stock_setsignals = supervisor_options.ServerOptions.setsignals
+
+
+def setsignals(self) -> None:
+    _stock_setsignals(self)
+    socket_map = self.get_socket_map()
+    # A reload (SIGHUP) comes here again after closing every fd above 2;
+    # a stale entry would be polled as an invalid fd forever.
+    for fd, dispatcher in list(socket_map.items()):
+        if isinstance(dispatcher, SignalWakeup):
+            del socket_map[fd]
+            try:
+                dispatcher.close()
+            except OSError:
+                pass
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    socket_map[read_fd] = SignalWakeup(read_fd)
+
+
+_stock_runforever = supervisord.Supervisor.runforever
+
+
+def runforever(self) -> None:
+    for dispatcher in self.options.get_socket_map().values():
+        if isinstance(dispatcher, SignalWakeup):
+            dispatcher.supervisor = self
+    _stock_runforever(self)
+
+
+def main(argv: list[str] | None = None) -> None:
+    supervisor_options.ServerOptions.setsignals = setsignals
+    supervisord.Supervisor.runforever = runforever
+    supervisord.main(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
