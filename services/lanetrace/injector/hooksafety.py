@@ -377,13 +377,16 @@ class _Branches:
 
     def __init__(self, src, dst, kind):
         order = np.argsort(dst, kind="stable")
-        self.src, self.dst, self.kind = src[order], dst[order], kind[order]
+        # plain lists: one query per function, where numpy's per-call cost
+        # is most of the time
+        self.src, self.dst, self.kind = (src[order].tolist(), dst[order].tolist(),
+                                         kind[order].tolist())
 
     def into(self, lo: int, hi: int):
         """(source, target, kind) of every branch with lo <= target < hi."""
-        a = int(np.searchsorted(self.dst, np.uint64(lo), side="left"))
-        b = int(np.searchsorted(self.dst, np.uint64(hi), side="left"))
-        return [(int(self.src[i]), int(self.dst[i]), int(self.kind[i])) for i in range(a, b)]
+        a = bisect.bisect_left(self.dst, lo)
+        b = bisect.bisect_left(self.dst, hi, a)
+        return list(zip(self.src[a:b], self.dst[a:b], self.kind[a:b]))
 
     def lands_in_patch(self, addr: int, size: int, off: int, p_lo: int, p_hi: int) -> bool:
         """A branch would run patched bytes: one into (p_lo, p_hi), one from
