@@ -570,8 +570,13 @@ class Injector:
                 self._kill(target.pid, signal.SIGKILL)
                 target.ended.wait(TERMINATE_GRACE_S)
             return
+        # Code that other threads run is rewritten only while they are
+        # stopped, as at install: a thread resumed by the kernel fetches the
+        # restored bytes whole.
+        program = [t for t in thread_ids(target.pid) if t in set(target.program_tids)]
         try:
-            target.agent.exports_sync.detach()
+            with StoppedThreads(target.pid, program):
+                target.agent.exports_sync.detach()
         except Exception as exc:  # the process may be exiting right now
             log.info("pid %d: agent detach: %s", target.pid, exc)
         target.detached = True
