@@ -399,8 +399,7 @@ class DaemonInjector(Injector):
         while self.ending:
             self.pump_drained()
             time.sleep(0.05)
-        if not release_frida():
-            log.warning("Frida did not finish its clean-up in the targets in time")
+        release_frida()
         self.write_session()
         return 0
 

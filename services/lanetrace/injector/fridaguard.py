@@ -8,9 +8,12 @@ caller turns into a clear message (or, for a target it spawned itself, a
 retry) instead of hanging the whole session."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
+
+log = logging.getLogger("lanetrace.injector.fridaguard")
 
 HANG_MESSAGE = "Frida did not finish injecting"
 
@@ -79,14 +82,13 @@ class HangGuard:
 FRIDA_RELEASE_TIMEOUT_S = 20.0
 
 
-def release_frida(timeout: float = FRIDA_RELEASE_TIMEOUT_S) -> bool:
+def release_frida(timeout: float = FRIDA_RELEASE_TIMEOUT_S) -> None:
     """Let Frida finish with every process it touched before this process
     exits. After a detach, Frida frees its loader inside the target with a
     remote call made through ptrace, whose return address is a dummy one
     that Frida catches as a fault. If this process exits during that call,
     the target is left to take the fault and dies with SIGSEGV. Closing the
-    device manager waits for those calls. False when it did not finish in
-    `timeout` seconds (logged by the caller)."""
+    device manager waits for those calls, at most `timeout` seconds."""
     import frida  # only callers that used Frida pay for the import
 
     done = threading.Event()
@@ -98,4 +100,5 @@ def release_frida(timeout: float = FRIDA_RELEASE_TIMEOUT_S) -> bool:
             done.set()
 
     threading.Thread(target=close, name="frida-release", daemon=True).start()
-    return done.wait(timeout)
+    if not done.wait(timeout):
+        log.warning("Frida did not finish its clean-up in the targets within %.0f s", timeout)

@@ -437,8 +437,7 @@ class Injector:
         pending = dict(verdicts)
         total = {"replaced": 0, "attached": 0, "failed": [], "demoted": {}, "roles": 0}
         for _ in range(self.BUSY_ROUNDS):
-            program = [t for t in thread_ids(target.pid) if t in set(target.program_tids)]
-            with StoppedThreads(target.pid, program) as stopped:
+            with StoppedThreads(target.pid, _program_threads(target)) as stopped:
                 busy = stopped.inside(hooksafety.patch_ranges(pending, addresses))
                 now = {k: v for k, v in pending.items() if k not in busy}
                 result = agent.install({"verdicts": {str(k): v.to_agent() for k, v in now.items()}})
@@ -573,9 +572,8 @@ class Injector:
         # Code that other threads run is rewritten only while they are
         # stopped, as at install: a thread resumed by the kernel fetches the
         # restored bytes whole.
-        program = [t for t in thread_ids(target.pid) if t in set(target.program_tids)]
         try:
-            with StoppedThreads(target.pid, program):
+            with StoppedThreads(target.pid, _program_threads(target)):
                 target.agent.exports_sync.detach()
         except Exception as exc:  # the process may be exiting right now
             log.info("pid %d: agent detach: %s", target.pid, exc)
@@ -673,8 +671,7 @@ class Injector:
                     target.error = f"writer: {exc}"
                 result["targets"].append(self._target_result(target))
             self.sources.close()
-            if not release_frida():
-                log.warning("Frida did not finish its clean-up in the targets in time")
+            release_frida()
         return result
 
     def flight_tick(self, target: TracedProcess) -> None:
@@ -843,6 +840,13 @@ def _collect_status(target: TracedProcess, timeout: float = 5.0) -> None:
         target.exit_code = info.si_status
     else:
         target.signal = info.si_status
+
+
+def _program_threads(target: TracedProcess) -> list[int]:
+    """Those of the threads the process had before the attach that are
+    still alive (the ones stopped while code is rewritten)."""
+    before = set(target.program_tids)
+    return [t for t in thread_ids(target.pid) if t in before]
 
 
 def _running(pid: int) -> bool:
