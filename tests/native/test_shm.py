@@ -333,6 +333,51 @@ def test_list_segments__dead_and_live_targets__then_remove_stale_removes_only_de
     assert [s["name"] for s in list_segments(session_id)] == [live.name]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing a segment to another user needs root")
+def test_segment_create__for_another_user__then_its_name_is_never_seen_with_another_owner(segments, session_id):
+    nobody = (65534, 65534)
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for fn in os.listdir("/dev/shm"):
+                if fn.startswith(f"lanetrace-{session_id}-") and fn.endswith("-lanes"):
+                    try:
+                        seen.append(os.stat("/dev/shm/" + fn).st_uid)
+                    except FileNotFoundError:
+                        pass
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        made = [segments(session_id, 1000 + i, slots=2, owner=nobody) for i in range(20)]
+    finally:
+        stop.set()
+        watcher.join()
+    for seg in made:
+        st = os.stat("/dev/shm" + seg.name)
+        assert seg.name == segment_name(session_id, seg.pid)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (*nobody, 0o600)
+    assert set(seen) <= {nobody[0]}
+    assert not [fn for fn in os.listdir("/dev/shm") if fn.startswith(f"lanetrace-{session_id}-") and ".new-" in fn]
+
+
+def test_remove_stale__segment_left_half_built_by_a_dead_creator__then_removed(session_id):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = f"/dev/shm/lanetrace-{session_id}-{os.getpid()}-lanes.new-{dead.pid}"
+    building = f"/dev/shm/lanetrace-{session_id}-{os.getpid()}-lanes.new-{os.getpid()}"
+    for path in (orphan, building):
+        open(path, "wb").close()
+    try:
+        assert remove_stale_segments(session_id) == [orphan[len("/dev/shm"):]]
+        assert not os.path.exists(orphan) and os.path.exists(building)
+    finally:
+        for path in (orphan, building):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
 def test_global_lane__concurrent_producers_and_two_shards_draining__then_every_record_exactly_once(
         segments, session_id, producer_bin):
     seg = segments(session_id, slots=8, shards=2, global_records=1 << 16)

@@ -62,6 +62,8 @@ COUNTER_NAMES = ("mode_transitions", "fallback_events", "threads_registered",
 
 _SESSION_RE = re.compile(r"^[A-Za-z0-9._]+(?:-[A-Za-z0-9._]+)*$")
 _NAME_RE = re.compile(r"^/?lanetrace-(?P<session>.+)-(?P<pid>\d+)-lanes$")
+# a segment still being built for another user (TargetSegment.create)
+_BUILD_RE = re.compile(r"^lanetrace-(?P<session>.+)-(?P<pid>\d+)-lanes\.new-(?P<creator>\d+)$")
 
 
 class SegmentError(Exception):
@@ -148,6 +150,10 @@ class TargetSegment:
         if not isinstance(pool_rings, int) or pool_rings < 0:
             raise SegmentError(f"invalid pool_rings={pool_rings!r}: must be a non-negative integer")
         name = segment_name(session_id, pid)
+        # A segment for another user is built under a private name and
+        # linked into place once it is theirs: no one ever sees the public
+        # name with the wrong owner.
+        build_name = name if owner is None else f"{name}.new-{os.getpid()}"
         cfg = ffi.new("lt_shm_config *", {
             "slot_count": slots, "shard_count": shards, "ring_bytes": ring_bytes,
             "rings_per_lane": rings_per_lane, "global_records": global_records,
@@ -155,18 +161,30 @@ class TargetSegment:
             "pool_rings": pool_rings})
         m = ffi.new("lt_shm_map *")
         err = ffi.new("char[512]")
-        rc = lib.lt_shm_create(name.encode(), cfg, pid, session_id.encode(), m, err, 512)
+        rc = lib.lt_shm_create(build_name.encode(), cfg, pid, session_id.encode(), m, err, 512)
         if rc != 0:
             raise SegmentError(_err(err))
-        segment = cls(name, m, True)
+        segment = cls(build_name, m, True)
         if owner is not None:
             try:
-                give_to(name, *owner)
+                give_to(build_name, *owner)
+                segment._publish_as(name)
             except SegmentError:
                 segment.unlink()
                 segment.close()
                 raise
         return segment
+
+    def _publish_as(self, name: str) -> None:
+        """Give the segment, built under a private name, its public name.
+        link() fails if the name exists, as O_EXCL would."""
+        built = os.path.join(SHM_DIR, self.name.lstrip("/"))
+        try:
+            os.link(built, os.path.join(SHM_DIR, name.lstrip("/")))
+        except OSError as exc:
+            raise SegmentError(f"cannot create shared memory {name}: {exc.strerror}") from None
+        os.unlink(built)
+        self.name = name
 
     @classmethod
     def open(cls, name: str) -> "TargetSegment":
@@ -565,8 +583,22 @@ def list_segments(session: str | None = None) -> list[dict]:
 
 
 def remove_stale_segments(session: str | None = None, dry_run: bool = False) -> list[str]:
-    """Unlink segments whose target pid is dead; returns their names."""
+    """Unlink segments whose target pid is dead, and segments left half-built
+    by a creator that died; returns their names."""
     removed = []
+    try:
+        entries = sorted(os.listdir(SHM_DIR))
+    except FileNotFoundError:
+        entries = []
+    for fn in entries:
+        m = _BUILD_RE.match(fn)
+        if not m or (session is not None and m.group("session") != session) or _pid_alive(int(m.group("creator"))):
+            continue
+        if not dry_run:
+            rc = lib.lt_shm_unlink(("/" + fn).encode())
+            if rc != 0 and rc != -2:
+                continue
+        removed.append("/" + fn)
     for seg in list_segments(session):
         if seg["alive"]:
             continue
