@@ -485,7 +485,8 @@ static inline int hb_fresh(uint64_t hb, uint64_t now, uint64_t stale)
 }
 
 /* The agent's own mode machine (auto_mode): GLOBAL_ONLY -> DUAL_WRITE once
- * every shard's heartbeat is fresh, DUAL_WRITE -> PER_THREAD_ONLY once every
+ * every shard's heartbeat is fresh (straight to PER_THREAD_ONLY if the global
+ * lane never held a record), DUAL_WRITE -> PER_THREAD_ONLY once every
  * drainer has beaten again since (it has made a pass over the per-thread
  * lanes); per-shard fallback while a heartbeat that existed goes stale. A
  * heartbeat of 0 (drainer never started) is neither fresh nor stale. */
@@ -521,8 +522,12 @@ static void policy(lt_ctl *c, uint64_t now)
         }
     }
     uint32_t next = mode;
+    /* Drainers up before any record took the global lane: nothing there to
+     * keep a thread's order with, so no DUAL_WRITE phase, whose global copies
+     * can reach the writer after later per-thread ones. */
     if (mode == LT_MODE_GLOBAL_ONLY && all_fresh)
-        next = LT_MODE_DUAL_WRITE;
+        next = atomic_load_explicit(&lt_global_of(c)->enq_pos, RLX) == 0 ? LT_MODE_PER_THREAD_ONLY
+                                                                           : LT_MODE_DUAL_WRITE;
     else if (mode == LT_MODE_DUAL_WRITE && all_fresh && all_since)
         next = LT_MODE_PER_THREAD_ONLY;
     if (next != mode) {

@@ -26,12 +26,12 @@ class Drainers:
     and collect_detail. heartbeat: write the shard's heartbeat every pass
     (like the real drainer) unless the shard is in `silent`."""
 
-    def __init__(self, seg, heartbeat=False):
+    def __init__(self, seg, heartbeat=False, silent=()):
         self.seg = seg
         self.chunks = collections.defaultdict(list)
         self.detail = collections.defaultdict(list)
         self.heartbeat = heartbeat
-        self.silent = set()  # shards that stop beating (a "stuck" drainer)
+        self.silent = set(silent)  # shards that do not beat (not up yet, or stuck)
         self.paused = set()  # shards that stop draining (and beating)
         self.stop = threading.Event()
         self.errors = []
@@ -123,7 +123,7 @@ class Traced:
                  ring_bytes=65536, rings_per_lane=8, pass_fds=(), stdin=None, _wait_line=None,
                  mode="PER_THREAD_ONLY", global_records=16384, detail_ring_bytes=65536,
                  detail_rings_per_lane=4, detail=None, triggers=None, heartbeat=False,
-                 before_install=None, fallback=("tiny",)):
+                 silent_shards=(), before_install=None, fallback=("tiny",)):
         self.functions = {}
         self.messages = []
         self.output = []
@@ -168,7 +168,7 @@ class Traced:
         # the mode before hooks go live (None: leave it to the agent's mode machine)
         if mode is not None:
             self.seg.set_mode(mode)
-        self.drainers = Drainers(self.seg, heartbeat=heartbeat)
+        self.drainers = Drainers(self.seg, heartbeat=heartbeat, silent=silent_shards)
         if before_install is not None:
             before_install(self)
         self.verdicts = hooksafety.decide(self.pid, self.plan.get("modules", []), self.plan["functions"])

@@ -240,6 +240,21 @@ def test_mode_machine__heartbeats_fresh_then_stale_then_fresh__then_global_dual_
     assert sum(seg.drops().values()) == 0
 
 
+def test_mode_machine__drainers_up_before_the_first_record__then_straight_to_per_thread_lanes(
+        segments, session_id):
+    seg = segments(session_id, slots=2, shards=2)
+    seg.mode_policy(stale_ms=10_000)
+    seg.heartbeat(0)
+    seg.heartbeat(1)
+    p = seg._attach_producer(4)
+    emit(p, 10)
+    assert seg.mode == "PER_THREAD_ONLY"
+    c = seg.counters()
+    assert (c["mode_transitions"], c["global_records"]) == (1, 0)
+    data = b"".join(seg.shard(k).collect() for k in range(2))
+    assert seqs(data) == list(range(1, 11))
+
+
 def test_mode_machine__watchdog_fallback_with_fresh_heartbeat__then_agent_leaves_it_set(segments, session_id):
     seg = segments(session_id, slots=2, shards=1)
     seg.set_mode("PER_THREAD_ONLY")

@@ -173,14 +173,37 @@ def test_agent_fallback__drainer_heartbeats_go_stale_then_fresh__then_agent_fall
         p.close()
 
 
-def test_mode_machine__target_starts_in_global_only_with_drainers_beating__then_reaches_per_thread_without_loss(
+def test_mode_machine__drainers_beating_before_the_first_record__then_straight_to_per_thread_without_loss(
         session_id, target_bin):
     calls = 500
     p = Phased(session_id, target_bin, calls, heartbeat=True, mode=None)
     try:
         seg = p.t.seg
         assert seg.mode_policy()["auto"] is True
-        phases = 0
+        p.phase()
+        assert seg.mode == "PER_THREAD_ONLY"
+        data = p.finish()
+        unique, seen = dedup(data)
+        counts, problems = check_stream(unique, names_of(p.t))
+        assert problems == []
+        assert counts[(p.t.pid, "work")] == {ENTRY: calls, RETURN: calls}
+        c = seg.counters()
+        assert (c["mode_transitions"], c["global_records"]) == (1, 0)
+        assert set(seen.values()) == {1} and sum(seg.drops().values()) == 0
+    finally:
+        p.close()
+
+
+def test_mode_machine__records_before_the_drainers_beat__then_global_dual_per_thread_without_loss(
+        session_id, target_bin):
+    calls = 500
+    p = Phased(session_id, target_bin, calls, heartbeat=True, silent_shards=(0, 1), mode=None)
+    try:
+        seg = p.t.seg
+        p.phase()
+        assert seg.mode == "GLOBAL_ONLY" and p.global_records() > 0
+        p.t.drainers.silent.clear()
+        phases = 1
         while seg.mode != "PER_THREAD_ONLY":
             assert phases < 200, f"mode machine stuck in {seg.mode}"
             p.phase()
@@ -193,7 +216,7 @@ def test_mode_machine__target_starts_in_global_only_with_drainers_beating__then_
         assert counts[(p.t.pid, "work")] == {ENTRY: (phases + 1) * calls, RETURN: (phases + 1) * calls}
         c = seg.counters()
         assert c["mode_transitions"] == 2  # GLOBAL_ONLY -> DUAL_WRITE -> PER_THREAD_ONLY
-        assert c["global_records"] > 0 and max(seen.values()) <= 2
+        assert max(seen.values()) <= 2
         assert sum(seg.drops().values()) == 0
     finally:
         p.close()

@@ -114,7 +114,7 @@ def test_mode_machine__records_stamped_in_ticks_and_fresh_heartbeat__then_agent_
     for i in range(1025):  # one periodic check
         lib.lt_prod_emit(p, lib.lt_rdtsc(), 1, ENTRY if i % 2 == 0 else RETURN, 0)
     after = time.monotonic_ns()
-    assert seg.mode == "DUAL_WRITE"
+    assert seg.mode == "PER_THREAD_ONLY"
     # the moment the agent stores is ns too: the watchdog compares it with its own
     assert before <= seg.mode_policy()["modeSinceNs"] <= after
 
