@@ -6,7 +6,7 @@ PIP       := $(VENV)/bin/pip
 APT_STAMP := $(VENV)/.apt-stamp
 DEP_STAMP := $(VENV)/.deps-stamp
 APT_PKGS  := gcc make libc6-dev protobuf-compiler uftrace wrk valgrind \
-             g++ sqlite3 python3 python3.11 openssl jq xz-utils curl
+             g++ sqlite3 python3 python3.11 openssl jq xz-utils curl strace
 BUILD_LOCK := /tmp/lanetrace-build.lock
 PYTEST_WORKERS ?= 2
 

@@ -10,6 +10,7 @@ finished and drained, it writes ``result.json`` into the run directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -31,6 +32,7 @@ from lanetrace.core.rundir import RunDir
 from lanetrace.core.selection import Selection
 from lanetrace.core.shm import TargetSegment
 from lanetrace.core.stdio import adopt_caller_stdio
+from lanetrace.injector.attachguard import ParkedMainThread
 from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
 from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard, release_frida
@@ -302,8 +304,12 @@ class Injector:
                                       name=f"preallocate-{pid}")
         allocating.start()
         target.program_tids = thread_ids(pid)
+        # A running program's main thread waits aside while Frida's bootstrap
+        # borrows it; spawned targets and gated children are not running yet.
+        running = not target.spawned and target.parent_pid is None
         try:
-            target.session = self.device.attach(pid)
+            with ParkedMainThread(pid) if running else contextlib.nullcontext():
+                target.session = self.device.attach(pid)
         except frida.ProcessNotFoundError:
             raise TargetError(f"no such process: {pid}") from None
         except frida.PermissionDeniedError as exc:
