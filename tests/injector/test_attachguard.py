@@ -1,6 +1,8 @@
 """ParkedMainThread around a real Frida attach: the borrowed main thread
 continues exactly where it was, a blocked system call still completes as if
-nothing happened, and a signal sent meanwhile is still handled."""
+nothing happened, a signal sent meanwhile is still handled, and a program
+whose interval timer fires every 10 ms can be attached (stock Frida's attach
+fails on it)."""
 import os
 import select
 import signal
@@ -97,3 +99,30 @@ def test_parked_main_thread__process_traced_by_another__then_not_parked_and_left
     finally:
         gdbish.kill()
         sleeper.kill()
+
+
+TICKING = r'''
+import signal, sys
+ticks = []
+signal.signal(signal.SIGALRM, lambda s, f: ticks.append(s))
+signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
+print("ready", flush=True)
+data = sys.stdin.buffer.read(5)
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+print(data.decode(), len(ticks) > 0, flush=True)
+'''
+
+
+def test_parked_main_thread__interval_timer_firing_every_10ms__then_attach_succeeds_and_ticks_go_on():
+    target = subprocess.Popen([sys.executable, "-c", TICKING], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([target.stdout], [], [], 30)
+        assert ready and target.stdout.readline() == b"ready\n"
+        for _ in range(3):
+            _attach_and_detach(target.pid)
+        out, err = target.communicate(b"hello", timeout=30)
+        assert (target.returncode, out) == (0, b"hello True\n"), err[-500:]
+    finally:
+        if target.poll() is None:
+            target.kill()

@@ -13,10 +13,14 @@ saves all of the thread's registers (general and XSAVE state), maps one page
 holding ``mov eax, SYS_pause; syscall; jmp back`` and lets the thread wait
 there. Frida then hijacks a thread whose vector registers hold nothing. On
 exit the page is unmapped and the saved registers are put back whole, so the
-thread continues exactly where it was. A signal that arrives meanwhile runs
-its handler in the parking loop (the loop re-enters pause; errno is never
-written); a signal the parking itself intercepted is delivered again when the
-thread is let go.
+thread continues exactly where it was. Parked, the thread blocks every
+asynchronous signal: one arriving while Frida's bootstrap runs on it makes
+stock Frida's attach fail (a program with a 10 ms interval timer cannot be
+attached at all). Such signals stay pending and are delivered once the
+thread's own mask is back; a signal the parking itself intercepted is sent
+again when the thread is let go. Frida's threads, started from the parked
+thread, keep that mask, so the program's asynchronous signals go to the
+program's own threads.
 
 Best effort: when the thread cannot be parked (traced by someone else,
 stopped, or gone), the attach goes ahead as Frida does it and ``parked`` is
@@ -29,6 +33,7 @@ import errno
 import logging
 import os
 import signal
+import struct
 import time
 
 from lanetrace.injector.threadstop import (PTRACE_DETACH, PTRACE_GETREGS, PTRACE_INTERRUPT,
@@ -56,6 +61,14 @@ PARK_CODE = bytes([0xb8, SYS_PAUSE, 0, 0, 0,  # mov eax, SYS_pause
                    0x0f, 0x05,                # syscall
                    0xeb, 0xf7])               # jmp back to the mov
 SYSCALL_AT = 5  # offset of the syscall instruction in PARK_CODE
+MASKS_AT = 16   # the thread's own signal mask, then the one it parks with
+SYS_RT_SIGPROCMASK, SIG_SETMASK = 14, 2
+# Parked, the thread takes no asynchronous signal: one arriving while Frida's
+# bootstrap runs there makes the attach fail. They stay pending and are
+# delivered once the thread's own mask is back. Faults stay deliverable.
+_SYNC_SIGNALS = (signal.SIGILL, signal.SIGTRAP, signal.SIGABRT, signal.SIGBUS,
+                 signal.SIGFPE, signal.SIGSEGV, signal.SIGSYS)
+ASYNC_SIGNALS = ((1 << 64) - 1) & ~sum(1 << (int(s) - 1) for s in _SYNC_SIGNALS)
 RED_ZONE = 128
 TRACED_WAIT_S = 2.0
 
@@ -79,6 +92,7 @@ class ParkedMainThread:
         self._xstate = ctypes.create_string_buffer(XSTATE_MAX)
         self._xstate_len = 0
         self._page = 0
+        self._mask = 0
 
     # ---- ptrace steps ------------------------------------------------------
     def _wait_stopped(self) -> None:
@@ -198,6 +212,14 @@ class ParkedMainThread:
                     tracer = int(line.split()[1])
         return state, tracer
 
+    def _blocked(self) -> int:
+        """The main thread's signal mask (bit n-1: signal n)."""
+        with open(f"/proc/{self.pid}/task/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("SigBlk:"):
+                    return int(line.split()[1], 16)
+        raise ParkError("no SigBlk in its status")
+
     def _park(self) -> None:
         # Frida's helper (our child) may still hold it, finishing a detach.
         deadline = time.monotonic() + TRACED_WAIT_S
@@ -210,6 +232,7 @@ class ParkedMainThread:
             raise ParkError(f"the main thread is in state {state}")
         self._stop(deadline)
         try:
+            self._mask = self._blocked()
             _ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(self._regs))
             self._xstate_len = 0
             self._xstate_io(PTRACE_GETREGSET)
@@ -219,7 +242,11 @@ class ParkedMainThread:
             if page < 0:
                 raise ParkError(f"mmap in the target failed: {os.strerror(-page)}")
             self._page = page
-            self._write(page, PARK_CODE)
+            self._write(page, PARK_CODE.ljust(MASKS_AT, b"\xcc")
+                        + struct.pack("<QQ", self._mask, self._mask | ASYNC_SIGNALS))
+            rc = self._syscall(page + SYSCALL_AT, SYS_RT_SIGPROCMASK, SIG_SETMASK, page + MASKS_AT + 8, 0, 8)
+            if rc < 0:
+                raise ParkError(f"rt_sigprocmask in the target failed: {os.strerror(-rc)}")
             regs = _Regs()
             ctypes.memmove(ctypes.byref(regs), ctypes.byref(self._regs), ctypes.sizeof(regs))
             regs.r[ORIG_RAX] = (1 << 64) - 1
@@ -237,6 +264,8 @@ class ParkedMainThread:
         """In the stopped thread: unmap the page, put every register back."""
         try:
             if self._page:
+                self._syscall(self._page + SYSCALL_AT, SYS_RT_SIGPROCMASK, SIG_SETMASK,
+                              self._page + MASKS_AT, 0, 8)
                 self._syscall(self._page + SYSCALL_AT, SYS_MUNMAP, self._page, PAGE)
                 self._page = 0
         finally:
