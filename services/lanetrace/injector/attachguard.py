@@ -36,8 +36,8 @@ import signal
 import struct
 import time
 
-from lanetrace.injector.threadstop import (PTRACE_DETACH, PTRACE_GETREGS, PTRACE_INTERRUPT,
-                                           PTRACE_SEIZE, WALL, _ptrace, _Regs)
+from lanetrace.injector.threadstop import (PTRACE_DETACH, PTRACE_EVENT_STOP, PTRACE_GETREGS,
+                                           PTRACE_INTERRUPT, PTRACE_SEIZE, WALL, _ptrace, _Regs)
 
 log = logging.getLogger("lanetrace.injector.attachguard")
 
@@ -48,7 +48,6 @@ PTRACE_SETREGS = 13
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
-PTRACE_EVENT_STOP = 128
 NT_X86_XSTATE = 0x202
 XSTATE_MAX = 1 << 16
 

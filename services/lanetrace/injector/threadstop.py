@@ -33,6 +33,7 @@ PTRACE_GETREGS = 12
 PTRACE_DETACH = 17
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL
 _RIP = 16  # index of rip in struct user_regs_struct (x86_64)
 
@@ -70,6 +71,7 @@ class StoppedThreads:
         self.stopped: list[int] = []
         self.rips: dict[int, int] = {}
         self.unstoppable: list[int] = []
+        self.withheld: dict[int, int] = {}  # tid -> signal it was about to take
 
     def __enter__(self) -> "StoppedThreads":
         try:
@@ -102,14 +104,17 @@ class StoppedThreads:
         self.stopped.append(tid)
         try:
             _ptrace(PTRACE_INTERRUPT, tid, None, None)
-            os.waitpid(tid, WALL)
+            _, status = os.waitpid(tid, WALL)
         except (OSError, ChildProcessError):
-            pass  # it exited meanwhile: nothing to stop
+            return  # it exited meanwhile: nothing to stop
+        if os.WIFSTOPPED(status) and status >> 16 != PTRACE_EVENT_STOP:
+            # stopped on its way to take a signal: it gets it when let go
+            self.withheld[tid] = os.WSTOPSIG(status)
 
     def __exit__(self, *exc) -> None:
         for tid in self.stopped:
             try:
-                _ptrace(PTRACE_DETACH, tid, None, None)
+                _ptrace(PTRACE_DETACH, tid, None, self.withheld.get(tid, 0))
             except OSError:
                 pass
 
