@@ -80,6 +80,8 @@ class Injector:
         self.callback_writer: WriterClient | None = None
         self.targets: list[TracedProcess] = []
         self.stop_requested = threading.Event()
+        # set when a target ends (Frida's thread): the main loop looks at once
+        self.wake = threading.Event()
         self.shards = int(spec.get("drainers", 2))
         self.flight = FlightControl(spec)
         self.thread_names = ThreadNames()
@@ -513,6 +515,7 @@ class Injector:
             target.signal = target.sent_signal or _signal_of_dead_process(target.pid)
         target.end_ns = time.monotonic_ns()
         target.ended.set()
+        self.wake.set()
 
     def discard_target(self, t: TracedProcess) -> None:
         """Undo a target whose instrumentation failed half way: unload its
@@ -649,7 +652,8 @@ class Injector:
                     self.flight_tick(target)
                 if self.children is not None:
                     self.children.pump()
-                time.sleep(0.05)
+                self.wake.wait(0.05)
+                self.wake.clear()
         except TargetError as exc:
             result["error"] = str(exc)
         except (WriterUnavailable, WriterRejected) as exc:

@@ -68,7 +68,8 @@ class Supervisor:
         with open(self.conf_path, "w") as f:
             f.write(render_config(self.cfg))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lanetrace.supervise.supervisord", "-c", self.conf_path],
+            [sys.executable, "-m", "lanetrace.supervise.supervisord", "--prefork", "-c",
+             self.conf_path],
             start_new_session=True, cwd=self.cfg.run_dir.path)
         rpc_errors = _rpc_errors()  # imported while supervisord starts
         deadline = time.monotonic() + START_TIMEOUT_S
