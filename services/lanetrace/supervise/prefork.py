@@ -43,15 +43,10 @@ import traceback
 
 from lanetrace.supervise.services import DAEMON_INJECTOR_MODULE, SERVICES
 
-# What the services import before they do anything; none of it starts a thread.
-PRELOAD = (
-    "zmq", "orjson", "lanetrace._native", "lanetrace.core.atf", "lanetrace.core.bus",
-    "lanetrace.core.datachannel", "lanetrace.core.shm", "lanetrace.core.rundir",
-    "lanetrace.core.stdio", "lanetrace.core.selection", "lanetrace.core.ringpolicy",
-    "lanetrace.core.flightrec", "lanetrace.core.stopsignal",
-    "lanetrace.supervise.broker", "lanetrace.supervise.watchdog", "supervisor.childutils",
-    "lanetrace.writer.service", "lanetrace.drainer.drainer",
-)
+# The services' modules and what they import; none of it starts a thread. (A
+# one-shot session's injector is not supervisord's: lanetrace.supervise.session.)
+PRELOAD = ("lanetrace.supervise.broker", "lanetrace.supervise.watchdog", "supervisor.childutils",
+           "lanetrace.writer.service", "lanetrace.drainer.drainer")
 SERVICE_MODULES = frozenset({s.module for s in SERVICES} | {DAEMON_INJECTOR_MODULE})
 # the signals supervisord handles (supervisor.options.ServerOptions.setsignals)
 SUPERVISORD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
