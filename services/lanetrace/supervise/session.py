@@ -35,7 +35,6 @@ SHUTDOWN_TIMEOUT_S = 60.0
 # supervisord answers ~0.1-0.2 s after its fork; each try is one failed
 # connect() on a unix socket
 START_POLL_S = 0.01
-ENDED_STATES = ("EXITED", "FATAL", "STOPPED")
 FINISHED_POLL_S = 0.01
 
 
@@ -101,54 +100,6 @@ class Supervisor:
         from supervisor.xmlrpc import SupervisorTransport
         transport = SupervisorTransport(None, None, f"unix://{self.cfg.run_dir.file('supervisord.sock')}")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-
-    def process_info(self, name: str) -> dict:
-        return self.rpc.supervisor.getProcessInfo(f"{GROUP}:{name}")
-
-    def process_state(self, name: str) -> str:
-        return self.process_info(name)["statename"]
-
-    def signal(self, name: str, sig: str) -> None:
-        try:
-            self.rpc.supervisor.signalProcess(f"{GROUP}:{name}", sig)
-        except _rpc_errors():
-            pass  # already stopped
-
-    def wait_until_exited(self, name: str, poll_s: float = 0.1, on_tick=None,
-                          finished=None) -> str:
-        """Wait for the program to end; ``on_tick`` runs every ``poll_s``.
-        The end is seen at once through a pidfd of the running process;
-        supervisord is asked only until it reports a pid. ``finished()``,
-        checked every FINISHED_POLL_S, may end the wait earlier ("FINISHED"):
-        the program has done its work and is only tearing itself down."""
-        pidfd = None
-        step = min(poll_s, FINISHED_POLL_S) if finished else poll_s
-        next_tick = time.monotonic() + poll_s
-        try:
-            while True:
-                if finished and finished():
-                    return "FINISHED"
-                if pidfd is None:
-                    info = self.process_info(name)
-                    if info["statename"] in ENDED_STATES:
-                        return info["statename"]
-                    if info["statename"] == "RUNNING" and info["pid"]:
-                        pidfd = _pidfd_of(info["pid"])
-                        if pidfd is not None and self.process_info(name)["pid"] != info["pid"]:
-                            os.close(pidfd)  # ended and reaped meanwhile: ask again
-                            pidfd = None
-                            continue
-                if pidfd is not None:
-                    if select.select([pidfd], [], [], step)[0]:
-                        return "EXITED"
-                else:
-                    time.sleep(step)
-                if on_tick and time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + poll_s
-                    on_tick()
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
 
     def shutdown(self) -> None:
         """Stop every program at once, each given time to flush, and
