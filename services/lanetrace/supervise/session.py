@@ -124,7 +124,8 @@ class Supervisor:
 class InjectorProcess:
     """The one-shot session's injector, a child of the CLI in its own process
     session; its output goes to ``logs/injector-output.log`` (its own logging
-    to ``logs/injector.log``), as when supervisord ran it."""
+    to ``logs/injector.log``), as when supervisord ran it, and its pid to
+    ``injector.pid`` in the run directory."""
 
     def __init__(self, run_dir: RunDir, session_id: str, spec_path: str):
         self.run_dir = run_dir
@@ -137,6 +138,9 @@ class InjectorProcess:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
                                          cwd=self.run_dir.path, env=self.env)
+        # who finishes a session whose lanetrace was killed signals it by this
+        with open(self.run_dir.file("injector.pid"), "w") as f:
+            f.write(f"{self.proc.pid}\n")
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
