@@ -4,7 +4,7 @@ a new one.
 Each service is its own process either way, a child of supervisord that it
 signals, reaps and restarts as before. What changes is the start: a fresh
 ``python -m lanetrace.writer`` spends ~0.1 s of CPU importing Python,
-ZeroMQ, protobuf and the service's own modules, and a session starts six
+ZeroMQ, protobuf and the service's own modules, and a session starts five
 such processes at once on a machine that may have two cores. Here
 supervisord imports those modules once, before it starts anything
 (``preload()``), and a service's ``execve`` becomes running its module in

@@ -32,8 +32,8 @@ from lanetrace.supervise.supervisorconf import render_session_config
 
 START_TIMEOUT_S = 20.0
 SHUTDOWN_TIMEOUT_S = 60.0
-# supervisord answers ~0.1-0.2 s after its fork; each try is one failed
-# connect() on a unix socket
+# supervisord answers ~0.3 s after its fork (it imports the services' modules
+# first); each try is a stat of its socket in the new run directory
 START_POLL_S = 0.01
 FINISHED_POLL_S = 0.01
 
@@ -79,9 +79,12 @@ class Supervisor:
              self.conf_path],
             start_new_session=True, cwd=self.cfg.run_dir.path)
         rpc_errors = _rpc_errors()  # imported while supervisord starts
+        sock = self.cfg.run_dir.file("supervisord.sock")
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
+                if not os.path.exists(sock):  # a stat, not an XML-RPC client, per try
+                    raise OSError("not listening yet")
                 self.rpc.supervisor.getState()
                 return
             except rpc_errors:
