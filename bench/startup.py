@@ -29,11 +29,12 @@ that starts eight Python processes grows with it):
                    native libraries built or copied in), to compare two
                    versions under the same load
 
-For lanetrace the median time spent in each phase is printed too, from the
-run's session.json timings (CLI module loaded -> supervisord answering ->
-injector running -> target spawned -> pipeline ready -> hooks live ->
-injector exited -> every service stopped), plus the command's own start
-(interpreter and imports) and its exit after the services stopped.
+For lanetrace the median time from the CLI's start (its module loaded) to
+each step is printed too, from the run's session.json timings: supervisord
+answering, injector running (it starts next to supervisord), target spawned
+and attached, pipeline ready, hooks live, injector exited, every service
+stopped; plus the command's own start (interpreter and imports) and its exit
+after the services stopped.
 
 Then, on a daemon tracing examples/bin/sleeper (bench/recovery.py), the
 writer and the broker are killed with SIGKILL --restarts times each; the
@@ -122,16 +123,17 @@ def lanetrace(work, src=None):
 
 
 def phases(out, wall) -> dict:
-    """Seconds from each step to the next, from session.json."""
+    """Seconds from the CLI's start (its module loaded) to each step, from
+    session.json, and the command's own start and exit outside that span."""
     [path] = glob.glob(os.path.join(out, "*", "session.json"))
     with open(path) as f:
         session = json.load(f)
     t = dict(session.get("timings", {}))
     for target in session.get("targets", []):
         t.update({k: v for k, v in (target.get("timings") or {}).items() if k in PHASES})
-    marks = [(k, t[k]) for k in PHASES if k in t]
-    steps = {f"{a} -> {b}": (tb - ta) / 1e9 for (a, ta), (b, tb) in zip(marks, marks[1:])}
-    span = (marks[-1][1] - marks[0][1]) / 1e9
+    origin = t[PHASES[0]]
+    steps = {f"{PHASES[0]} -> {k}": (t[k] - origin) / 1e9 for k in PHASES[1:] if k in t}
+    span = (max(t[k] for k in PHASES if k in t) - origin) / 1e9
     steps["command start + exit (outside the above)"] = wall - span
     return steps
 

@@ -3,7 +3,7 @@
 Everything a user can get wrong is checked before any process starts, so a
 mistake costs nothing and gets one specific message.
 
-supervisord is started before anything heavy is imported here: ZeroMQ (the
+supervisord and the injector are started before anything heavy is imported here: ZeroMQ (the
 status line), protobuf (the manifest) and the XML-RPC client load while the
 services start, not before."""
 from __future__ import annotations
@@ -25,7 +25,8 @@ from lanetrace.core.ringpolicy import DEFAULT_BLOCK_TIMEOUT_MS, DEFAULT_RING_BUD
 from lanetrace.core.rundir import RunDir, default_run_dir, new_session_id
 from lanetrace.core.selection import Selection, SelectionError
 from lanetrace.core.stdio import StdioServer
-from lanetrace.supervise.session import SessionConfig, SessionError, Supervisor, remove_run_dir
+from lanetrace.supervise.session import (InjectorProcess, SessionConfig, SessionError, Supervisor,
+                                        remove_run_dir)
 
 CLI_START_NS = time.monotonic_ns()  # the origin of session.json "timings"
 
@@ -273,10 +274,12 @@ def capture(args, target_spec: dict) -> int:
     spec_path = run_dir.file("spec.json")
     with open(spec_path, "wb") as f:
         f.write(orjson.dumps(spec))
+    # supervisord runs the services; the injector is started next to it
+    # (lanetrace.supervise.session), so no injector program in its config
     cfg = SessionConfig(run_dir=run_dir, session_id=session_id, trace_root=trace_root,
-                        drainers=args.drainers, inline_symbols=args.inline_symbols,
-                        spec_path=spec_path)
+                        drainers=args.drainers, inline_symbols=args.inline_symbols)
     supervisor = Supervisor(cfg)
+    injector = InjectorProcess(run_dir, session_id, spec_path)
     started = time.time()
     timings = {"cliStart": CLI_START_NS}
     interrupted = []
@@ -286,7 +289,7 @@ def capture(args, target_spec: dict) -> int:
         if not interrupted:
             print("\nlanetrace: stopping (finishing the trace; Ctrl-C again to abort)",
                   file=sys.stderr)
-            supervisor.signal("injector", "TERM")
+            injector.stop()
             interrupted.append(signum)
         else:
             raise KeyboardInterrupt
@@ -297,6 +300,7 @@ def capture(args, target_spec: dict) -> int:
     failed = True
     status = None
     try:
+        injector.start()
         supervisor.start()
         timings["supervisordUp"] = time.monotonic_ns()
         if flightopts.describe(flight):
@@ -307,8 +311,8 @@ def capture(args, target_spec: dict) -> int:
         # result.json is the injector's last act (written whole, then renamed):
         # the services stop while it tears Frida down
         result_path = run_dir.file("result.json")
-        supervisor.wait_until_exited("injector", on_tick=status.tick if status else None,
-                                     finished=lambda: os.path.exists(result_path))
+        injector.wait(on_tick=status.tick if status else None,
+                      finished=lambda: os.path.exists(result_path))
         timings["injectorExited"] = time.monotonic_ns()
         preload("lanetrace.core.atf")  # for the summary, while the services stop
         if os.path.exists(result_path):
@@ -324,7 +328,9 @@ def capture(args, target_spec: dict) -> int:
             stdio.close()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+        injector.stop()
         supervisor.shutdown()
+        injector.reap()
         remove_run_dir(run_dir, keep_logs_in=session_dir if failed else None)
         remove_session_segments(session_id)
         timings["servicesStopped"] = time.monotonic_ns()

@@ -12,6 +12,9 @@ import orjson
 import zmq
 
 
+RECONNECT_IVL_MS = 10
+
+
 class WriterUnavailable(Exception):
     pass
 
@@ -34,6 +37,9 @@ class WriterClient:
     def _connect(self) -> None:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # a client may start before the writer binds (the injector does):
+        # retry the connect often, not ZeroMQ's default 100 ms
+        self.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         self.sock.connect(self.endpoint)
 
     def request(self, kind: str, header: dict, payload=None, deadline_s: float | None = 60.0) -> None:

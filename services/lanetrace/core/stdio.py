@@ -1,7 +1,8 @@
 """The caller's standard streams, handed to the spawned target.
 
-``lanetrace run`` starts its target from the injector, which supervisord
-starts, so neither inherits the caller's file descriptors. Reopening
+``lanetrace run`` starts its target from the injector, whose own output
+goes to its log (and, in the daemon, which supervisord starts), so neither
+inherits the caller's file descriptors. Reopening
 ``/dev/stdout`` would give a new open file description with its own offset
 (a target and lanetrace writing to ``> log 2>&1`` then overwrite each other),
 so the CLI passes its fds 0, 1 and 2 themselves over a Unix socket in the run

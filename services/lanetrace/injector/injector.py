@@ -53,6 +53,7 @@ PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT_DIR = os.path.join(PACKAGE_DIR, "agent")
 AGENT_LIB = os.path.join(PACKAGE_DIR, "liblanetrace_agent.so")
 PIPELINE_TIMEOUT_S = 30.0
+PING_TRY_S = 1.0  # the writer's ping is retried this often while a stop is possible
 # a drainer's first beat in a new segment comes within its scan interval
 SEGMENT_POLL_MS = 5
 DRAIN_TIMEOUT_S = 120.0
@@ -82,6 +83,8 @@ class Injector:
         self.callback_writer: WriterClient | None = None
         self.targets: list[TracedProcess] = []
         self.stop_requested = threading.Event()
+        # set when a target ends (Frida's thread): the main loop looks at once
+        self.wake = threading.Event()
         self.shards = int(spec.get("drainers", 2))
         self.flight = FlightControl(spec)
         self.thread_names = ThreadNames()
@@ -97,10 +100,18 @@ class Injector:
         busy target, overflow them. A drainer is ready once it beats in the
         segment of every target about to start (it has opened it and drains
         it), or, with no such segment, once its heartbeat is on the bus."""
-        self.writer.request("ping", {}, deadline_s=PIPELINE_TIMEOUT_S)
-        seen: set[str] = set()
         deadline = time.monotonic() + PIPELINE_TIMEOUT_S
+        while True:  # the services start next to us; a stop ends the wait
+            try:
+                self.writer.request("ping", {}, deadline_s=PING_TRY_S)
+                break
+            except WriterUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+            self._stop_if_requested()
+        seen: set[str] = set()
         while len(seen) < self.shards:
+            self._stop_if_requested()
             if time.monotonic() > deadline:
                 missing = sorted(set(f"drainer-{k}" for k in range(self.shards)) - seen)
                 raise TargetError(f"drainers did not start within {PIPELINE_TIMEOUT_S:.0f}s: "
@@ -113,6 +124,10 @@ class Injector:
             msg = receive(self.drained_sub, SEGMENT_POLL_MS if segments else 200)
             if msg and msg[0].startswith(bus.HEARTBEAT + "drainer-"):
                 seen.add(msg[0][3:])
+
+    def _stop_if_requested(self) -> None:
+        if self.stop_requested.is_set():
+            raise TargetError("stopped before the writer and the drainers were ready")
 
     # ---- writer -------------------------------------------------------------
     def _writer_for_current_thread(self) -> WriterClient:
@@ -387,6 +402,7 @@ class Injector:
             "traceDir": os.path.join(self.spec["traceRoot"], self.session_id, target.trace_dir_name),
             "flightRecorder": self.flight.describe(),
         })
+        target.trace_started = True
         self.publish_functions(target, functions)
         target.mark("published")
         verdicts = target.verdicts
@@ -519,6 +535,7 @@ class Injector:
             target.signal = target.sent_signal or _signal_of_dead_process(target.pid)
         target.end_ns = time.monotonic_ns()
         target.ended.set()
+        self.wake.set()
 
     def discard_target(self, t: TracedProcess) -> None:
         """Undo a target whose instrumentation failed half way: unload its
@@ -605,6 +622,12 @@ class Injector:
         segment = target.segment
         if segment is None:
             return
+        if not target.trace_started:  # stopped before the writer knew it: nothing to finalize
+            self.run_dir.unregister_target(target.pid)
+            segment.unlink()
+            segment.close()
+            target.segment = None
+            return
         segment.mark_target_exited()
         drained: set[int] = set()
         # Without installed hooks nothing was recorded: no drain to wait for.
@@ -655,7 +678,8 @@ class Injector:
                     self.flight_tick(target)
                 if self.children is not None:
                     self.children.pump()
-                time.sleep(0.05)
+                self.wake.wait(0.05)
+                self.wake.clear()
         except TargetError as exc:
             result["error"] = str(exc)
         except (WriterUnavailable, WriterRejected) as exc:

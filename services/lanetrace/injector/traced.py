@@ -56,6 +56,7 @@ class TracedProcess:
     verdicts: dict = field(default_factory=dict)        # function id -> hooksafety.Verdict
     selection_skips: list[dict] = field(default_factory=list)
     prepare_error: Exception | None = None
+    trace_started: bool = False  # the writer acked target_start: its trace exists
 
     def mark(self, step: str) -> None:
         self.timings[step] = time.monotonic_ns()

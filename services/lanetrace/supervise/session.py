@@ -1,11 +1,19 @@
 """A capture session under supervisord: generate the session's config, start
-supervisord (the real ``supervisor`` package), follow the injector, and shut
-everything down so that no process, socket file or shared-memory segment
-outlives the session.
+supervisord (the real ``supervisor`` package) and, next to it, the injector,
+follow the injector, and shut everything down so that no process, socket
+file or shared-memory segment outlives the session.
 
-supervisord runs in its own process session so that a Ctrl-C on the terminal
-reaches only ``lanetrace``, which then stops tracing in order (targets first,
-then a final drain, then the services) instead of every process at once.
+supervisord and the injector run in process sessions of their own so that a
+Ctrl-C on the terminal reaches only ``lanetrace``, which then stops tracing
+in order (targets first, then a final drain, then the services) instead of
+every process at once.
+
+The one-shot injector is started by the CLI, not by supervisord, at the same
+moment as supervisord: Frida spawns and attaches the target while
+supervisord and the services start, on the other core. Nothing is lost by
+that: supervisord never restarted it (it owns the session's targets), and
+it still lets a target run only once the writer answers and every drainer
+drains (``Injector.wait_for_pipeline``).
 """
 from __future__ import annotations
 
@@ -19,15 +27,14 @@ import time
 from dataclasses import dataclass
 
 from lanetrace.core.rundir import RunDir
-from lanetrace.supervise.services import GROUP, SERVICES
+from lanetrace.supervise.services import GROUP, SERVICES, service_argv
 from lanetrace.supervise.supervisorconf import render_session_config
 
 START_TIMEOUT_S = 20.0
 SHUTDOWN_TIMEOUT_S = 60.0
-# supervisord answers ~0.1-0.2 s after its fork; each try is one failed
-# connect() on a unix socket
+# supervisord answers ~0.3 s after its fork (it imports the services' modules
+# first); each try is a stat of its socket in the new run directory
 START_POLL_S = 0.01
-ENDED_STATES = ("EXITED", "FATAL", "STOPPED")
 FINISHED_POLL_S = 0.01
 
 
@@ -68,12 +75,16 @@ class Supervisor:
         with open(self.conf_path, "w") as f:
             f.write(render_config(self.cfg))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lanetrace.supervise.supervisord", "-c", self.conf_path],
+            [sys.executable, "-m", "lanetrace.supervise.supervisord", "--prefork", "-c",
+             self.conf_path],
             start_new_session=True, cwd=self.cfg.run_dir.path)
         rpc_errors = _rpc_errors()  # imported while supervisord starts
+        sock = self.cfg.run_dir.file("supervisord.sock")
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
+                if not os.path.exists(sock):  # a stat, not an XML-RPC client, per try
+                    raise OSError("not listening yet")
                 self.rpc.supervisor.getState()
                 return
             except rpc_errors:
@@ -93,54 +104,6 @@ class Supervisor:
         transport = SupervisorTransport(None, None, f"unix://{self.cfg.run_dir.file('supervisord.sock')}")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
-    def process_info(self, name: str) -> dict:
-        return self.rpc.supervisor.getProcessInfo(f"{GROUP}:{name}")
-
-    def process_state(self, name: str) -> str:
-        return self.process_info(name)["statename"]
-
-    def signal(self, name: str, sig: str) -> None:
-        try:
-            self.rpc.supervisor.signalProcess(f"{GROUP}:{name}", sig)
-        except _rpc_errors():
-            pass  # already stopped
-
-    def wait_until_exited(self, name: str, poll_s: float = 0.1, on_tick=None,
-                          finished=None) -> str:
-        """Wait for the program to end; ``on_tick`` runs every ``poll_s``.
-        The end is seen at once through a pidfd of the running process;
-        supervisord is asked only until it reports a pid. ``finished()``,
-        checked every FINISHED_POLL_S, may end the wait earlier ("FINISHED"):
-        the program has done its work and is only tearing itself down."""
-        pidfd = None
-        step = min(poll_s, FINISHED_POLL_S) if finished else poll_s
-        next_tick = time.monotonic() + poll_s
-        try:
-            while True:
-                if finished and finished():
-                    return "FINISHED"
-                if pidfd is None:
-                    info = self.process_info(name)
-                    if info["statename"] in ENDED_STATES:
-                        return info["statename"]
-                    if info["statename"] == "RUNNING" and info["pid"]:
-                        pidfd = _pidfd_of(info["pid"])
-                        if pidfd is not None and self.process_info(name)["pid"] != info["pid"]:
-                            os.close(pidfd)  # ended and reaped meanwhile: ask again
-                            pidfd = None
-                            continue
-                if pidfd is not None:
-                    if select.select([pidfd], [], [], step)[0]:
-                        return "EXITED"
-                else:
-                    time.sleep(step)
-                if on_tick and time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + poll_s
-                    on_tick()
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-
     def shutdown(self) -> None:
         """Stop every program at once, each given time to flush, and
         supervisord itself. (supervisord's own shutdown stops one group after
@@ -158,6 +121,81 @@ class Supervisor:
             self.proc.wait(SHUTDOWN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+class InjectorProcess:
+    """The one-shot session's injector, a child of the CLI in its own process
+    session; its output goes to ``logs/injector-output.log`` (its own logging
+    to ``logs/injector.log``), as when supervisord ran it, and its pid to
+    ``injector.pid`` in the run directory."""
+
+    def __init__(self, run_dir: RunDir, session_id: str, spec_path: str):
+        self.run_dir = run_dir
+        self.argv = service_argv("injector", run_dir.path, {"spec": spec_path})
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", LANETRACE_SESSION=session_id)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(os.path.join(self.run_dir.logs_dir, "injector-output.log"), "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         cwd=self.run_dir.path, env=self.env)
+        # who finishes a session whose lanetrace was killed signals it by this
+        with open(self.run_dir.file("injector.pid"), "w") as f:
+            f.write(f"{self.proc.pid}\n")
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, poll_s: float = 0.1, on_tick=None, finished=None) -> str:
+        """Wait for the injector to end ("EXITED"); ``on_tick`` runs every
+        ``poll_s``. ``finished()``, checked every FINISHED_POLL_S, may end the
+        wait earlier ("FINISHED"): it has done its work and is only tearing
+        Frida down."""
+        step = min(poll_s, FINISHED_POLL_S) if finished else poll_s
+        pidfd = _pidfd_of(self.proc.pid)
+        next_tick = time.monotonic() + poll_s
+        try:
+            while True:
+                if finished and finished():
+                    return "FINISHED"
+                if pidfd is not None:
+                    if select.select([pidfd], [], [], step)[0]:
+                        self.proc.wait()
+                        return "EXITED"
+                elif self.proc.poll() is not None:
+                    return "EXITED"
+                else:
+                    time.sleep(step)
+                if on_tick and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + poll_s
+                    on_tick()
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def stop(self) -> None:
+        """Ask it to stop (its targets end or are detached, the rest is
+        drained), as supervisord's stop did."""
+        self.signal(signal.SIGTERM)
+
+    def reap(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Wait for its exit; killed (with anything left in its process
+        group) when it takes longer than ``timeout``."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
 
 

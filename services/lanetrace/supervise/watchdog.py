@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import select
-import signal
 import sys
 import time
 
@@ -44,6 +43,7 @@ from lanetrace.core import bus
 from lanetrace.core.bus import Bus
 from lanetrace.core.rundir import RunDir
 from lanetrace.core.shm import SegmentError, TargetSegment
+from lanetrace.core.stopsignal import StopSignal
 
 log = logging.getLogger("lanetrace.supervise.watchdog")
 
@@ -59,10 +59,12 @@ class EventReader:
     event can time out (Python's buffered stdin would hide pending bytes
     from select)."""
 
-    def __init__(self, fd_in: int = 0, out=None):
+    def __init__(self, fd_in: int = 0, out=None, wakeup_fd: int | None = None):
         self.fd = fd_in
         self.out = out or sys.stdout
         self.buf = b""
+        # readable on a stop signal: the wait for an event ends at once
+        self.wakeup_fd = wakeup_fd
 
     def ready(self) -> None:
         self.out.write("READY\n")
@@ -73,8 +75,9 @@ class EventReader:
         self.out.flush()
 
     def _fill(self, timeout: float) -> bool:
-        r, _, _ = select.select([self.fd], [], [], timeout)
-        if not r:
+        fds = [self.fd] if self.wakeup_fd is None else [self.fd, self.wakeup_fd]
+        r, _, _ = select.select(fds, [], [], timeout)
+        if self.fd not in r:
             return False
         chunk = os.read(self.fd, 65536)
         if not chunk:
@@ -353,15 +356,11 @@ def main(argv=None) -> int:
                         format="%(asctime)s watchdog[%(process)d] %(levelname)s %(message)s")
     wd = Watchdog(RunDir(args.run_dir), args.group, args.fresh_ms, args.stale_ms)
 
-    def stop(*_):
-        wd.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = StopSignal(on_stop=lambda: setattr(wd, "stopping", True))
     try:
         if args.standalone:
             return wd.run_standalone()
-        return wd.run(EventReader())
+        return wd.run(EventReader(wakeup_fd=stop.fd))
     finally:
         wd.close()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import time
 import types
@@ -17,6 +16,7 @@ import zmq
 
 from lanetrace.core import atf, bus
 from lanetrace.core.bus import Bus
+from lanetrace.core.stopsignal import StopSignal
 from lanetrace.writer.requests import I32, U32, U64, RequestError, field, function_entry, window
 from lanetrace.writer.tracefile import RECORD_SIZE, OutBuffer, Syncer, TraceCorrupt, TraceFile
 
@@ -79,6 +79,7 @@ class Writer:
         self.out = OutBuffer()
         self.metrics = Metrics()
         self.stopping = False
+        self.wakeup_fd: int | None = None  # readable on a stop signal (main())
         self.ctx = zmq.Context()
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -380,6 +381,10 @@ class Writer:
 
     def run(self) -> int:
         self.syncer.start()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if self.wakeup_fd is not None:
+            poller.register(self.wakeup_fd, zmq.POLLIN)
         next_tick = time.monotonic()
         while not self.stopping:
             now = time.monotonic()
@@ -387,7 +392,7 @@ class Writer:
                 self.periodic()
                 next_tick = now + MANIFEST_INTERVAL_S
             timeout = max(1, min(200, int((next_tick - now) * 1000)))
-            if not self.sock.poll(timeout):
+            if self.sock not in dict(poller.poll(timeout)):
                 continue
             # Serve what is queued, but come back to the tick and the stop flag.
             while not self.stopping and time.monotonic() < next_tick:
@@ -445,11 +450,7 @@ def main(argv=None) -> int:
         print(f"lanetrace.writer: error: cannot start: {exc}", file=sys.stderr)
         return 1
 
-    def stop(signum, _frame):
-        writer.stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    writer.wakeup_fd = StopSignal(on_stop=lambda: setattr(writer, "stopping", True)).fd
     log.info("writer listening on %s/writer.sock, traces in %s/%s%s", args.run_dir,
              args.trace_root, args.session, " (inline symbols)" if args.inline_symbols else "")
     return writer.run()
