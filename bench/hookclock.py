@@ -10,7 +10,11 @@ anyway is reported. Figures are the loop's thread CPU time (hot reports it),
 which a loaded machine inflates less than wall time, minus the untraced
 program's; the ratio column is against uftrace -P.
 
-Usage: python bench/hookclock.py [--iters N] [--reps N]
+With --baseline DIR, another built checkout of lanetrace (its own
+`make native`) runs the same TSC-stamped variant in the same interleaving, on
+this checkout's program: before/after figures for a change to the hook path.
+
+Usage: python bench/hookclock.py [--iters N] [--reps N] [--baseline DIR]
 """
 import argparse
 import glob
@@ -42,13 +46,13 @@ def run_plain(binary, iters, work):
     return loop_cpu_ns(p.stdout), 0
 
 
-def run_lanetrace(clock, iters, work):
+def run_lanetrace(clock, iters, work, lanetrace=LANETRACE):
     ring_kb, need = 1024, 2 * iters * RECORD_BYTES
     while -(-need // (ring_kb << 10)) + 1 > MAX_RINGS_PER_LANE:
         ring_kb *= 2
     rings = max(8, -(-need // (ring_kb << 10)) + 1)
     out = os.path.join(work, "traces")
-    p = subprocess.run([*LANETRACE, "run", "-o", out, "--ring-kb", str(ring_kb), "--rings-per-lane", str(rings),
+    p = subprocess.run([*lanetrace, "run", "-o", out, "--ring-kb", str(ring_kb), "--rings-per-lane", str(rings),
                         "-i", "hot!hot_fn", "--", os.path.join(BIN, "hot"), str(iters)],
                        capture_output=True, text=True, cwd=work,
                        env=dict(os.environ, LANETRACE_CLOCK=clock))
@@ -87,7 +91,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=1_000_000, help="calls of hot_fn per run (default 1,000,000)")
     ap.add_argument("--reps", type=int, default=5, help="repetitions per variant (default 5)")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="another lanetrace checkout, built with `make native`, run as lanetrace-baseline")
     args = ap.parse_args()
+    if args.baseline:
+        python = os.path.join(os.path.abspath(args.baseline), ".venv", "bin", "python")
+        if not os.access(python, os.X_OK):
+            ap.error(f"--baseline: {python} missing (run `make native` there)")
+        VARIANTS["lanetrace-baseline"] = (
+            lambda n, w: run_lanetrace("auto", n, w, [python, "-m", "lanetrace"]),
+            f"{os.path.basename(os.path.abspath(args.baseline))}, CLOCK=auto")
     cpu = {v: [] for v in VARIANTS}
     drops = {v: 0 for v in VARIANTS}
     print(f"hot_fn x {args.iters:,} calls, {args.reps} reps, {os.cpu_count()} CPUs, "
@@ -107,12 +120,14 @@ def main():
     ref = per_call["uftrace-P"]
     print(f"\nload average {os.getloadavg()[0]:.2f} at end; +cpu ns/call = median loop CPU time minus "
           f"the untraced program's, per call")
-    print(f"{'variant':20s} {'what':36s} {'+cpu ns/call':>12s} {'x uftrace-P':>11s} {'dropped':>8s}")
+    print(f"{'variant':20s} {'what':36s} {'+cpu ns/call':>12s} {'min':>6s} {'x uftrace-P':>11s} {'dropped':>8s}")
     for name, (_, what) in VARIANTS.items():
         if name.startswith("untraced"):
             continue
         ratio = per_call[name] / ref if ref > 0 else float("nan")
-        print(f"{name:20s} {what:36s} {per_call[name]:12.1f} {ratio:11.2f} {drops[name]:8d}")
+        # the least-disturbed repetition: on a shared machine, a floor for the median
+        least = (min(cpu[name]) - min(cpu[BASELINE.get(name, "untraced")])) / args.iters
+        print(f"{name:20s} {what:36s} {per_call[name]:12.1f} {least:6.1f} {ratio:11.2f} {drops[name]:8d}")
 
 
 if __name__ == "__main__":
