@@ -8,7 +8,9 @@ variant alike. lanetrace gets a ring pool that holds every record of the run
 (--ring-kb/--rings-per-lane), so no run pays the drop path; a run that drops
 anyway is reported. Figures are the loop's thread CPU time (hot reports it),
 which a loaded machine inflates less than wall time, minus the untraced
-program's; the ratio column is against uftrace -P.
+program's; the ratio column is against uftrace -P. clock-floor is the hot
+loop with no hook at all, each call bracketed by an rdtsc and a 32-byte
+record (bench/stampfloor.c): the least a TSC-stamped hook can cost here.
 
 With --baseline DIR, another built checkout of lanetrace (its own
 `make native`) runs the same TSC-stamped variant in the same interleaving, on
@@ -68,6 +70,14 @@ def run_lanetrace(clock, iters, work, lanetrace=LANETRACE):
     return loop_cpu_ns(p.stdout), sum(m["drops"].values())
 
 
+def run_floor(iters, work):
+    exe = os.path.join(work, "stampfloor")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-O2", "-o", exe, os.path.join(ROOT, "bench", "stampfloor.c")], check=True)
+    p = subprocess.run([exe, str(iters)], capture_output=True, text=True, cwd=work)
+    return loop_cpu_ns(p.stdout), 0
+
+
 def run_uftrace(iters, work):
     uftrace = shutil.which("uftrace")
     if not uftrace:
@@ -83,6 +93,7 @@ VARIANTS = {
     "lanetrace-tsc": (lambda n, w: run_lanetrace("auto", n, w), "lanetrace, LANETRACE_CLOCK=auto"),
     "lanetrace-monotonic": (lambda n, w: run_lanetrace("monotonic", n, w), "lanetrace, clock_gettime"),
     "uftrace-P": (lambda n, w: run_uftrace(n, w), "uftrace record -P hot_fn, hot_pfe"),
+    "clock-floor": (run_floor, "2 rdtsc + 2 records per call, no hook"),
 }
 BASELINE = {"uftrace-P": "untraced-pfe"}
 
