@@ -7,7 +7,7 @@
 #define LANETRACE_TRAMP_OFFSETS_H
 
 /* lt_thread */
-#define LT_T_STATE 0   /* uint32 state, then uint32 guard: one 8-byte compare */
+#define LT_T_STATE 0
 #define LT_T_GUARD 4
 #define LT_T_DEPTH 8
 #define LT_T_EPOCH 12

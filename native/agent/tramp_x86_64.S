@@ -49,8 +49,10 @@ lt_entry_tramp:
     mov rcx, qword ptr fs:[rcx]                 /* t */
     test rcx, rcx
     jz .Lentry_slow                             /* the thread's first event */
-    cmp qword ptr [rcx + LT_T_STATE], 1         /* state ACTIVE, guard 0 */
+    cmp dword ptr [rcx + LT_T_STATE], 1         /* ACTIVE */
     jne .Lentry_slow
+    cmp dword ptr [rcx + LT_T_GUARD], 0         /* not one 8-byte load: the last hook's */
+    jne .Lentry_slow                            /* 4-byte guard store would not forward to it */
     mov dword ptr [rcx + LT_T_GUARD], 1
     cmp dword ptr [rip + g_recording], 0
     je .Lentry_unguard
@@ -202,7 +204,9 @@ lt_exit_tramp:
     push r8             /* slot at rsp + 48 */
     mov rcx, qword ptr [rip + tls_self@GOTTPOFF]
     mov rcx, qword ptr fs:[rcx]                 /* t: set, we hooked this return */
-    cmp qword ptr [rcx + LT_T_STATE], 1         /* state ACTIVE, guard 0 */
+    cmp dword ptr [rcx + LT_T_STATE], 1         /* ACTIVE */
+    jne .Lexit_slow
+    cmp dword ptr [rcx + LT_T_GUARD], 0
     jne .Lexit_slow
     mov dword ptr [rcx + LT_T_GUARD], 1
     mov esi, dword ptr [rcx + LT_T_DEPTH]
