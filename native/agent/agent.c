@@ -4,6 +4,10 @@
  * per-thread shadow stack; it writes through the producer side of the lanes
  * (lanes.c).
  *
+ * The common case of both is recorded by the trampolines themselves, in
+ * assembly (tramp_x86_64.S, offsets in tramp_offsets.h); the C below is
+ * their full path and must keep doing the same thing.
+ *
  * Hot path (lt_on_entry / lt_on_exit): one initial-exec TLS load, no
  * syscalls, no locks, one rdtsc (clock_gettime where the TSC is not
  * invariant: tsc.h), one 32-byte ring write with a release store of the ring
