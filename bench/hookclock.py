@@ -114,21 +114,30 @@ def main():
             f"{os.path.basename(os.path.abspath(args.baseline))}, CLOCK=auto")
     cpu = {v: [] for v in VARIANTS}
     drops = {v: 0 for v in VARIANTS}
+    failed = {v: [] for v in VARIANTS}
     print(f"hot_fn x {args.iters:,} calls, {args.reps} reps, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
     for rep in range(args.reps):
         for name, (run, _) in VARIANTS.items():
             with tempfile.TemporaryDirectory(prefix="lt-hookclock-") as work:
-                ns, dropped = run(args.iters, work)
+                try:
+                    ns, dropped = run(args.iters, work)
+                except RuntimeError as exc:  # one failed run does not end the others
+                    failed[name].append(str(exc).splitlines()[-1])
+                    print(f"  rep {rep + 1}: {name:20s} failed: {failed[name][-1]}", flush=True)
+                    continue
             cpu[name].append(ns)
             drops[name] += dropped
             print(f"  rep {rep + 1}: {name:20s} {ns / 1e6:9.1f} ms cpu"
                   + (f", {dropped} dropped" if dropped else ""), flush=True)
     per_call = {}
+    for name in [v for v in VARIANTS if not cpu[v]]:
+        print(f"{name}: no run succeeded: {failed[name][-1]}")
+        del VARIANTS[name]
     for name in VARIANTS:
         base = statistics.median(cpu[BASELINE.get(name, "untraced")])
         per_call[name] = (statistics.median(cpu[name]) - base) / args.iters
-    ref = per_call["uftrace-P"]
+    ref = per_call.get("uftrace-P", float("nan"))
     print(f"\nload average {os.getloadavg()[0]:.2f} at end; +cpu ns/call = median loop CPU time minus "
           f"the untraced program's, per call")
     print(f"{'variant':20s} {'what':36s} {'+cpu ns/call':>12s} {'min':>6s} {'x uftrace-P':>11s} {'dropped':>8s}")
@@ -138,7 +147,8 @@ def main():
         ratio = per_call[name] / ref if ref > 0 else float("nan")
         # the least-disturbed repetition: on a shared machine, a floor for the median
         least = (min(cpu[name]) - min(cpu[BASELINE.get(name, "untraced")])) / args.iters
-        print(f"{name:20s} {what:36s} {per_call[name]:12.1f} {least:6.1f} {ratio:11.2f} {drops[name]:8d}")
+        print(f"{name:20s} {what:36s} {per_call[name]:12.1f} {least:6.1f} {ratio:11.2f} {drops[name]:8d}"
+              + (f"  ({len(failed[name])} runs failed)" if failed[name] else ""))
 
 
 if __name__ == "__main__":
