@@ -18,10 +18,14 @@ Variants (--only takes a comma-separated list of these names):
   untraced-pfe    hot_pfe untraced (its patchable NOPs)
   untraced-pg     hot_pg untraced (glibc's mcount; writes gmon.out in a temp dir)
 
+With --baseline DIR, lanetrace-baseline runs DIR/.venv/bin/lanetrace (another
+checkout, built with `make native`) on this checkout's program, in the same
+interleaving: before/after figures for a change to the hook path.
+
 A variant that cannot run here (tool missing, lanetrace not working yet) is
 reported as "not available (<reason>)" and the others go on.
 
-Usage: python bench/overhead.py [--iters N] [--reps N] [--only a,b,...]
+Usage: python bench/overhead.py [--iters N] [--reps N] [--only a,b,...] [--baseline DIR]
 """
 import argparse
 import json
@@ -209,16 +213,16 @@ def lanetrace_reason(proc):
     return reason
 
 
-def variant_lanetrace(iters, work, timeout):
-    if not os.access(LANETRACE, os.X_OK):
-        raise Unavailable(f"{LANETRACE} missing (make native)")
-    probe = subprocess.run([LANETRACE, "run", "--help"], stdout=subprocess.DEVNULL,
+def variant_lanetrace(iters, work, timeout, lanetrace=LANETRACE):
+    if not os.access(lanetrace, os.X_OK):
+        raise Unavailable(f"{lanetrace} missing (make native)")
+    probe = subprocess.run([lanetrace, "run", "--help"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     if probe.returncode != 0:
         raise Unavailable("`lanetrace run` missing: " + last_line(probe.stderr))
     traces = os.path.join(work, "traces")
     summary_file = os.path.join(work, "summary.json")
-    argv = [LANETRACE, "run", "-i", "hot!hot_fn", "-o", traces, "--json-out", summary_file, "--",
+    argv = [lanetrace, "run", "-i", "hot!hot_fn", "-o", traces, "--json-out", summary_file, "--",
             os.path.join(BIN, "hot"), str(iters)]
     try:
         r, proc = run_command(argv, iters, work, timeout, trace_dir=traces)
@@ -285,6 +289,8 @@ def parse_args(argv=None):
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds one run may take before it counts as failed (default 300)")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="another lanetrace checkout, built with `make native`, run as lanetrace-baseline")
     ap.add_argument("--no-corpus", dest="corpus", action="store_false",
                     help="skip the row of fallback hooks over the real-program corpus "
                          "(bench/hookcoverage.py, a few minutes)")
@@ -301,6 +307,15 @@ def parse_args(argv=None):
         args.variants = ["untraced"] + [v for v in VARIANTS if v in chosen and v != "untraced"]
     else:
         args.variants = list(VARIANTS)
+    if args.baseline:
+        lanetrace = os.path.join(os.path.abspath(args.baseline), ".venv", "bin", "lanetrace")
+        if not os.access(lanetrace, os.X_OK):
+            ap.error(f"--baseline: {lanetrace} missing (run `make native` there)")
+        RUNNERS["lanetrace-baseline"] = (
+            lambda iters, work, timeout: variant_lanetrace(iters, work, timeout, lanetrace))
+        DESCRIPTIONS["lanetrace-baseline"] = f"the same, {os.path.basename(os.path.abspath(args.baseline))}"
+        args.variants.insert(args.variants.index("lanetrace") + 1 if "lanetrace" in args.variants else 1,
+                             "lanetrace-baseline")
     return args
 
 
@@ -376,18 +391,18 @@ def main(argv=None):
     print(f"hot_fn overhead, {args.iters:,} calls, median of {args.reps} "
           f"(untraced: {base / args.iters:.2f} ns/call); load average {load:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end on {os.cpu_count()} CPUs")
-    head = (f"{'variant':<14} {'what':<34} {'loop ms':>9} {'x untraced':>10} "
+    head = (f"{'variant':<18} {'what':<34} {'loop ms':>9} {'x untraced':>10} "
             f"{'+ns/call':>9} {'+cpu ns':>8} {'spread':>7} {'wall s':>7} {'B/call':>7}  note")
     print(head)
     print("-" * len(head))
     for row in rows:
         if not row["available"]:
-            print(f"{row['variant']:<14} {DESCRIPTIONS[row['variant']]:<34} "
+            print(f"{row['variant']:<18} {DESCRIPTIONS[row['variant']]:<34} "
                   f"not available ({row['reason']})")
             continue
         bpc = f"{row['trace_bytes_per_call']:.1f}" if row["trace_bytes_per_call"] is not None else "-"
         cpu = f"{row['cpu_ns_per_call']:.1f}" if row["cpu_ns_per_call"] is not None else "-"
-        print(f"{row['variant']:<14} {DESCRIPTIONS[row['variant']]:<34} {row['loop_ms']:9.1f} "
+        print(f"{row['variant']:<18} {DESCRIPTIONS[row['variant']]:<34} {row['loop_ms']:9.1f} "
               f"{row['ratio']:10.2f} {row['ns_per_call']:9.1f} {cpu:>8} {row['spread_pct']:6.1f}% "
               f"{row['wall_s']:7.2f} {bpc:>7}  {row['note']}")
     corpus = []
@@ -400,7 +415,7 @@ def main(argv=None):
         fallback = sum(r["fallback"] for r in corpus)
         skipped = sum(r["skipped"] for r in corpus)
         total = fast + fallback + skipped
-        print(f"{'fallback':<14} {'corpus functions on attach fallback':<34} "
+        print(f"{'fallback':<18} {'corpus functions on attach fallback':<34} "
               f"{fallback:,} of {total:,} selected = {100.0 * fallback / max(total, 1):.2f}% "
               f"(fast {fast:,}, skipped {skipped:,}; {len(corpus)} programs, "
               f"{sum(r['same'] for r in corpus)} behave as untraced)")

@@ -4,6 +4,10 @@
  * per-thread shadow stack; it writes through the producer side of the lanes
  * (lanes.c).
  *
+ * The common case of both is recorded by the trampolines themselves, in
+ * assembly (tramp_x86_64.S, offsets in tramp_offsets.h); the C below is
+ * their full path and must keep doing the same thing.
+ *
  * Hot path (lt_on_entry / lt_on_exit): one initial-exec TLS load, no
  * syscalls, no locks, one rdtsc (clock_gettime where the TSC is not
  * invariant: tsc.h), one 32-byte ring write with a release store of the ring
@@ -37,11 +41,13 @@
 #define _GNU_SOURCE
 #include "lanetrace/shm.h"
 #include "lanetrace/tsc.h"
+#include "tramp_offsets.h"
 
 #include <dirent.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -89,6 +95,36 @@ typedef struct lt_thread {
     lt_frame frames[LT_SHADOW_MAX];
 } lt_thread;
 
+_Static_assert(offsetof(lt_thread, state) == LT_T_STATE && offsetof(lt_thread, guard) == LT_T_GUARD &&
+                   offsetof(lt_thread, depth) == LT_T_DEPTH && offsetof(lt_thread, epoch) == LT_T_EPOCH &&
+                   offsetof(lt_thread, stk_lo) == LT_T_STK_LO && offsetof(lt_thread, stk_hi) == LT_T_STK_HI &&
+                   offsetof(lt_thread, prod) == LT_T_PROD && offsetof(lt_thread, frames) == LT_T_FRAMES,
+               "tramp_offsets.h: lt_thread");
+_Static_assert(LT_T_PROD + offsetof(lt_producer, ring) == LT_P_RING &&
+                   LT_T_PROD + offsetof(lt_producer, ring_fill) == LT_P_RING_FILL &&
+                   LT_T_PROD + offsetof(lt_producer, fill) == LT_P_FILL &&
+                   LT_T_PROD + offsetof(lt_producer, cap) == LT_P_CAP &&
+                   LT_T_PROD + offsetof(lt_producer, tid) == LT_P_TID &&
+                   LT_T_PROD + offsetof(lt_producer, route) == LT_P_ROUTE &&
+                   LT_T_PROD + offsetof(lt_producer, countdown) == LT_P_COUNTDOWN &&
+                   LT_T_PROD + offsetof(lt_producer, seq) == LT_P_SEQ,
+               "tramp_offsets.h: lt_producer");
+_Static_assert(sizeof(lt_frame) == 1u << LT_F_SHIFT && offsetof(lt_frame, ret) == LT_F_RET &&
+                   offsetof(lt_frame, slot) == LT_F_SLOT && offsetof(lt_frame, fid) == LT_F_FID &&
+                   offsetof(lt_frame, epoch) == LT_F_EPOCH,
+               "tramp_offsets.h: lt_frame");
+_Static_assert(offsetof(lt_index_record, ts_ns) == LT_R_TS && offsetof(lt_index_record, seq) == LT_R_SEQ &&
+                   offsetof(lt_index_record, tid) == LT_R_TID_FID &&
+                   offsetof(lt_index_record, func_id) == LT_R_TID_FID + 4 &&
+                   offsetof(lt_index_record, kind) == LT_R_KIND_DEPTH &&
+                   offsetof(lt_index_record, depth) == LT_R_KIND_DEPTH + 2 &&
+                   offsetof(lt_index_record, flags) == LT_R_KIND_DEPTH + 4,
+               "tramp_offsets.h: lt_index_record");
+/* the fast path writes the depth unclamped and the route as one value */
+_Static_assert(LT_SHADOW_MAX == 2048 && LT_ROUTE_LANE == 1 && T_ACTIVE == 1 && LT_KIND_ENTRY == 1 &&
+                   LT_KIND_RETURN == 2 && sizeof(lt_frame) == 32,
+               "tramp_x86_64.S assumes these");
+
 typedef struct lt_desc {
     void *orig;    /* the relocated entry in the slot; written before the patch goes live */
     uint8_t *site; /* the patched bytes (function entry, after endbr64) */
@@ -101,6 +137,9 @@ typedef struct lt_desc {
     uint8_t *tramp;          /* short form: the jmp rel32 in the padding before the function */
     uint8_t tsaved[8];       /* the padding's bytes before the patch */
 } lt_desc;
+_Static_assert(offsetof(lt_desc, orig) == LT_D_ORIG && offsetof(lt_desc, fid) == LT_D_FID &&
+                   offsetof(lt_desc, trigger) == LT_D_TRIGGER && offsetof(lt_desc, role) == LT_D_ROLE,
+               "tramp_offsets.h: lt_desc");
 
 /* Functions hooked for the shadow stack's sake, not traced: where C++
  * exceptions start unwinding and where they are caught. */
@@ -117,13 +156,16 @@ static _Atomic uint8_t g_trig_fid[LT_TRIG_FIDS / 8];
 extern void lt_entry_tramp(void) HIDDEN;
 extern void lt_exit_tramp(void) HIDDEN;
 
-static __thread lt_thread *tls_self __attribute__((tls_model("initial-exec")));
+/* tls_self, g_recording, g_epoch and g_clock_tsc are read by the
+ * trampolines' assembly fast paths too (hidden: never exported into the
+ * target) */
+HIDDEN __thread lt_thread *tls_self __attribute__((tls_model("initial-exec")));
 
 static lt_shm_map g_map = {NULL, 0, -1};
 static lt_ctl *g_ctl;
-static _Atomic uint32_t g_recording;
-static _Atomic uint32_t g_epoch;
-static _Atomic uint32_t g_clock_tsc; /* records stamped with rdtsc (ctl.clock at init) */
+HIDDEN _Atomic uint32_t g_recording;
+HIDDEN _Atomic uint32_t g_epoch;
+HIDDEN _Atomic uint32_t g_clock_tsc; /* records stamped with rdtsc (ctl.clock at init) */
 static pthread_key_t g_key;
 static int g_key_ok;
 static _Atomic uint32_t g_ignored[LT_MAX_IGNORED];

@@ -100,6 +100,44 @@ void lt_prod_drop(lt_producer *p, int reason) { count_drop(p, reason); }
 /* ------------------------------------------------------------------ */
 /* shared ring pool (see shm.h, "Shared ring pool")                    */
 
+#define MADV_POPULATE_WRITE_ 23 /* Linux 5.14; older kernels say EINVAL: the pages fault in as before */
+
+/* Pool rings this process has mapped, by segment: a pool page is created
+ * by the first write of any process (tmpfs), and mapped into a process by
+ * its first access there. Relaxed bytes: a lost update only populates a
+ * ring twice. */
+static _Atomic uint64_t pool_mapped_key;
+static _Atomic uint8_t pool_mapped[LT_MAX_POOL_RINGS / 8];
+
+/* A borrowed pool ring seen for the first time in this process gets all its
+ * pages created and mapped in one madvise, where the producer would take a
+ * write fault on every page (a fresh tmpfs page: ~2.5-5 us each under a
+ * hypervisor, 1/128 of the records of a growing pool). One raw syscall per
+ * ring (no libc, no errno); later borrows of the same ring pay nothing. */
+static void pool_populate(lt_ctl *c, uint32_t j)
+{
+    /* a segment mapped where an earlier one was is still another segment */
+    uint64_t key = (uint64_t)(uintptr_t)c ^ c->created_ns;
+    if (atomic_load_explicit(&pool_mapped_key, RLX) != key) {
+        /* another segment (a new session): start over */
+        for (uint32_t k = 0; k < LT_MAX_POOL_RINGS / 8; k++)
+            atomic_store_explicit(&pool_mapped[k], 0, RLX);
+        atomic_store_explicit(&pool_mapped_key, key, RLX);
+    }
+    uint8_t bit = (uint8_t)(1u << (j & 7));
+    if (atomic_fetch_or_explicit(&pool_mapped[j >> 3], bit, RLX) & bit)
+        return;
+#if defined(__x86_64__)
+    char *at = (char *)c + c->pool_off + (uint64_t)j * c->ring_bytes;
+    long ret;
+    __asm__ __volatile__("syscall" : "=a"(ret)
+                         : "0"(28L /* SYS_madvise */), "D"(at), "S"((unsigned long)c->ring_bytes),
+                           "d"((long)MADV_POPULATE_WRITE_)
+                         : "rcx", "r11", "memory");
+    (void)ret;
+#endif
+}
+
 #define POOL_TAG(h) ((h) >> 32)
 #define POOL_TOP(h) ((uint32_t)(h)) /* ring + 1, 0 = empty */
 
@@ -120,6 +158,7 @@ uint32_t lt_pool_take(lt_ctl *c, lt_lane *L)
         /* acquire pairs with the pusher's release: it finished reading */
         if (atomic_compare_exchange_weak_explicit(&c->pool_head, &h, nh, ACQ, ACQ)) {
             uint32_t r = c->rings_per_lane + top - 1;
+            pool_populate(c, top - 1);
             atomic_fetch_add_explicit(&L->pool_held, 1, RLX);
             atomic_fetch_add_explicit(&c->pool_borrows, 1, RLX);
             uint32_t out = atomic_fetch_add_explicit(&c->pool_out, 1, RLX) + 1;

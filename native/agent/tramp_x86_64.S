@@ -14,9 +14,21 @@
  * with -mgeneral-regs-only, and its rare libc slow path saves the vector
  * state itself (agent.c, thread_init_safe).
  */
+#include "tramp_offsets.h"
+
     .text
     .intel_syntax noprefix
 
+/* The common case runs here without C, as lt_on_entry would: a traced
+ * (role 0), non-trigger function on an active thread not inside our
+ * handler, recording on in the thread's session, TSC stamps, room in the
+ * per-thread ring with no check due, and a shadow stack with nothing stale
+ * on top (empty, or its top frame's slot above this one and both on the
+ * thread's own stack) and not full. It writes the ENTRY record, pushes the
+ * frame and hijacks the return, saving only the five registers it uses
+ * besides rax (the descriptor; the caller's rax is in the stub's slot A).
+ * Anything else falls through to lt_on_entry with the full register block,
+ * the first six pushes being the same. */
     .globl lt_entry_tramp
     .hidden lt_entry_tramp
     .type lt_entry_tramp, @function
@@ -28,7 +40,114 @@ lt_entry_tramp:
     push rdx
     push rsi
     push rdi
-    push r8
+    push r8             /* r8 rdi rsi rdx rcx | B +40 | A +48 | ret +56 */
+    cmp byte ptr [rax + LT_D_ROLE], 0
+    jne .Lentry_slow
+    cmp byte ptr [rax + LT_D_TRIGGER], 0
+    jne .Lentry_slow
+    mov rcx, qword ptr [rip + tls_self@GOTTPOFF]
+    mov rcx, qword ptr fs:[rcx]                 /* t */
+    test rcx, rcx
+    jz .Lentry_slow                             /* the thread's first event */
+    cmp dword ptr [rcx + LT_T_STATE], 1         /* ACTIVE */
+    jne .Lentry_slow
+    cmp dword ptr [rcx + LT_T_GUARD], 0         /* not one 8-byte load: the last hook's */
+    jne .Lentry_slow                            /* 4-byte guard store would not forward to it */
+    mov dword ptr [rcx + LT_T_GUARD], 1
+    cmp dword ptr [rip + g_recording], 0
+    je .Lentry_unguard
+    mov edx, dword ptr [rip + g_epoch]
+    cmp edx, dword ptr [rcx + LT_T_EPOCH]       /* a new session: re-register in C */
+    jne .Lentry_unguard
+    cmp dword ptr [rip + g_clock_tsc], 0
+    je .Lentry_unguard
+    cmp dword ptr [rcx + LT_P_ROUTE], 1         /* LT_ROUTE_LANE only */
+    jne .Lentry_unguard
+    cmp dword ptr [rcx + LT_P_COUNTDOWN], 1     /* the periodic check is due */
+    jbe .Lentry_unguard
+    cmp qword ptr [rcx + LT_P_RING], 0
+    je .Lentry_unguard
+    mov edx, dword ptr [rcx + LT_P_FILL]
+    cmp edx, dword ptr [rcx + LT_P_CAP]
+    jae .Lentry_unguard
+    mov esi, dword ptr [rcx + LT_T_DEPTH]
+    test esi, esi
+    jz .Lentry_record                           /* no frame: nothing can be stale */
+    cmp esi, 2048                               /* LT_SHADOW_MAX: drop, in C */
+    jae .Lentry_unguard
+    lea r8d, [rsi - 1]
+    shl r8, LT_F_SHIFT
+    mov r8, qword ptr [rcx + r8 + LT_T_FRAMES + LT_F_SLOT] /* the top frame's slot */
+    lea rdi, [rsp + 56]                         /* this call's slot */
+    cmp r8, rdi
+    jbe .Lentry_unguard                         /* top at or below: longjmp or tail call, in C */
+    mov rdx, qword ptr [rcx + LT_T_STK_HI]
+    sub rdx, qword ptr [rcx + LT_T_STK_LO]      /* stack size */
+    sub r8, qword ptr [rcx + LT_T_STK_LO]
+    cmp r8, rdx
+    jae .Lentry_unguard                         /* top frame not on the thread's stack */
+    sub rdi, qword ptr [rcx + LT_T_STK_LO]
+    cmp rdi, rdx
+    jae .Lentry_unguard                         /* we are not: a signal alternate stack */
+.Lentry_record:
+    mov r8, rax                                 /* desc */
+    rdtsc
+    shl rdx, 32
+    or rax, rdx                                 /* ts */
+    mov edx, dword ptr [rcx + LT_P_FILL]
+    shl rdx, 5
+    add rdx, qword ptr [rcx + LT_P_RING]        /* the record */
+    mov qword ptr [rdx + LT_R_TS], rax
+    mov rax, qword ptr [rcx + LT_P_SEQ]
+    add rax, 1
+    mov qword ptr [rcx + LT_P_SEQ], rax
+    mov qword ptr [rdx + LT_R_SEQ], rax
+    mov edi, dword ptr [rcx + LT_P_TID]
+    mov eax, dword ptr [r8 + LT_D_FID]
+    shl rax, 32
+    or rax, rdi
+    mov qword ptr [rdx + LT_R_TID_FID], rax
+    mov eax, esi
+    shl eax, 16
+    or eax, 1                                   /* LT_KIND_ENTRY, depth, flags 0 */
+    mov qword ptr [rdx + LT_R_KIND_DEPTH], rax
+    mov eax, dword ptr [rcx + LT_P_FILL]
+    add eax, 1
+    mov dword ptr [rcx + LT_P_FILL], eax
+    mov rdx, qword ptr [rcx + LT_P_RING_FILL]
+    mov dword ptr [rdx], eax    /* release (x86 stores are): pairs with the drainer's acquire of fill */
+    sub dword ptr [rcx + LT_P_COUNTDOWN], 1
+    mov eax, esi
+    shl rax, LT_F_SHIFT
+    lea rdx, [rcx + rax + LT_T_FRAMES]          /* the new frame */
+    mov rax, qword ptr [rsp + 56]
+    mov qword ptr [rdx + LT_F_RET], rax
+    lea rax, [rsp + 56]
+    mov qword ptr [rdx + LT_F_SLOT], rax
+    mov eax, dword ptr [r8 + LT_D_FID]
+    mov qword ptr [rdx + LT_F_FID], rax         /* fid, flags 0 */
+    mov eax, dword ptr [rcx + LT_T_EPOCH]
+    mov qword ptr [rdx + LT_F_EPOCH], rax       /* epoch, pad 0 */
+    add esi, 1
+    mov dword ptr [rcx + LT_T_DEPTH], esi
+    lea rax, [rip + lt_exit_tramp]
+    mov qword ptr [rsp + 56], rax               /* the return comes to us */
+    mov dword ptr [rcx + LT_T_GUARD], 0
+    mov rax, qword ptr [rsp + 48]               /* A: the caller's rax */
+    mov qword ptr [rsp + 40], rax               /* into B */
+    mov rax, qword ptr [r8 + LT_D_ORIG]
+    mov qword ptr [rsp + 48], rax               /* A = where to go */
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    lea rsp, [rsp + 8]  /* rsp -> return address, as at the call */
+    jmp [rsp - 8]       /* below rsp but inside the red zone: signals skip it */
+.Lentry_unguard:
+    mov dword ptr [rcx + LT_T_GUARD], 0
+.Lentry_slow:
     push r9
     push r10
     push r11            /* regs: r11 r10 r9 r8 rdi rsi rdx rcx | B | A | ret */
@@ -60,20 +179,102 @@ lt_entry_tramp:
  * its return slot), a return the CPU mispredicts. rsp = that slot + 8. It
  * leaves with an indirect jmp, not a `ret`: the return stack buffer's top
  * is the caller's own return by now, so a `ret` would be mispredicted a
- * second time, where the jmp's target is predicted from its history. */
+ * second time, where the jmp's target is predicted from its history.
+ *
+ * The common case runs here without C: the thread is active and not inside
+ * our handler, the top shadow frame is this return's, recording is on in
+ * the frame's session, records are TSC-stamped, and the per-thread ring has
+ * room with no check due. It saves the six registers it uses (rdtsc takes
+ * rax/rdx) and does what lt_on_exit and write_index do. Anything else falls
+ * through to lt_on_exit with the full register block, the first six pushes
+ * being the same. The guard is up while the shadow stack and the ring are
+ * changed, so a signal handler's hooked calls pass through, as in C. */
     .globl lt_exit_tramp
     .hidden lt_exit_tramp
     .type lt_exit_tramp, @function
     .p2align 4
 lt_exit_tramp:
     endbr64
-    sub rsp, 8          /* becomes the real return address */
+    sub rsp, 8          /* becomes the real return address: the hooked frame's slot */
     push rax
     push rcx
     push rdx
     push rsi
     push rdi
-    push r8
+    push r8             /* slot at rsp + 48 */
+    mov rcx, qword ptr [rip + tls_self@GOTTPOFF]
+    mov rcx, qword ptr fs:[rcx]                 /* t: set, we hooked this return */
+    cmp dword ptr [rcx + LT_T_STATE], 1         /* ACTIVE */
+    jne .Lexit_slow
+    cmp dword ptr [rcx + LT_T_GUARD], 0
+    jne .Lexit_slow
+    mov dword ptr [rcx + LT_T_GUARD], 1
+    mov esi, dword ptr [rcx + LT_T_DEPTH]
+    sub esi, 1                                  /* the frame's depth */
+    jb .Lexit_unguard                           /* no frame */
+    mov edi, esi
+    shl rdi, LT_F_SHIFT
+    lea rdi, [rcx + rdi + LT_T_FRAMES]          /* f = the top frame */
+    lea rax, [rsp + 48]
+    cmp qword ptr [rdi + LT_F_SLOT], rax        /* not this return's: longjmp'd over */
+    jne .Lexit_unguard
+    cmp dword ptr [rip + g_recording], 0
+    je .Lexit_unguard
+    mov eax, dword ptr [rdi + LT_F_EPOCH]
+    cmp eax, dword ptr [rcx + LT_T_EPOCH]
+    jne .Lexit_unguard
+    cmp dword ptr [rip + g_clock_tsc], 0
+    je .Lexit_unguard
+    cmp dword ptr [rcx + LT_P_ROUTE], 1         /* LT_ROUTE_LANE only */
+    jne .Lexit_unguard
+    cmp dword ptr [rcx + LT_P_COUNTDOWN], 1     /* the periodic check is due */
+    jbe .Lexit_unguard
+    cmp qword ptr [rcx + LT_P_RING], 0
+    je .Lexit_unguard
+    mov eax, dword ptr [rcx + LT_P_FILL]
+    cmp eax, dword ptr [rcx + LT_P_CAP]
+    jae .Lexit_unguard
+    rdtsc
+    shl rdx, 32
+    or rax, rdx                                 /* ts */
+    mov edx, dword ptr [rcx + LT_P_FILL]
+    shl rdx, 5
+    add rdx, qword ptr [rcx + LT_P_RING]        /* the record */
+    mov qword ptr [rdx + LT_R_TS], rax
+    mov rax, qword ptr [rcx + LT_P_SEQ]
+    add rax, 1
+    mov qword ptr [rcx + LT_P_SEQ], rax
+    mov qword ptr [rdx + LT_R_SEQ], rax
+    mov r8d, dword ptr [rcx + LT_P_TID]
+    mov eax, dword ptr [rdi + LT_F_FID]
+    shl rax, 32
+    or rax, r8
+    mov qword ptr [rdx + LT_R_TID_FID], rax
+    mov eax, esi
+    shl eax, 16
+    or eax, 2                                   /* LT_KIND_RETURN, depth, flags 0 */
+    mov qword ptr [rdx + LT_R_KIND_DEPTH], rax
+    mov eax, dword ptr [rcx + LT_P_FILL]
+    add eax, 1
+    mov dword ptr [rcx + LT_P_FILL], eax
+    mov rdx, qword ptr [rcx + LT_P_RING_FILL]
+    mov dword ptr [rdx], eax    /* release (x86 stores are): pairs with the drainer's acquire of fill */
+    sub dword ptr [rcx + LT_P_COUNTDOWN], 1
+    mov dword ptr [rcx + LT_T_DEPTH], esi       /* pop the frame */
+    mov rax, qword ptr [rdi + LT_F_RET]
+    mov qword ptr [rsp + 48], rax
+    mov dword ptr [rcx + LT_T_GUARD], 0
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    lea rsp, [rsp + 8]  /* as after the hooked function's own return */
+    jmp [rsp - 8]       /* below rsp but inside the red zone: signals skip it */
+.Lexit_unguard:
+    mov dword ptr [rcx + LT_T_GUARD], 0
+.Lexit_slow:
     push r9
     push r10
     push r11            /* regs: r11 r10 r9 r8 rdi rsi rdx rcx rax | RA */

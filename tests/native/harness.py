@@ -123,7 +123,7 @@ class Traced:
                  ring_bytes=65536, rings_per_lane=8, pass_fds=(), stdin=None, _wait_line=None,
                  mode="PER_THREAD_ONLY", global_records=16384, detail_ring_bytes=65536,
                  detail_rings_per_lane=4, detail=None, triggers=None, heartbeat=False,
-                 silent_shards=(), before_install=None, fallback=("tiny",)):
+                 silent_shards=(), before_install=None, fallback=("tiny",), clock="auto"):
         self.functions = {}
         self.messages = []
         self.output = []
@@ -159,7 +159,8 @@ class Traced:
         self.script.on("message", self._on_message)
         self.script.load()
         self.api = self.script.exports_sync
-        self.seg.enable_tsc_clock()  # as the injector does: the agent stamps with the TSC where it can
+        # as the injector does: the agent stamps with the TSC where it can
+        self.record_clock = self.seg.enable_tsc_clock(clock)
         self.init = self.api.init({"shmName": self.seg.name, "agentLibPath": AGENT_LIB,
                                    "programThreads": program_tids})
         self.plan = self.api.plan(selection or {})

@@ -331,3 +331,35 @@ def test_agent__cpu_with_avx__then_a_threads_first_event_saves_the_vector_regist
         t.finish()
     finally:
         t.close()
+
+
+def traced_streams(session_id, argv, clock):
+    """Per thread (by order of first record), its records as (function, kind,
+    depth), in sequence order, and the run's drops."""
+    t = Traced(session_id, argv, clock=clock)
+    try:
+        t.resume()
+        t.wait_exit()
+        data = t.finish()
+        names = names_of(t)
+        recs = sorted(parse_records(data).tolist(), key=lambda r: (r[2], r[1]))  # tid, seq
+        streams = collections.defaultdict(list)
+        for r in recs:
+            streams[r[2]].append((names[r[3]], r[4], r[5]))
+        return t.record_clock, sorted(streams.values()), sum(t.seg.drops().values())
+    finally:
+        t.close()
+
+
+def test_agent__tsc_stamps_in_assembly_and_clock_gettime_in_c__then_the_same_records(
+        session_id, target_bin):
+    # TSC stamps take the trampolines' assembly fast path; clock_gettime stamps
+    # take lt_on_entry/lt_on_exit in C for every call. Same program, same records.
+    argv = [target_bin, "-1", "2", "300"]
+    fast_clock, fast, fast_drops = traced_streams(session_id, argv, "auto")
+    c_clock, full, c_drops = traced_streams(session_id + "c", argv, "monotonic")
+    if fast_clock != "tsc":
+        pytest.skip("the TSC is not invariant here: no assembly fast path to compare")
+    assert c_clock == "monotonic"
+    assert fast_drops == c_drops == 0
+    assert len(fast) == 3 and fast == full

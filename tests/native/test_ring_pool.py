@@ -1,9 +1,10 @@
 """The target's shared ring pool and the no-drop policy, with the real
 producer code (native/agent/lanes.c) writing and the real drain code
 (native/src/drain.c) collecting."""
+import struct
 import threading
 
-from lanetrace._native import lib
+from lanetrace._native import ffi, lib
 from lanetrace.core.shm import parse_records
 
 RECS_PER_RING = 1024 // 32
@@ -147,3 +148,29 @@ def test_no_drop__no_drainer__then_one_timeout_and_the_rest_dropped_as_blocked_t
     assert seqs_of(drain_all(shard), 8) == [2 * RECS_PER_RING + 51, 2 * RECS_PER_RING + 52,
                                             2 * RECS_PER_RING + 53]
     assert seg.drops()["blocked_timeout"] == 50
+
+
+def mapped_pages(seg):
+    """Pages of the segment mapped in this process (/proc/self/pagemap bit 63)."""
+    base, size = int(ffi.cast("uintptr_t", seg._map.base)), seg._map.size
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(base // 4096 * 8)
+        entries = f.read(size // 4096 * 8)
+    return sum(1 for (e,) in struct.iter_unpack("<Q", entries) if e >> 63)
+
+
+def test_pool__ring_borrowed_first_time__then_all_its_pages_are_mapped_before_they_are_written(
+        segments, session_id):
+    ring_bytes = 16384
+    recs = ring_bytes // 32
+    seg = segments(session_id, slots=1, shards=1, ring_bytes=ring_bytes, rings_per_lane=2, pool_rings=4)
+    seg.set_mode("PER_THREAD_ONLY")
+    p = seg._attach_producer(6)
+    emit(p, 2 * recs)  # the lane's own rings, full
+    before = mapped_pages(seg)
+    emit(p, 1)  # borrows a pool ring and writes one record at its start
+    assert seg.pool_stats()["poolBorrows"] == 1
+    assert mapped_pages(seg) - before == ring_bytes // 4096
+    emit(p, recs - 1)  # the rest of the ring takes no fault: nothing new is mapped
+    assert mapped_pages(seg) - before == ring_bytes // 4096
+    assert seqs_of(drain_all(seg.shard(0)), 6) == list(range(1, 3 * recs + 1))
