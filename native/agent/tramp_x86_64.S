@@ -19,6 +19,38 @@
     .text
     .intel_syntax noprefix
 
+/* One 32-byte index record at the producer's fill, stamped with rdtsc, then
+ * the fill published. rcx = producer, esi = depth; fid at [FIDSRC + FIDOFF];
+ * clobbers rax, rdx and SCRATCH. */
+    .macro WRITE_RECORD fidsrc, fidoff, scratch64, scratch32, kind
+    rdtsc
+    shl rdx, 32
+    or rax, rdx                                 /* ts */
+    mov edx, dword ptr [rcx + LT_P_FILL]
+    shl rdx, 5
+    add rdx, qword ptr [rcx + LT_P_RING]        /* the record */
+    mov qword ptr [rdx + LT_R_TS], rax
+    mov rax, qword ptr [rcx + LT_P_SEQ]
+    add rax, 1
+    mov qword ptr [rcx + LT_P_SEQ], rax
+    mov qword ptr [rdx + LT_R_SEQ], rax
+    mov \scratch32, dword ptr [rcx + LT_P_TID]
+    mov eax, dword ptr [\fidsrc + \fidoff]
+    shl rax, 32
+    or rax, \scratch64
+    mov qword ptr [rdx + LT_R_TID_FID], rax
+    mov eax, esi
+    shl eax, 16
+    or eax, \kind                               /* kind, depth, flags 0 */
+    mov qword ptr [rdx + LT_R_KIND_DEPTH], rax
+    mov eax, dword ptr [rcx + LT_P_FILL]
+    add eax, 1
+    mov dword ptr [rcx + LT_P_FILL], eax
+    mov rdx, qword ptr [rcx + LT_P_RING_FILL]
+    mov dword ptr [rdx], eax    /* release (x86 stores are): pairs with the drainer's acquire of fill */
+    .endm
+
+
 /* The common case runs here without C, as lt_on_entry would: a traced
  * (role 0), non-trigger function on an active thread not inside our
  * handler, recording on in the thread's session, TSC stamps, room in the
@@ -91,31 +123,7 @@ lt_entry_tramp:
     jae .Lentry_unguard                         /* we are not: a signal alternate stack */
 .Lentry_record:
     mov r8, rax                                 /* desc */
-    rdtsc
-    shl rdx, 32
-    or rax, rdx                                 /* ts */
-    mov edx, dword ptr [rcx + LT_P_FILL]
-    shl rdx, 5
-    add rdx, qword ptr [rcx + LT_P_RING]        /* the record */
-    mov qword ptr [rdx + LT_R_TS], rax
-    mov rax, qword ptr [rcx + LT_P_SEQ]
-    add rax, 1
-    mov qword ptr [rcx + LT_P_SEQ], rax
-    mov qword ptr [rdx + LT_R_SEQ], rax
-    mov edi, dword ptr [rcx + LT_P_TID]
-    mov eax, dword ptr [r8 + LT_D_FID]
-    shl rax, 32
-    or rax, rdi
-    mov qword ptr [rdx + LT_R_TID_FID], rax
-    mov eax, esi
-    shl eax, 16
-    or eax, 1                                   /* LT_KIND_ENTRY, depth, flags 0 */
-    mov qword ptr [rdx + LT_R_KIND_DEPTH], rax
-    mov eax, dword ptr [rcx + LT_P_FILL]
-    add eax, 1
-    mov dword ptr [rcx + LT_P_FILL], eax
-    mov rdx, qword ptr [rcx + LT_P_RING_FILL]
-    mov dword ptr [rdx], eax    /* release (x86 stores are): pairs with the drainer's acquire of fill */
+    WRITE_RECORD r8, LT_D_FID, rdi, edi, 1      /* LT_KIND_ENTRY */
     sub dword ptr [rcx + LT_P_COUNTDOWN], 1
     mov eax, esi
     shl rax, LT_F_SHIFT
@@ -234,31 +242,7 @@ lt_exit_tramp:
     mov eax, dword ptr [rcx + LT_P_FILL]
     cmp eax, dword ptr [rcx + LT_P_CAP]
     jae .Lexit_unguard
-    rdtsc
-    shl rdx, 32
-    or rax, rdx                                 /* ts */
-    mov edx, dword ptr [rcx + LT_P_FILL]
-    shl rdx, 5
-    add rdx, qword ptr [rcx + LT_P_RING]        /* the record */
-    mov qword ptr [rdx + LT_R_TS], rax
-    mov rax, qword ptr [rcx + LT_P_SEQ]
-    add rax, 1
-    mov qword ptr [rcx + LT_P_SEQ], rax
-    mov qword ptr [rdx + LT_R_SEQ], rax
-    mov r8d, dword ptr [rcx + LT_P_TID]
-    mov eax, dword ptr [rdi + LT_F_FID]
-    shl rax, 32
-    or rax, r8
-    mov qword ptr [rdx + LT_R_TID_FID], rax
-    mov eax, esi
-    shl eax, 16
-    or eax, 2                                   /* LT_KIND_RETURN, depth, flags 0 */
-    mov qword ptr [rdx + LT_R_KIND_DEPTH], rax
-    mov eax, dword ptr [rcx + LT_P_FILL]
-    add eax, 1
-    mov dword ptr [rcx + LT_P_FILL], eax
-    mov rdx, qword ptr [rcx + LT_P_RING_FILL]
-    mov dword ptr [rdx], eax    /* release (x86 stores are): pairs with the drainer's acquire of fill */
+    WRITE_RECORD rdi, LT_F_FID, r8, r8d, 2      /* LT_KIND_RETURN */
     sub dword ptr [rcx + LT_P_COUNTDOWN], 1
     mov dword ptr [rcx + LT_T_DEPTH], esi       /* pop the frame */
     mov rax, qword ptr [rdi + LT_F_RET]
