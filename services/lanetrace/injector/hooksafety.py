@@ -38,6 +38,7 @@ import hashlib
 import logging
 import os
 import struct
+import threading
 import zipfile
 from dataclasses import dataclass
 
@@ -70,10 +71,9 @@ ALREADY_PATCHED = "already-patched"
 BUSY = "busy"
 
 
+# padding checks only: ids and bytes, no details
 _MD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-_MD.detail = True
 _CAPSTONE_LIB = os.path.join(os.path.dirname(capstone.__file__), "lib", "libcapstone.so")
-_INT32 = (-(1 << 31), (1 << 31) - 1)
 
 
 @dataclass
@@ -240,30 +240,6 @@ _UNMOVABLE = {X.X86_INS_LOOP, X.X86_INS_LOOPE, X.X86_INS_LOOPNE, X.X86_INS_JRCXZ
               X.X86_INS_JECXZ, X.X86_INS_XBEGIN}
 
 
-def _rel32(frm_end: int, target: int) -> bytes | None:
-    d = target - frm_end
-    if not _INT32[0] <= d <= _INT32[1]:
-        return None
-    return struct.pack("<i", d)
-
-
-def _rip_relative(insn) -> bool:
-    return any(op.type == X.X86_OP_MEM and op.mem.base == X.X86_REG_RIP for op in insn.operands)
-
-
-def _fixed_disp(insn, here: int) -> bytes | None:
-    """The instruction's bytes with its RIP-relative displacement re-aimed
-    from ``here``, or None when out of reach."""
-    if insn.disp_size != 4:
-        return None
-    rel = _rel32(here + insn.size, insn.address + insn.size + insn.disp)
-    if rel is None:
-        return None
-    b = bytearray(insn.bytes)
-    b[insn.disp_offset:insn.disp_offset + 4] = rel
-    return bytes(b)
-
-
 def _is_padding(insn) -> bool:
     return insn.id in (X.X86_INS_NOP, X.X86_INS_INT3) or insn.bytes == b"\x00\x00"
 
@@ -290,86 +266,81 @@ def _only_padding(code: bytes, address: int) -> bool:
     return n == len(code)
 
 
+def _capstone_layout():
+    """Where capstone (this build of its Python binding) keeps the details
+    that lt_relocate reads: taken from the binding's own ctypes structures."""
+    import ctypes
+
+    insn, detail, x86 = capstone._cs_insn, capstone._cs_detail, capstone.x86.CsX86
+    op = capstone.x86.X86Op
+    lay = ffi.new("lt_cs_layout *")
+    lay.insn_detail = insn.detail.offset
+    lay.det_groups = detail.groups.offset
+    lay.det_groups_count = detail.groups_count.offset
+    lay.det_x86 = detail.arch.offset  # a union: every member starts there
+    lay.x86_op_count = x86.op_count.offset
+    lay.x86_operands = x86.operands.offset
+    enc = x86.encoding.offset
+    lay.x86_disp_offset = enc + capstone.x86.CsX86Encoding.disp_offset.offset
+    lay.x86_disp_size = enc + capstone.x86.CsX86Encoding.disp_size.offset
+    lay.op_size = ctypes.sizeof(op)
+    lay.op_type = op.type.offset
+    lay.op_value = op.value.offset
+    lay.op_mem_base = op.value.offset + capstone.x86.X86OpMem.base.offset
+    lay.op_mem_kind, lay.reg_rip = X.X86_OP_MEM, X.X86_REG_RIP
+    lay.grp_jump, lay.grp_call, lay.grp_ret = capstone.CS_GRP_JUMP, capstone.CS_GRP_CALL, capstone.CS_GRP_RET
+    lay.grp_int, lay.grp_iret = capstone.CS_GRP_INT, capstone.CS_GRP_IRET
+    lay.grp_branch_relative = capstone.CS_GRP_BRANCH_RELATIVE
+    lay.ins_jmp, lay.ins_ud2, lay.ins_hlt = X.X86_INS_JMP, X.X86_INS_UD2, X.X86_INS_HLT
+    lay.ins_nop, lay.ins_int3 = X.X86_INS_NOP, X.X86_INS_INT3
+    for i, ins in enumerate(sorted(_UNMOVABLE)):
+        lay.unmovable[i] = ins
+    for ins, opcode in _JCC_REL32.items():
+        lay.jcc[opcode - 0x80] = ins
+    return lay
+
+
+_relocators = threading.local()
+
+
+def _relocator():
+    """This thread's scanner with details on (Frida's message thread analyses
+    modules loaded later while the main thread may analyse others)."""
+    s = getattr(_relocators, "scanner", None)
+    if s is None:
+        s = BranchScanner()
+        if lib.lt_scan_set_layout(s._s, _capstone_layout()) != 0:
+            raise RuntimeError("capstone cannot decode with details")
+        _relocators.scanner = s
+    return s
+
+
+_RELOC_REASONS = {lib.LT_RELOC_TOO_SHORT: TOO_SHORT, lib.LT_RELOC_UNRELOCATABLE: UNRELOCATABLE}
+
+
 def relocate(code: bytes, address: int, new_address: int,
              min_len: int = PATCH_LEN) -> tuple[bytes, int] | str:
     """Relocates whole instructions of ``code`` (the bytes at ``address``)
     until at least ``min_len`` bytes are covered, for execution at
     ``new_address``, followed by a jump back. A function that ends (ret,
     jmp) before PATCH_LEN bytes may still be patched when only alignment
-    padding follows it: the padding is overwritten, never run. Returns
-    (bytes, covered) or a reason code."""
-    out = bytearray()
-    covered = 0
-    ended = False
-    for insn in _MD.disasm(code, address):
-        if covered >= min_len:
-            break
-        if ended:
-            if not _is_padding(insn):
-                return TOO_SHORT
-            covered += insn.size
-            continue
-        here = new_address + len(out)
-        groups = set(insn.groups)
-        if insn.id in _UNMOVABLE:
-            return UNRELOCATABLE
-        if capstone.CS_GRP_RET in groups:
-            out += insn.bytes
-            ended = True
-        elif capstone.CS_GRP_IRET in groups or capstone.CS_GRP_INT in groups or \
-                insn.id in (X.X86_INS_UD2, X.X86_INS_HLT):
-            return TOO_SHORT
-        elif capstone.CS_GRP_CALL in groups:
-            # The callee must return into the function itself, where the
-            # unwinder finds its frame: push the original return address and
-            # jump. A call is at least 5 bytes, so it is the last one moved.
-            ret_to = insn.address + insn.size
-            out += b"\x48\x8d\x64\x24\xf8"                                  # lea rsp, [rsp-8]
-            out += b"\xc7\x04\x24" + struct.pack("<I", ret_to & 0xFFFFFFFF)      # mov dword [rsp], lo
-            out += b"\xc7\x44\x24\x04" + struct.pack("<I", ret_to >> 32)        # mov dword [rsp+4], hi
-            here = new_address + len(out)
-            if capstone.CS_GRP_BRANCH_RELATIVE in groups:
-                rel = _rel32(here + 5, insn.operands[0].imm)
-                if rel is None:
-                    return UNRELOCATABLE
-                out += b"\xe9" + rel
-            elif _rip_relative(insn) and insn.bytes[-6:-4] == b"\xff\x15":     # call [rip+d]
-                rel = _rel32(here + 6, insn.address + insn.size + insn.disp)
-                if rel is None:
-                    return UNRELOCATABLE
-                out += insn.bytes[:-6] + b"\xff\x25" + rel
-            else:
-                return UNRELOCATABLE  # call reg / call [reg]: its jmp twin may read rsp
-            ended = True
-        elif capstone.CS_GRP_BRANCH_RELATIVE in groups:
-            target = insn.operands[0].imm
-            if insn.id == X.X86_INS_JMP:
-                rel = _rel32(here + 5, target)
-                if rel is None:
-                    return UNRELOCATABLE
-                out += b"\xe9" + rel
-                ended = True
-            else:
-                op = _JCC_REL32.get(insn.id)
-                rel = _rel32(here + 6, target)
-                if op is None or rel is None:
-                    return UNRELOCATABLE
-                out += bytes((0x0F, op)) + rel
-        else:  # moved as it is, its RIP-relative operand re-aimed
-            b = _fixed_disp(insn, here) if _rip_relative(insn) else insn.bytes
-            if b is None:
-                return UNRELOCATABLE
-            out += b
-            ended = capstone.CS_GRP_JUMP in groups  # jmp reg / jmp [mem]: the function ends
-        covered += insn.size
-    if covered < min_len:
-        return TOO_SHORT  # ran out of decodable bytes
-    if not ended:
-        back = _rel32(new_address + len(out) + 5, address + covered)
-        if back is None:
-            return UNRELOCATABLE
-        out += b"\xe9" + back
-    return bytes(out), covered
+    padding follows it: the padding is overwritten, never run. A relative
+    call is moved as a push of the original return address and a jump (the
+    callee returns into the function itself, where the unwinder finds its
+    frame); ``loop``/``jrcxz``/``xbegin``, an indirect call, and anything
+    whose target is out of rel32 reach from the slot are unrelocatable.
+    Returns (bytes, covered) or a reason code. Decoded and rewritten by
+    native/src/hookscan.c (lt_relocate)."""
+    out = ffi.new("uint8_t[256]")
+    covered = ffi.new("uint32_t *")
+    n = lib.lt_relocate(_relocator()._s, ffi.from_buffer(code), len(code), address, new_address,
+                        min_len, out, 256, covered)
+    if n < 0:
+        reason = _RELOC_REASONS.get(n)
+        if reason is None:
+            raise RuntimeError("instruction decoder failed")
+        return reason
+    return bytes(ffi.buffer(out, n)), covered[0]
 
 
 class _Branches:
