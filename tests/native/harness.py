@@ -176,7 +176,8 @@ class Traced:
         for fn in self.plan["functions"]:
             if fn["name"] in fallback and self.verdicts[fn["id"]].kind == "fast":
                 self.verdicts[fn["id"]] = hooksafety.Verdict("fallback", "forced by the test")
-        self.install = self.api.install({"verdicts": {str(k): v.to_agent() for k, v in self.verdicts.items()}})
+        self.install = self.api.install(hooksafety.install_request(
+            self.verdicts, *hooksafety.planned_entries(self.plan["functions"])))
         if triggers is not None:
             ids = [fid for fid, fn in self.functions.items() if fn["name"] in triggers]
             self.triggers = self.api.set_triggers({"functionIds": ids})
@@ -193,8 +194,8 @@ class Traced:
                 for fn in p["functions"]:
                     self.functions[fn["id"]] = fn
                 verdicts = hooksafety.decide(self.pid, p.get("modules", []), p["functions"])
-                self.script.post({"type": "functions-ack", "seq": p["seq"],
-                                  "verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+                self.script.post({"type": "functions-ack", "seq": p["seq"], **hooksafety.install_request(
+                    verdicts, *hooksafety.planned_entries(p["functions"]))})
 
     def resume(self):
         self.device.resume(self.pid)

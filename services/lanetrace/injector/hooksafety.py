@@ -89,13 +89,43 @@ class Verdict:
     tramp_expect: bytes = b""
     window: tuple[int, int] = (0, 0)  # the r-x mapping the patch lies in, made writable meanwhile
 
-    def to_agent(self) -> dict:
-        if self.kind != "fast":
-            return {"kind": self.kind, "reason": self.reason}
-        return {"kind": "fast", "patchOff": self.patch_off, "patchLen": self.patch_len,
-                "slot": hex(self.slot), "code": self.code.hex(), "expect": self.expect.hex(),
-                "tramp": hex(self.tramp), "trampExpect": self.tramp_expect.hex(),
-                "window": [hex(self.window[0]), hex(self.window[1])]}
+
+# install.c's record header: fid, role, site, slot, tramp, window lo/hi,
+# patch_len, code_len
+_RECORD = struct.Struct("<IIQQQQQBB")
+
+
+def install_request(verdicts: dict[int, Verdict], addresses: dict[int, int],
+                    roles: dict[int, int]) -> dict:
+    """The agent's ``install()`` argument for ``verdicts``: every verdict's
+    kind (and reason), and the fast ones' code as one batch of records that
+    native/agent/install.c writes in a single call. ``addresses``: function
+    id -> entry; ``roles``: function id -> role, for the role functions."""
+    kinds: dict[str, dict] = {}
+    fast = []
+    for fid, v in verdicts.items():
+        if v.kind != "fast":
+            kinds[str(fid)] = {"kind": v.kind, "reason": v.reason}
+            continue
+        kinds[str(fid)] = {"kind": "fast"}
+        address, role = addresses[fid], roles.get(fid, 0)
+        fast.append((v.window, address, fid, role, v))
+    fast.sort(key=lambda r: (r[0], r[1]))  # one writable window per mapping
+    records = []
+    for (lo, hi), address, fid, role, v in fast:
+        if len(v.expect) != v.patch_len or len(v.code) > 255 or (v.tramp and len(v.tramp_expect) != PATCH_LEN):
+            raise ValueError(f"function {fid}: inconsistent fast verdict")
+        records.append(_RECORD.pack(fid, role, address + v.patch_off, v.slot, v.tramp, lo, hi,
+                                    v.patch_len, len(v.code)))
+        records.append(v.code + v.expect + (v.tramp_expect if v.tramp else b""))
+    return {"verdicts": kinds, "batch": b"".join(records).hex()}
+
+
+def planned_entries(planned: list[dict]) -> tuple[dict[int, int], dict[int, int]]:
+    """(function id -> entry address, function id -> role) of the agent's
+    planned functions, as install_request takes them."""
+    return ({f["id"]: int(f["address"], 16) for f in planned},
+            {f["id"]: int(f["role"]) for f in planned if f.get("role")})
 
 
 class ProcessMemory:
@@ -417,8 +447,11 @@ def _short_patch(mem, branches, start_arr, slot, addr, size, off, head) -> Verdi
             return None
         if any(t > b for _, t, _ in branches.into(b, addr)):
             return None  # something jumps into the middle of the padding
+        tramp_expect = mem.read(b, PATCH_LEN)
+        if len(tramp_expect) != PATCH_LEN:
+            return None
         return Verdict("fast", patch_off=off, patch_len=covered, slot=slot, code=code,
-                       expect=head[off:off + covered], tramp=b, tramp_expect=mem.read(b, PATCH_LEN))
+                       expect=head[off:off + covered], tramp=b, tramp_expect=tramp_expect)
     return None
 
 

@@ -362,7 +362,7 @@ class Injector:
         except TriggerError as exc:
             raise TargetError(str(exc)) from None
         target.planned = functions
-        target.addresses = {f["id"]: int(f["address"], 16) for f in planned}
+        target.addresses, target.roles = hooksafety.planned_entries(planned)
         # what may be patched, decided from the code in memory before the
         # writer is needed
         target.verdicts = hooksafety.decide(pid, plan.get("modules", []), planned)
@@ -387,7 +387,8 @@ class Injector:
         if attached:
             installed = self.install_stopped(target, agent, verdicts)
         else:  # spawned: suspended at its entry point, no thread runs
-            installed = agent.install({"verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+            installed = agent.install(hooksafety.install_request(verdicts, target.addresses,
+                                                                 target.roles))
         target.mark("live")
         self.record_hooks(target, functions, verdicts, installed, target.selection_skips)
         log.info("pid %d: %d functions planned: %d fast, %d fallback, %d skipped %s", pid,
@@ -418,8 +419,9 @@ class Injector:
             except (WriterUnavailable, WriterRejected) as exc:
                 log.error("pid %d: could not publish late functions: %s", target.pid, exc)
             target.hook_batches.append([functions, verdicts, {}, payload.get("skipped", [])])
+            addresses, roles = hooksafety.planned_entries(planned)
             target.agent.post({"type": "functions-ack",
-                               "verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+                               **hooksafety.install_request(verdicts, addresses, roles)})
         elif payload.get("type") == "installed" and target.hook_batches:
             target.hook_batches[-1][2] = payload
             self._summarize_hooks(target)
@@ -440,7 +442,7 @@ class Injector:
             with StoppedThreads(target.pid, _program_threads(target)) as stopped:
                 busy = stopped.inside(hooksafety.patch_ranges(pending, addresses))
                 now = {k: v for k, v in pending.items() if k not in busy}
-                result = agent.install({"verdicts": {str(k): v.to_agent() for k, v in now.items()}})
+                result = agent.install(hooksafety.install_request(now, addresses, target.roles))
             if stopped.unstoppable:
                 log.warning("pid %d: threads %s could not be stopped while hooks were written",
                             target.pid, stopped.unstoppable)
@@ -455,7 +457,8 @@ class Injector:
         for k in pending:  # still busy: left alone, and said so
             verdicts[k] = hooksafety.Verdict("skip", hooksafety.BUSY)
         if pending:
-            agent.install({"verdicts": {str(k): verdicts[k].to_agent() for k in pending}})
+            agent.install(hooksafety.install_request({k: verdicts[k] for k in pending}, addresses,
+                                                     target.roles))
         return total
 
     def record_hooks(self, target: TracedProcess, functions, verdicts, installed, skipped) -> None:
