@@ -189,7 +189,7 @@ class BranchScanner:
 
     def branches(self, code: bytes, base: int, starts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         st = np.asarray(sorted(s for s in starts if base <= s < base + len(code)), dtype=np.uint64)
-        cap = max(1024, len(code) // 16)
+        cap = max(1024, len(code) // 8)  # about one branch per 12-16 bytes of code: one call
         while True:
             src = np.empty(cap, dtype=np.uint64)
             dst = np.empty(cap, dtype=np.uint64)
@@ -210,8 +210,8 @@ class BranchScanner:
 # depends only on the bytes and the function starts, so it is kept, relative
 # to the range's base, in memory and under the user's cache directory.
 _BRANCH_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-_BRANCH_CACHE_MIN_BYTES = 1 << 20  # smaller ranges are swept in milliseconds
-BRANCH_CACHE_VERSION = 1
+_BRANCH_CACHE_MIN_BYTES = 1 << 17  # smaller ranges are swept in milliseconds
+BRANCH_CACHE_VERSION = 2  # 2: kept sorted by target
 
 
 def _decoder_identity() -> str:
@@ -227,7 +227,7 @@ def branch_cache_dir() -> str:
 
 def _cached_branches(scanner: BranchScanner, code: bytes, base: int, starts: list[int]):
     if len(code) < _BRANCH_CACHE_MIN_BYTES:
-        return scanner.branches(code, base, starts)
+        return _by_target(*scanner.branches(code, base, starts))
     rel = np.asarray([s - base for s in starts if base <= s < base + len(code)], dtype=np.uint64)
     h = hashlib.blake2b(code, digest_size=20)
     h.update(rel.tobytes())
@@ -240,12 +240,17 @@ def _cached_branches(scanner: BranchScanner, code: bytes, base: int, starts: lis
             with np.load(path) as z:
                 hit = (z["src"], z["dst"], z["kind"])
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-            src, dst, kind = scanner.branches(code, base, starts)
+            src, dst, kind = _by_target(*scanner.branches(code, base, starts))
             hit = (src - np.uint64(base), dst - np.uint64(base), kind)
             _store(path, hit)
         _BRANCH_CACHE[key] = hit
     src, dst, kind = hit
     return src + np.uint64(base), dst + np.uint64(base), kind
+
+
+def _by_target(src, dst, kind):
+    order = np.argsort(dst, kind="stable")
+    return src[order], dst[order], kind[order]
 
 
 def _store(path: str, branches) -> None:
@@ -270,8 +275,11 @@ _UNMOVABLE = {X.X86_INS_LOOP, X.X86_INS_LOOPE, X.X86_INS_LOOPNE, X.X86_INS_JRCXZ
               X.X86_INS_JECXZ, X.X86_INS_XBEGIN}
 
 
-def _is_padding(insn) -> bool:
-    return insn.id in (X.X86_INS_NOP, X.X86_INS_INT3) or insn.bytes == b"\x00\x00"
+def _padding_flags(code: bytes, address: int):
+    """(address, size, is_padding) of each instruction decoded from code
+    until the first undecodable byte: nop, int3 or ``00 00``."""
+    for at, size, mnemonic, _ in _MD.disasm_lite(code, address):
+        yield at, size, mnemonic in ("nop", "int3") or code[at - address:at - address + size] == b"\x00\x00"
 
 
 def _hooked_elsewhere(mem: ProcessMemory, at: int, code: bytes) -> bool:
@@ -289,10 +297,10 @@ def _hooked_elsewhere(mem: ProcessMemory, at: int, code: bytes) -> bool:
 
 def _only_padding(code: bytes, address: int) -> bool:
     n = 0
-    for insn in _MD.disasm(code, address):
-        if not _is_padding(insn):
+    for _, size, pad in _padding_flags(code, address):
+        if not pad:
             return False
-        n += insn.size
+        n += size
     return n == len(code)
 
 
@@ -374,20 +382,19 @@ def relocate(code: bytes, address: int, new_address: int,
 
 
 class _Branches:
-    """Direct branch targets of a module, sorted, for range queries."""
+    """Direct branches of a module, sorted by target, for range queries."""
 
     def __init__(self, src, dst, kind):
-        order = np.argsort(dst, kind="stable")
-        # plain lists: one query per function, where numpy's per-call cost
-        # is most of the time
-        self.src, self.dst, self.kind = (src[order].tolist(), dst[order].tolist(),
-                                         kind[order].tolist())
+        if len(dst) > 1 and not bool((dst[1:] >= dst[:-1]).all()):  # several ranges
+            src, dst, kind = _by_target(src, dst, kind)
+        self.src, self.dst, self.kind = src, dst, kind
 
     def into(self, lo: int, hi: int):
         """(source, target, kind) of every branch with lo <= target < hi."""
-        a = bisect.bisect_left(self.dst, lo)
-        b = bisect.bisect_left(self.dst, hi, a)
-        return list(zip(self.src[a:b], self.dst[a:b], self.kind[a:b]))
+        a, b = self.dst.searchsorted(np.array((lo, hi), dtype=np.uint64)).tolist()
+        if a == b:
+            return []
+        return list(zip(self.src[a:b].tolist(), self.dst[a:b].tolist(), self.kind[a:b].tolist()))
 
     def lands_in_patch(self, addr: int, size: int, off: int, p_lo: int, p_hi: int) -> bool:
         """A branch would run patched bytes: one into (p_lo, p_hi), one from
@@ -408,10 +415,10 @@ def _padding_before(mem: ProcessMemory, prev_start: int, addr: int) -> list[int]
     when the decoder does not land exactly on ``addr``."""
     code = mem.read(prev_start, addr - prev_start)
     bounds, kinds, pc = [], [], prev_start
-    for insn in _MD.disasm(code, prev_start):
-        bounds.append(insn.address)
-        kinds.append(_is_padding(insn))
-        pc = insn.address + insn.size
+    for at, size, pad in _padding_flags(code, prev_start):
+        bounds.append(at)
+        kinds.append(pad)
+        pc = at + size
     if pc != addr:
         return []
     out = []
@@ -422,7 +429,7 @@ def _padding_before(mem: ProcessMemory, prev_start: int, addr: int) -> list[int]
     return out
 
 
-def _short_patch(mem, branches, start_arr, slot, addr, size, off, head) -> Verdict | None:
+def _short_patch(mem, branches, starts, slot, addr, size, off, head) -> Verdict | None:
     """The short form, for an entry whose 5-byte patch would cover a branch
     target: a 2-byte ``jmp rel8`` at the entry to a ``jmp rel32`` written in
     the alignment padding just before the function (padding that is either
@@ -437,10 +444,10 @@ def _short_patch(mem, branches, start_arr, slot, addr, size, off, head) -> Verdi
     code, covered = rel
     if p_lo + covered > addr + size or branches.lands_in_patch(addr, size, off, p_lo, p_lo + covered):
         return None
-    i = int(np.searchsorted(start_arr, np.uint64(addr), side="left")) - 1
-    if i < 0 or addr - int(start_arr[i]) > 8192:
+    i = bisect.bisect_left(starts, addr) - 1
+    if i < 0 or addr - starts[i] > 8192:
         return None
-    for b in _padding_before(mem, int(start_arr[i]), addr):
+    for b in _padding_before(mem, starts[i], addr):
         if addr - b < PATCH_LEN:
             continue
         if p_lo + SHORT_PATCH_LEN - b > 128:
@@ -489,7 +496,6 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
     else:
         none = np.empty(0, dtype=np.uint64)
         branches = _Branches(none, none, np.empty(0, dtype=np.uint8))
-    start_arr = np.asarray(starts, dtype=np.uint64)
 
     next_slot = 0
     for f in sorted(functions, key=lambda f: int(f["address"], 16)):
@@ -501,16 +507,16 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
         if mem.exec_range_of(addr) is None:
             verdicts[fid] = Verdict("skip", NOT_EXECUTABLE)
             continue
-        j = int(np.searchsorted(start_arr, np.uint64(addr), side="right"))  # next function
+        j = bisect.bisect_right(starts, addr)  # next function
         if size <= 0:
             if not f.get("ifunc"):
                 verdicts[fid] = Verdict("skip", UNKNOWN_SIZE)
                 continue
             # an IFUNC implementation has no symbol of its own: its end is
             # where the next known function starts (the decoder stops at ret)
-            size = int(start_arr[j]) - addr if j < len(start_arr) else 64
+            size = starts[j] - addr if j < len(starts) else 64
         # the code, and what follows it up to the next function (padding)
-        room = (int(start_arr[j]) if j < len(start_arr) else addr + size + 16) - addr
+        room = (starts[j] if j < len(starts) else addr + size + 16) - addr
         head = mem.read(addr, max(1, min(max(size, room), 64)))
         if not head:
             verdicts[fid] = Verdict("skip", UNREADABLE)
@@ -523,9 +529,9 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
             verdicts[fid] = Verdict("fallback", NO_MEMORY_NEAR)
             continue
         slot = module.slot_base + next_slot * SLOT_BYTES
-        why = _full_patch_problem(branches, start_arr, slot, addr, size, off, head)
+        why = _full_patch_problem(branches, starts, slot, addr, size, off, head)
         if why in (TOO_SHORT, SHARED_CODE, BRANCH_INTO_PATCH):
-            why = _short_patch(mem, branches, start_arr, slot, addr, size, off, head) or why
+            why = _short_patch(mem, branches, starts, slot, addr, size, off, head) or why
         if isinstance(why, Verdict):
             why.window = mem.exec_range_of(addr)
             verdicts[fid] = why
@@ -535,7 +541,7 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
     return verdicts
 
 
-def _full_patch_problem(branches, start_arr, slot, addr, size, off, head) -> Verdict | str:
+def _full_patch_problem(branches, starts, slot, addr, size, off, head) -> Verdict | str:
     """The 5-byte patch at the entry: its verdict, or the reason it is unsafe."""
     rel = relocate(head[off:], addr + off, slot + STUB_BYTES)
     if isinstance(rel, str):
@@ -546,8 +552,8 @@ def _full_patch_problem(branches, start_arr, slot, addr, size, off, head) -> Ver
     p_lo, p_hi = addr + off, addr + off + covered
     if p_hi > addr + size and not _only_padding(head[size:p_hi - addr], addr + size):
         return TOO_SHORT  # the patch would reach past the function
-    j = int(np.searchsorted(start_arr, np.uint64(addr), side="right"))
-    if j < len(start_arr) and int(start_arr[j]) < p_hi:
+    j = bisect.bisect_right(starts, addr)
+    if j < len(starts) and starts[j] < p_hi:
         return SHARED_CODE  # another function starts inside the patched bytes
     if branches.lands_in_patch(addr, size, off, p_lo, p_hi):
         return BRANCH_INTO_PATCH
