@@ -105,7 +105,7 @@ def attach_once(pid, work, label, selection=MALLOC):
     proc, wall = lanetrace(["attach", *selection, "--duration", "2", str(pid)], out)
     row = {"wall": wall, "ok": proc.returncode == 0}
     if proc.returncode != 0:
-        row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1] + keep_logs(out)
         return row
     session = session_of(out)
     target = session["targets"][0]
@@ -126,6 +126,14 @@ def attach_once(pid, work, label, selection=MALLOC):
         row["error"] = "no call recorded"
     shutil.rmtree(out, ignore_errors=True)
     return row
+
+
+def keep_logs(out_dir) -> str:
+    """A failed session's logs, kept past the end of the benchmark."""
+    kept = tempfile.mkdtemp(prefix="lanetrace-bench-attach-failed-")
+    for logs in glob.glob(os.path.join(out_dir, "*", "logs")):
+        shutil.copytree(logs, os.path.join(kept, os.path.basename(os.path.dirname(logs))))
+    return f" (logs kept in {kept})"
 
 
 def alive(proc):

@@ -1066,7 +1066,9 @@ EXPORT int lt_init(const char *shm_name, char *err, uint32_t errlen)
         pthread_atfork(NULL, NULL, fork_child);
     }
     lt_shm_map m;
-    int rc = lt_shm_open_ex(shm_name, &m, err, errlen, 1);
+    /* populated later (lt_populate), once the hooks are live: ~0.1 s for
+     * the default segment, which would otherwise delay them */
+    int rc = lt_shm_open_ex(shm_name, &m, err, errlen, 0);
     if (rc)
         return rc;
     g_map = m;
@@ -1079,6 +1081,14 @@ EXPORT int lt_init(const char *shm_name, char *err, uint32_t errlen)
     atomic_fetch_add_explicit(&g_epoch, 1, REL);
     atomic_store_explicit(&g_recording, 1, RLX);
     return 0;
+}
+
+/* Prefault the segment up to the detail rings (lt_shm_populate) so the
+ * program takes no page fault on its first pass through each index ring. */
+EXPORT void lt_populate(void)
+{
+    if (g_ctl)
+        lt_shm_populate(&g_map);
 }
 
 /* Stop recording. Hooks are reverted by agent.js; frames that still return

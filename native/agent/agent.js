@@ -128,6 +128,7 @@ const st = {
   detached: false,
   dlopenErrors: [],
   triggers: new Set(),       // function ids flagged as triggers
+  populated: false,          // lt_populate scheduled
 };
 
 const MARK_KINDS = { symbol: 1, crash: 2, time: 3, manual: 4 };
@@ -463,6 +464,7 @@ function init(opts) {
     ignore: new NativeFunction(e('lt_ignore_thread'), 'void', ['uint32']),
     ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
     detach: new NativeFunction(e('lt_detach'), 'void', []),
+    populate: new NativeFunction(e('lt_populate'), 'void', []),
     stats: new NativeFunction(e('lt_agent_stats'), 'void', ['pointer']),
     setTrigger: new NativeFunction(e('lt_set_trigger'), 'void', ['pointer', 'uint32', 'uint32']),
     addMark: new NativeFunction(e('lt_add_mark'), 'int', ['uint32', 'uint32', 'uint32']),
@@ -506,9 +508,20 @@ function plan(opts) {
   return r;
 }
 
+/* The segment's pages are mapped in once the hooks are live, after this
+ * RPC has answered (lt_init leaves them out: ~0.1 s that would delay the
+ * hooks). Until then a thread's first pass through a ring takes page faults. */
+function populateSoon() {
+  if (st.populated) return;
+  st.populated = true;
+  setTimeout(() => { if (!st.detached) st.nf.populate(); }, 0);
+}
+
 function install(opts) {
   if (st.selection === null) throw new Error('install: call plan first');
-  return installPending((opts && opts.verdicts) || {}, (opts && opts.batch) || '');
+  const res = installPending((opts && opts.verdicts) || {}, (opts && opts.batch) || '');
+  populateSoon();
+  return res;
 }
 
 function detach() {
