@@ -123,7 +123,7 @@ class Traced:
                  ring_bytes=65536, rings_per_lane=8, pass_fds=(), stdin=None, _wait_line=None,
                  mode="PER_THREAD_ONLY", global_records=16384, detail_ring_bytes=65536,
                  detail_rings_per_lane=4, detail=None, triggers=None, heartbeat=False,
-                 before_install=None, fallback=("tiny",)):
+                 before_install=None, fallback=("tiny",), install_request=hooksafety.install_request):
         self.functions = {}
         self.messages = []
         self.output = []
@@ -176,7 +176,7 @@ class Traced:
         for fn in self.plan["functions"]:
             if fn["name"] in fallback and self.verdicts[fn["id"]].kind == "fast":
                 self.verdicts[fn["id"]] = hooksafety.Verdict("fallback", "forced by the test")
-        self.install = self.api.install(hooksafety.install_request(
+        self.install = self.api.install(install_request(
             self.verdicts, *hooksafety.planned_entries(self.plan["functions"])))
         if triggers is not None:
             ids = [fid for fid, fn in self.functions.items() if fn["name"] in triggers]
