@@ -248,6 +248,21 @@ def _cached_branches(scanner: BranchScanner, code: bytes, base: int, starts: lis
     return src + np.uint64(base), dst + np.uint64(base), kind
 
 
+def sweep_ahead(pid: int, ranges: list[tuple[int, int]], starts: list[int]) -> None:
+    """Sweeps the code ranges of a module of ``pid`` for branches with
+    these function starts and keeps the result in the branch cache, where
+    decide_module finds it if the agent reports the same starts."""
+    scanner = BranchScanner()
+    try:
+        with ProcessMemory(pid) as mem:
+            for lo, hi in ranges:
+                code = mem.read(lo, hi - lo)
+                if code:
+                    _cached_branches(scanner, code, lo, starts)
+    finally:
+        scanner.close()
+
+
 def _by_target(src, dst, kind):
     order = np.argsort(dst, kind="stable")
     return src[order], dst[order], kind[order]

@@ -35,6 +35,7 @@ from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
 from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard, release_frida
 from lanetrace.injector.srclocator import SourceLocator
+from lanetrace.injector.sweepahead import SweepAhead
 from lanetrace.injector.threadnames import ThreadNames
 from lanetrace.injector.threadstop import StoppedThreads, thread_ids
 from lanetrace.injector.traced import TargetError, TracedProcess
@@ -302,6 +303,8 @@ class Injector:
                                       name=f"preallocate-{pid}")
         allocating.start()
         target.program_tids = thread_ids(pid)
+        # the branch sweep of the hook-safety analysis runs while Frida attaches
+        target.sweep_ahead = SweepAhead(pid, self.selection)
         try:
             target.session = self.device.attach(pid)
         except frida.ProcessNotFoundError:
@@ -363,6 +366,7 @@ class Injector:
             raise TargetError(str(exc)) from None
         target.planned = functions
         target.addresses, target.roles = hooksafety.planned_entries(planned)
+        target.sweep_ahead.wait()
         # what may be patched, decided from the code in memory before the
         # writer is needed
         target.verdicts = hooksafety.decide(pid, plan.get("modules", []), planned)
@@ -409,19 +413,21 @@ class Injector:
             # which carries the safety verdicts.
             planned = payload.get("functions", [])
             functions = traced_functions(planned)
+            # before publishing, which turns the addresses into integers
+            addresses, roles = hooksafety.planned_entries(planned)
             try:
                 verdicts = hooksafety.decide(target.pid, payload.get("modules", []), planned)
+                request = hooksafety.install_request(verdicts, addresses, roles)
             except Exception as exc:  # never patch what was not analysed
                 log.error("pid %d: hook safety analysis failed: %s", target.pid, exc)
                 verdicts = {f["id"]: hooksafety.Verdict("skip", hooksafety.UNREADABLE) for f in planned}
+                request = hooksafety.install_request(verdicts, addresses, roles)
             try:
                 self.publish_functions(target, functions)
             except (WriterUnavailable, WriterRejected) as exc:
                 log.error("pid %d: could not publish late functions: %s", target.pid, exc)
             target.hook_batches.append([functions, verdicts, {}, payload.get("skipped", [])])
-            addresses, roles = hooksafety.planned_entries(planned)
-            target.agent.post({"type": "functions-ack",
-                               **hooksafety.install_request(verdicts, addresses, roles)})
+            target.agent.post({"type": "functions-ack", **request})
         elif payload.get("type") == "installed" and target.hook_batches:
             target.hook_batches[-1][2] = payload
             self._summarize_hooks(target)
