@@ -21,7 +21,7 @@
  *           skipped:[{name, reason}],
  *           modules:[{name, path, base, size, starts:[address...], slotBase, slotCount}]}
  *   install({verdicts: {id: {kind:'fast'} | {kind:'fallback'|'skip', reason}},
- *            batch: hex of the fast hooks' records (install.c)})
+ *            batch: hex of the fast hooks' records (install.c), populateNow?})
  *       planned functions without a verdict stay pending for a later install()
  *       -> {replaced, attached, failed:[{name, reason, code}], demoted:{reason: n}}
  *   setTriggers({functionIds:[...]}) -> {set, unknown:[...]}
@@ -168,7 +168,7 @@ const BUILTIN_MOD = BUILTIN_EXCLUDE_MODULES.map(([g, why]) => ({ re: globToRegEx
 const BUILTIN_FN = BUILTIN_EXCLUDE_FUNCTIONS.map(([g, why]) => ({ re: globToRegExp(g), why }));
 /* all of BUILTIN_FN in one test: most functions match none, and one regex
  * per function instead of a hundred is most of the plan's time */
-const BUILTIN_FN_ANY = new RegExp(BUILTIN_FN.map(b => `(?:${b.re.source})`).join('|'));
+const BUILTIN_FN_ANY = new RegExp(`^(?:${BUILTIN_FN.map(b => b.re.source.slice(1, -1)).join('|')})$`);
 
 function builtinModuleExclude(mod) {
   const libBase = st.agentLibPath ? st.agentLibPath.split('/').pop() : null;
@@ -510,7 +510,10 @@ function plan(opts) {
 
 /* The segment's pages are mapped in once the hooks are live, after this
  * RPC has answered (lt_init leaves them out: ~0.1 s that would delay the
- * hooks). Until then a thread's first pass through a ring takes page faults. */
+ * hooks). Until then a thread's first pass through a ring takes page faults,
+ * and a thread's first event (its state is mmapped) waits for the populate.
+ * A spawned target, still suspended, asks for it inside install() instead
+ * (populateNow), so the program starts with every page mapped. */
 function populateSoon() {
   if (st.populated) return;
   st.populated = true;
@@ -520,6 +523,7 @@ function populateSoon() {
 function install(opts) {
   if (st.selection === null) throw new Error('install: call plan first');
   const res = installPending((opts && opts.verdicts) || {}, (opts && opts.batch) || '');
+  if (opts && opts.populateNow && !st.populated) { st.populated = true; st.nf.populate(); }
   populateSoon();
   return res;
 }

@@ -391,8 +391,10 @@ class Injector:
         if attached:
             installed = self.install_stopped(target, agent, verdicts)
         else:  # spawned: suspended at its entry point, no thread runs
-            installed = agent.install(hooksafety.install_request(verdicts, target.addresses,
-                                                                 target.roles))
+            # the segment's pages mapped in before the program runs, not under its first events
+            installed = agent.install({**hooksafety.install_request(verdicts, target.addresses,
+                                                                    target.roles),
+                                       "populateNow": True})
         target.mark("live")
         self.record_hooks(target, functions, verdicts, installed, target.selection_skips)
         log.info("pid %d: %d functions planned: %d fast, %d fallback, %d skipped %s", pid,
