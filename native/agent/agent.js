@@ -386,7 +386,11 @@ function installPending(verdicts, batch) {
   const b = installBatch(batch || '', fast.size);
   for (let i = 0; i < b.n; i++) {
     const fn = fast.get(b.fids[i]);
-    if (fn === undefined) continue;
+    if (fn === undefined) { // not pending with a fast verdict in this call: never leave it untracked
+      const stub = b.stubs.add(8 * i).readPointer();
+      if (!stub.isNull()) st.nf.revert(stub);
+      continue;
+    }
     fast.delete(fn.id);
     if (b.whys[i] === 0) {
       st.installed.push({ fn, kind: 'replaced', stub: b.stubs.add(8 * i).readPointer() });
@@ -464,7 +468,7 @@ function init(opts) {
     ignore: new NativeFunction(e('lt_ignore_thread'), 'void', ['uint32']),
     ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
     detach: new NativeFunction(e('lt_detach'), 'void', []),
-    populate: new NativeFunction(e('lt_populate'), 'void', []),
+    populateStep: new NativeFunction(e('lt_populate_step'), 'int', []),
     stats: new NativeFunction(e('lt_agent_stats'), 'void', ['pointer']),
     setTrigger: new NativeFunction(e('lt_set_trigger'), 'void', ['pointer', 'uint32', 'uint32']),
     addMark: new NativeFunction(e('lt_add_mark'), 'int', ['uint32', 'uint32', 'uint32']),
@@ -509,21 +513,27 @@ function plan(opts) {
 }
 
 /* The segment's pages are mapped in once the hooks are live, after this
- * RPC has answered (lt_init leaves them out: ~0.1 s that would delay the
- * hooks). Until then a thread's first pass through a ring takes page faults,
- * and a thread's first event (its state is mmapped) waits for the populate.
+ * RPC has answered (lt_init leaves them out: ~0.1 s for the default segment,
+ * seconds for a big one, that would delay the hooks), 4 MiB per JS turn so
+ * other RPCs and a thread's first event (its state is mmapped, which waits
+ * for a populate in progress) wait for one chunk at most. Until then a
+ * thread's first pass through a ring takes page faults.
  * A spawned target, still suspended, asks for it inside install() instead
  * (populateNow), so the program starts with every page mapped. */
 function populateSoon() {
   if (st.populated) return;
   st.populated = true;
-  setTimeout(() => { if (!st.detached) st.nf.populate(); }, 0);
+  const step = () => { if (!st.detached && st.nf.populateStep() !== 0) setTimeout(step, 0); };
+  setTimeout(step, 0);
 }
 
 function install(opts) {
   if (st.selection === null) throw new Error('install: call plan first');
   const res = installPending((opts && opts.verdicts) || {}, (opts && opts.batch) || '');
-  if (opts && opts.populateNow && !st.populated) { st.populated = true; st.nf.populate(); }
+  if (opts && opts.populateNow && !st.populated) {
+    st.populated = true;
+    while (st.nf.populateStep() !== 0) { /* suspended: nothing waits */ }
+  }
   populateSoon();
   return res;
 }
