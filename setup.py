@@ -16,6 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # name: a file outside this list never ends up in a traced process.
 AGENT_SOURCES = [
     "native/agent/agent.c",
+    "native/agent/install.c",
     "native/agent/tramp_x86_64.S",
     "native/agent/lanes.c",
     "native/src/shm.c",  # maps the segment once, at load; not on the record path

@@ -15,6 +15,8 @@ Scenarios, each run --reps times:
               the same moment
   idle-many,  the same two with python3.11's default selection (the symbols of
   loaded-many the executable, ~1,500 functions) instead of malloc
+  idle-2000,  the same two with ~2,000 functions of libcrypto (A-D*, EVP_*) in
+  loaded-2000 a python3.11 that loops over hashlib.sha256
   run         ``lanetrace run -- examples/bin/add`` (a trivial program) next
               to the same program untraced
   frida-bare  frida.attach + create_script('') + load + detach on the same
@@ -55,6 +57,12 @@ LOOP = ("import json, sys\n"
         "print('ready', flush=True)\n"
         "while True:\n"
         "    json.dumps(doc)\n")
+# Digests through OpenSSL (hashlib's EVP calls into libcrypto), for the
+# 2,000-function selection below.
+LOOP_SSL = ("import hashlib, ssl\n"
+            "print('ready', flush=True)\n"
+            "while True:\n"
+            "    hashlib.sha256(b'x' * 100).hexdigest()\n")
 BURN = "while True: pass\n"
 
 
@@ -77,8 +85,8 @@ def session_of(out_dir):
         return json.load(f)
 
 
-def start_loop_target():
-    proc = subprocess.Popen([TARGET_PY, "-c", LOOP], stdout=subprocess.PIPE, text=True)
+def start_loop_target(program=LOOP):
+    proc = subprocess.Popen([TARGET_PY, "-c", program], stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError("the python target did not start")
     return proc
@@ -97,6 +105,8 @@ def steps(target_timings, session_timings):
 
 
 MALLOC = ["-i", "libc.so*!malloc"]
+# ~2,000 of libcrypto's exported functions (those starting A-D, and EVP_*)
+CRYPTO_2000 = ["-i", "libcrypto*![A-D]*", "-i", "libcrypto*!EVP_*"]
 
 
 def attach_once(pid, work, label, selection=MALLOC):
@@ -105,7 +115,7 @@ def attach_once(pid, work, label, selection=MALLOC):
     proc, wall = lanetrace(["attach", *selection, "--duration", "2", str(pid)], out)
     row = {"wall": wall, "ok": proc.returncode == 0}
     if proc.returncode != 0:
-        row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1] + keep_logs(out)
         return row
     session = session_of(out)
     target = session["targets"][0]
@@ -128,16 +138,24 @@ def attach_once(pid, work, label, selection=MALLOC):
     return row
 
 
+def keep_logs(out_dir) -> str:
+    """A failed session's logs, kept past the end of the benchmark."""
+    kept = tempfile.mkdtemp(prefix="lanetrace-bench-attach-failed-")
+    for logs in glob.glob(os.path.join(out_dir, "*", "logs")):
+        shutil.copytree(logs, os.path.join(kept, os.path.basename(os.path.dirname(logs))))
+    return f" (logs kept in {kept})"
+
+
 def alive(proc):
     return proc.poll() is None
 
 
-def scenario_attach(reps, work, load=0, concurrent=0, selection=MALLOC):
+def scenario_attach(reps, work, load=0, concurrent=0, selection=MALLOC, program=LOOP):
     rows, failures = [], []
     burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(load)]
     try:
         for rep in range(reps):
-            target = start_loop_target()
+            target = start_loop_target(program)
             others = [start_loop_target() for _ in range(concurrent)]
             try:
                 results: dict[int, dict] = {}
@@ -243,7 +261,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--concurrent", type=int, default=3,
                     help="other sessions started with each loaded attach (default 3)")
-    ap.add_argument("--only", default="idle,loaded,idle-many,loaded-many,run,frida-bare")
+    ap.add_argument("--only", default="idle,loaded,idle-many,loaded-many,idle-2000,loaded-2000,"
+                                      "run,frida-bare")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -262,6 +281,14 @@ def main() -> int:
             results["loaded attach, exe"] = scenario_attach(args.reps, work, load=2,
                                                             concurrent=args.concurrent,
                                                             selection=[])
+        # libcrypto in a python3.11 that digests with hashlib: ~2,000 functions
+        if "idle-2000" in only:
+            results["idle attach, 2000"] = scenario_attach(args.reps, work, selection=CRYPTO_2000,
+                                                           program=LOOP_SSL)
+        if "loaded-2000" in only:
+            results["loaded attach, 2000"] = scenario_attach(
+                args.reps, work, load=2, concurrent=args.concurrent, selection=CRYPTO_2000,
+                program=LOOP_SSL)
         if "run" in only:
             rows, failures, untraced = scenario_run(args.reps, work)
             results["run add"] = (rows, failures)

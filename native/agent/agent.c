@@ -1098,6 +1098,8 @@ static void fork_child(void)
 /* Map the session's segment and start recording. Returns 0 or -errno; err
  * (may be NULL) gets a message. A second init after lt_detach joins a new
  * session; the old mapping is kept (late frames may still reference it). */
+static uint64_t g_populated; /* bytes of the segment prefaulted (lt_populate_step) */
+
 EXPORT int lt_init(const char *shm_name, char *err, uint32_t errlen)
 {
     static int once;
@@ -1108,11 +1110,14 @@ EXPORT int lt_init(const char *shm_name, char *err, uint32_t errlen)
         pthread_atfork(NULL, NULL, fork_child);
     }
     lt_shm_map m;
-    int rc = lt_shm_open_ex(shm_name, &m, err, errlen, 1);
+    /* populated later (lt_populate_step), once the hooks are live: ~0.1 s
+     * for the default segment, which would otherwise delay them */
+    int rc = lt_shm_open_ex(shm_name, &m, err, errlen, 0);
     if (rc)
         return rc;
     g_map = m;
     g_ctl = lt_ctl_of(&g_map);
+    g_populated = 0;
     /* acquire: pairs with lt_tsc_enable's release; the clock is fixed for
      * this session (lt_tsc_enable refuses once agent_state is set) */
     atomic_store_explicit(&g_clock_tsc, atomic_load_explicit(&g_ctl->clock, ACQ) == LT_CLOCK_TSC, RLX);
@@ -1121,6 +1126,32 @@ EXPORT int lt_init(const char *shm_name, char *err, uint32_t errlen)
     atomic_fetch_add_explicit(&g_epoch, 1, REL);
     atomic_store_explicit(&g_recording, 1, RLX);
     return 0;
+}
+
+/* Prefault the segment up to the detail rings, one chunk per call, so the
+ * program takes no page fault on its first pass through each index ring.
+ * In chunks: while a populate holds the address space, a thread's first
+ * event (which maps its state) waits, so it must wait for one chunk only,
+ * and the lifecycle thread answers RPCs between chunks. Returns 1 while
+ * more remains. Lifecycle thread only. */
+#define POPULATE_CHUNK (4ull << 20)
+
+EXPORT int lt_populate_step(void)
+{
+    if (!g_ctl)
+        return 0;
+    uint64_t end = g_ctl->drings_off < g_map.size ? g_ctl->drings_off : g_map.size;
+    if (g_populated >= end)
+        return 0;
+    uint64_t n = end - g_populated < POPULATE_CHUNK ? end - g_populated : POPULATE_CHUNK;
+    uint8_t *at = (uint8_t *)g_map.base + g_populated;
+    if (madvise(at, n, MADV_POPULATE_WRITE) != 0) { /* older kernel: touch each page */
+        volatile uint8_t *b = at;
+        for (uint64_t o = 0; o < n; o += 4096)
+            (void)b[o];
+    }
+    g_populated += n;
+    return g_populated < end;
 }
 
 /* Stop recording. Hooks are reverted by agent.js; frames that still return

@@ -20,8 +20,8 @@
  *       -> {functions:[{id, module, modulePath, name, address, size, ifunc?}],
  *           skipped:[{name, reason}],
  *           modules:[{name, path, base, size, starts:[address...], slotBase, slotCount}]}
- *   install({verdicts: {id: {kind:'fast', patchOff, patchLen, slot, code, expect, tramp, trampExpect}
- *                          | {kind:'fallback'|'skip', reason}}})
+ *   install({verdicts: {id: {kind:'fast'} | {kind:'fallback'|'skip', reason}},
+ *            batch: hex of the fast hooks' records (install.c), populateNow?})
  *       planned functions without a verdict stay pending for a later install()
  *       -> {replaced, attached, failed:[{name, reason, code}], demoted:{reason: n}}
  *   setTriggers({functionIds:[...]}) -> {set, unknown:[...]}
@@ -34,7 +34,7 @@
  * Later dlopen()s: matching functions are first announced with
  *   send({type:'functions', seq, modules:[...as in plan], functions:[...], skipped})
  * and the loading thread blocks on recv('functions-ack') (the injector
- * posts {type:'functions-ack', seq, verdicts} once the writer acked them)
+ * posts {type:'functions-ack', seq, verdicts, batch} once the writer acked them)
  * before the hooks are installed, before dlopen returns.
  */
 
@@ -128,6 +128,7 @@ const st = {
   detached: false,
   dlopenErrors: [],
   triggers: new Set(),       // function ids flagged as triggers
+  populated: false,          // lt_populate scheduled
 };
 
 const MARK_KINDS = { symbol: 1, crash: 2, time: 3, manual: 4 };
@@ -165,6 +166,9 @@ function compilePatterns(list, what) {
 
 const BUILTIN_MOD = BUILTIN_EXCLUDE_MODULES.map(([g, why]) => ({ re: globToRegExp(g), why }));
 const BUILTIN_FN = BUILTIN_EXCLUDE_FUNCTIONS.map(([g, why]) => ({ re: globToRegExp(g), why }));
+/* all of BUILTIN_FN in one test: most functions match none, and one regex
+ * per function instead of a hundred is most of the plan's time */
+const BUILTIN_FN_ANY = new RegExp(`^(?:${BUILTIN_FN.map(b => b.re.source.slice(1, -1)).join('|')})$`);
 
 function builtinModuleExclude(mod) {
   const libBase = st.agentLibPath ? st.agentLibPath.split('/').pop() : null;
@@ -251,7 +255,7 @@ function planModule(mod, sel, isMain) {
     }
     const ex = sel.exclude.find(p => (p.module === null || p.module.test(mod.name)) && aliasMatch(p.func) !== undefined);
     if (ex) { out.skipped.push({ name: `${mod.name}!${name}`, reason: `excluded by -x ${ex.text}` }); continue; }
-    const b = BUILTIN_FN.find(x => aliasMatch(x.re) !== undefined);
+    const b = aliasMatch(BUILTIN_FN_ANY) === undefined ? undefined : BUILTIN_FN.find(x => aliasMatch(x.re) !== undefined);
     if (b) { out.skipped.push({ name: `${mod.name}!${name}`, reason: `built-in exclude: ${b.why}` }); continue; }
     const key = f.address.toString();
     if (st.byAddress.has(key)) continue; // aliases across modules / replans
@@ -324,25 +328,35 @@ function glue() {
   return st.cm;
 }
 
-function writeHex(buf, hex) {
-  const bytes = new Array(hex.length / 2);
-  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(hex.substr(2 * i, 2), 16);
-  if (bytes.length) buf.writeByteArray(bytes);
-  return bytes.length;
+/* The fast hooks of one install, written by one native call (install.c,
+ * lt_install_batch) from the injector's batch (hex): for each record, its
+ * function id, its stub (0 when not installed) and lt_install's reason. */
+function installBatch(hex, max) {
+  const fids = Memory.alloc(4 * max), stubs = Memory.alloc(8 * max), whys = Memory.alloc(4 * max);
+  let n = max === 0 || hex.length === 0 ? 0
+    : st.nf.installBatch(Memory.allocUtf8String(hex), uint64(hex.length), max, fids, stubs, whys).toNumber();
+  const malformed = n < 0;
+  if (malformed) n = -1 - n;
+  return {
+    n, malformed, stubs,
+    fids: n ? new Uint32Array(fids.readByteArray(4 * n)) : [],
+    whys: n ? new Int32Array(whys.readByteArray(4 * n)) : [],
+  };
 }
 
-/* Install the pending functions as the injector decided (verdicts by id).
- * A fast hook goes live when its jump is written (lt_install); spawned
- * targets are suspended meanwhile, running ones see hooks appear one by one
- * and are recorded from each thread's next call. */
-function installPending(verdicts) {
+/* Install the pending functions as the injector decided (verdicts by id;
+ * the fast ones' code is in `batch`, hooksafety.install_request). A fast
+ * hook goes live when its jump is written (lt_install); spawned targets are
+ * suspended meanwhile, running ones have their threads stopped by the
+ * injector. Nothing here may take a libc lock: one of the stopped threads
+ * may hold it. */
+function installPending(verdicts, batch) {
   const res = { replaced: 0, attached: 0, failed: [], demoted: {} };
   const todo = st.pending;
   st.pending = [];
   if (todo.length === 0 || st.detached) return res;
   verdicts = verdicts || {};
   let cm = null, cmError = null;
-  const code = Memory.alloc(256), expect = Memory.alloc(64), texpect = Memory.alloc(16), why = Memory.alloc(4);
   const attach = (fn, reason) => {
     try {
       if (cm === null && cmError === null) { try { cm = glue(); } catch (e) { cmError = e.message; } }
@@ -356,47 +370,44 @@ function installPending(verdicts) {
       res.failed.push(f);
     }
   };
-  // One writable window per executable mapping (the injector names it)
-  // instead of two mprotects per hook. Nothing here may take a libc lock:
-  // in a running program the injector has stopped the program's threads,
-  // one of which may hold it.
-  let window = null;
-  const unlockFor = w => {
-    if (!w || (window !== null && window[0] === w[0] && window[1] === w[1])) return;
-    if (window !== null) { st.nf.lockCode(); window = null; }
-    if (st.nf.unlockCode(uint64(w[0]), uint64(w[1])) === 0) window = w;
+  const fail = (fn, reason, code) => {
+    const f = { name: `${fn.module}!${fn.name}`, reason, code };
+    st.failed.push(f);
+    res.failed.push(f);
   };
+  const fast = new Map();
   for (const fn of todo) {
     const v = verdicts[fn.id] || verdicts[String(fn.id)];
     if (v === undefined) { st.pending.push(fn); continue; } // for a later install() (a thread was inside it)
     if (v.kind === 'skip') continue; // counted by the injector
     if (v.kind === 'fallback') { if (!fn.role) attach(fn, v.reason); continue; }
-    const n = writeHex(code, v.code);
-    writeHex(expect, v.expect);
-    writeHex(texpect, v.trampExpect || '');
-    unlockFor(v.window);
-    const stub = st.nf.install(fn.id, fn.role || 0, ptr(fn.address).add(v.patchOff), v.patchLen, ptr(v.slot),
-      code, n, expect, ptr(v.tramp || '0x0'), texpect, why);
-    if (!stub.isNull()) {
-      st.installed.push({ fn, kind: 'replaced', stub });
+    fast.set(fn.id, fn);
+  }
+  const b = installBatch(batch || '', fast.size);
+  for (let i = 0; i < b.n; i++) {
+    const fn = fast.get(b.fids[i]);
+    if (fn === undefined) { // not pending with a fast verdict in this call: never leave it untracked
+      const stub = b.stubs.add(8 * i).readPointer();
+      if (!stub.isNull()) st.nf.revert(stub);
+      continue;
+    }
+    fast.delete(fn.id);
+    if (b.whys[i] === 0) {
+      st.installed.push({ fn, kind: 'replaced', stub: b.stubs.add(8 * i).readPointer() });
       if (fn.role) res.roles = (res.roles || 0) + 1; else res.replaced++;
       continue;
     }
-    const reason = LT_INSTALL_WHY[why.readS32()] || 'install-failed';
-    if (reason === 'code-changed') {
-      const f = { name: `${fn.module}!${fn.name}`, reason: 'its code changed after the safety analysis', code: reason };
-      st.failed.push(f);
-      res.failed.push(f);
-      continue;
-    }
+    const reason = LT_INSTALL_WHY[b.whys[i]] || 'install-failed';
+    if (reason === 'code-changed') { fail(fn, 'its code changed after the safety analysis', reason); continue; }
     if (fn.role) continue;
     res.demoted[reason] = (res.demoted[reason] || 0) + 1;
     attach(fn, reason);
   }
-  if (window !== null) st.nf.lockCode();
+  for (const fn of fast.values())  // decided fast, but its record was missing or malformed
+    fail(fn, b.malformed ? 'malformed install record' : 'no install record', 'install-failed');
   Interceptor.flush();
   // triggers chosen before these functions existed
-  for (const h of st.installed.slice(st.installed.length - res.replaced - res.attached))
+  for (const h of st.installed.slice(st.installed.length - res.replaced - res.attached - (res.roles || 0)))
     if (st.triggers.has(h.fn.id)) st.nf.setTrigger(h.stub || NULL, h.fn.id, 1);
   return res;
 }
@@ -410,13 +421,13 @@ function onModulesMaybeLoaded() {
   const r = planModules(fresh);
   if (r.functions.length > 0) {
     const seq = ++st.seq;
-    let acked = false, verdicts = {};
+    let acked = false, verdicts = {}, batch = '';
     // register before sending, in one JS turn: acks arrive in send order
-    const op = recv('functions-ack', msg => { acked = true; verdicts = msg.verdicts || {}; });
+    const op = recv('functions-ack', msg => { acked = true; verdicts = msg.verdicts || {}; batch = msg.batch || ''; });
     send({ type: 'functions', seq, modules: r.modules, functions: r.functions, skipped: r.skipped });
     op.wait();
     if (!acked) return;
-    const res = installPending(verdicts);
+    const res = installPending(verdicts, batch);
     send({ type: 'installed', failed: res.failed, demoted: res.demoted, replaced: res.replaced, attached: res.attached });
     return;
   }
@@ -451,14 +462,13 @@ function init(opts) {
   st.nf = {
     init: new NativeFunction(e('lt_init'), 'int', ['pointer', 'pointer', 'uint32']),
     allocNear: new NativeFunction(e('lt_alloc_near'), 'pointer', ['uint64', 'uint64', 'uint64']),
-    install: new NativeFunction(e('lt_install'), 'pointer',
-      ['uint32', 'uint32', 'pointer', 'uint32', 'pointer', 'pointer', 'uint32', 'pointer', 'pointer', 'pointer', 'pointer']),
+    installBatch: new NativeFunction(e('lt_install_batch'), 'int64',
+      ['pointer', 'uint64', 'uint32', 'pointer', 'pointer', 'pointer']),
     revert: new NativeFunction(e('lt_revert'), 'int', ['pointer']),
-    unlockCode: new NativeFunction(e('lt_unlock_code'), 'int', ['uint64', 'uint64']),
-    lockCode: new NativeFunction(e('lt_lock_code'), 'void', []),
     ignore: new NativeFunction(e('lt_ignore_thread'), 'void', ['uint32']),
     ignoreForeign: new NativeFunction(e('lt_ignore_foreign_threads'), 'int', ['pointer', 'uint32']),
     detach: new NativeFunction(e('lt_detach'), 'void', []),
+    populateStep: new NativeFunction(e('lt_populate_step'), 'int', []),
     stats: new NativeFunction(e('lt_agent_stats'), 'void', ['pointer']),
     setTrigger: new NativeFunction(e('lt_set_trigger'), 'void', ['pointer', 'uint32', 'uint32']),
     addMark: new NativeFunction(e('lt_add_mark'), 'int', ['uint32', 'uint32', 'uint32']),
@@ -502,9 +512,30 @@ function plan(opts) {
   return r;
 }
 
+/* The segment's pages are mapped in once the hooks are live, after this
+ * RPC has answered (lt_init leaves them out: ~0.1 s for the default segment,
+ * seconds for a big one, that would delay the hooks), 4 MiB per JS turn so
+ * other RPCs and a thread's first event (its state is mmapped, which waits
+ * for a populate in progress) wait for one chunk at most. Until then a
+ * thread's first pass through a ring takes page faults.
+ * A spawned target, still suspended, asks for it inside install() instead
+ * (populateNow), so the program starts with every page mapped. */
+function populateSoon() {
+  if (st.populated) return;
+  st.populated = true;
+  const step = () => { if (!st.detached && st.nf.populateStep() !== 0) setTimeout(step, 0); };
+  setTimeout(step, 0);
+}
+
 function install(opts) {
   if (st.selection === null) throw new Error('install: call plan first');
-  return installPending((opts && opts.verdicts) || {});
+  const res = installPending((opts && opts.verdicts) || {}, (opts && opts.batch) || '');
+  if (opts && opts.populateNow && !st.populated) {
+    st.populated = true;
+    while (st.nf.populateStep() !== 0) { /* suspended: nothing waits */ }
+  }
+  populateSoon();
+  return res;
 }
 
 function detach() {

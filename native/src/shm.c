@@ -266,17 +266,23 @@ int lt_shm_open_ex(const char *name, lt_shm_map *out, char *err, size_t errlen, 
             snprintf(err, errlen, "shared memory %s: %s", name, why);
         return -EPROTO;
     }
-    if (populate && c->drings_off <= (uint64_t)st.st_size &&
-        madvise(base, c->drings_off, MADV_POPULATE_WRITE) != 0) {
-        /* older kernel: touch every page of the part before the detail rings */
-        volatile uint8_t *b = base;
-        for (uint64_t o = 0; o < c->drings_off; o += 4096)
-            (void)b[o];
-    }
     out->base = base;
     out->size = (size_t)st.st_size;
     out->fd = fd;
+    if (populate)
+        lt_shm_populate(out);
     return 0;
+}
+
+void lt_shm_populate(const lt_shm_map *m)
+{
+    const lt_ctl *c = m->base;
+    if (c->drings_off > m->size || madvise(m->base, c->drings_off, MADV_POPULATE_WRITE) == 0)
+        return;
+    /* older kernel: touch every page of the part before the detail rings */
+    volatile uint8_t *b = m->base;
+    for (uint64_t o = 0; o < c->drings_off; o += 4096)
+        (void)b[o];
 }
 
 void lt_shm_close(lt_shm_map *m)

@@ -147,6 +147,26 @@ def test_relocate__target_beyond_rel32_reach__then_unrelocatable():
     assert hs.relocate(code, 0x1000, 0x7f0000000000) == hs.UNRELOCATABLE
 
 
+def test_relocate__indirect_call_through_rip__then_return_address_pushed_and_jump_through_the_same_slot():
+    code = bytes.fromhex("ff1500100000") + b"\x90" * 4  # call [rip + 0x1000] at 0x3000
+    out, covered = hs.relocate(code, 0x3000, 0x8000)
+    insns = disasm(out, 0x8000)
+    assert covered == 6 and len(insns) == 4  # lea, two movs of the return address, jmp
+    assert insns[1][1] == "dword ptr [rsp], 0x3006" and insns[2][1] == "dword ptr [rsp + 4], 0"
+    jmp = list(MD.disasm(out, 0x8000))[3]
+    disp = int.from_bytes(jmp.bytes[2:6], "little", signed=True)  # ff 25 disp32
+    assert jmp.bytes[:2] == b"\xff\x25" and jmp.address + jmp.size + disp == 0x3006 + 0x1000
+
+
+def test_relocate__jrcxz_or_xbegin_at_entry__then_unrelocatable():
+    assert hs.relocate(bytes.fromhex("e310") + b"\x90" * 8, 0x1000, 0x8000) == hs.UNRELOCATABLE
+    assert hs.relocate(bytes.fromhex("c7f810000000") + b"\x90" * 4, 0x1000, 0x8000) == hs.UNRELOCATABLE
+
+
+def test_relocate__ud2_before_five_bytes__then_too_short():
+    assert hs.relocate(bytes.fromhex("0f0b") + b"\x90" * 8, 0x1000, 0x8000) == hs.TOO_SHORT
+
+
 def test_summarize__skips_and_fallbacks__then_grouped_by_reason_with_every_function_named():
     functions = [{"id": i, "module": "m", "name": f"f{i}"} for i in (1, 2, 3, 4)]
     verdicts = {1: hs.Verdict("fast"), 2: hs.Verdict("skip", hs.TOO_SHORT),
@@ -203,7 +223,7 @@ def test_branch_cache__large_range_swept_twice_and_cache_file_corrupted__then_sa
     base, starts = 0x7f0000000000, [0x7f0000000000 + o for o in range(0, len(code), 4096)]
     scanner = hs.BranchScanner()
     try:
-        direct = scanner.branches(code, base, starts)
+        direct = hs._by_target(*scanner.branches(code, base, starts))  # the cache keeps this order
         assert len(direct[0]) > 1000
         first = hs._cached_branches(scanner, code, base, starts)
         [cached] = os.listdir(hs.branch_cache_dir())

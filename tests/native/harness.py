@@ -123,7 +123,8 @@ class Traced:
                  ring_bytes=65536, rings_per_lane=8, pass_fds=(), stdin=None, _wait_line=None,
                  mode="PER_THREAD_ONLY", global_records=16384, detail_ring_bytes=65536,
                  detail_rings_per_lane=4, detail=None, triggers=None, heartbeat=False,
-                 silent_shards=(), before_install=None, fallback=("tiny",), clock="auto"):
+                 silent_shards=(), before_install=None, fallback=("tiny",), clock="auto",
+                 install_request=hooksafety.install_request):
         self.functions = {}
         self.messages = []
         self.output = []
@@ -177,7 +178,8 @@ class Traced:
         for fn in self.plan["functions"]:
             if fn["name"] in fallback and self.verdicts[fn["id"]].kind == "fast":
                 self.verdicts[fn["id"]] = hooksafety.Verdict("fallback", "forced by the test")
-        self.install = self.api.install({"verdicts": {str(k): v.to_agent() for k, v in self.verdicts.items()}})
+        self.install = self.api.install(install_request(
+            self.verdicts, *hooksafety.planned_entries(self.plan["functions"])))
         if triggers is not None:
             ids = [fid for fid, fn in self.functions.items() if fn["name"] in triggers]
             self.triggers = self.api.set_triggers({"functionIds": ids})
@@ -194,8 +196,8 @@ class Traced:
                 for fn in p["functions"]:
                     self.functions[fn["id"]] = fn
                 verdicts = hooksafety.decide(self.pid, p.get("modules", []), p["functions"])
-                self.script.post({"type": "functions-ack", "seq": p["seq"],
-                                  "verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+                self.script.post({"type": "functions-ack", "seq": p["seq"], **hooksafety.install_request(
+                    verdicts, *hooksafety.planned_entries(p["functions"]))})
 
     def resume(self):
         self.device.resume(self.pid)

@@ -1,11 +1,13 @@
 """The native agent in real processes: Frida spawn/attach, replaceFast
 trampolines + CModule fallback, records read back from the shared memory."""
 import collections
+import dataclasses
 import os
 
 import pytest
 
 from lanetrace.core.shm import parse_records
+from lanetrace.injector import hooksafety
 from native.harness import ENTRY, RETURN, UNWOUND, Traced, check_stream
 
 pytestmark = pytest.mark.frida
@@ -363,3 +365,40 @@ def test_agent__tsc_stamps_in_assembly_and_clock_gettime_in_c__then_the_same_rec
     assert c_clock == "monotonic"
     assert fast_drops == c_drops == 0
     assert len(fast) == 3 and fast == full
+
+
+def test_agent__install_batch_with_changed_code_and_a_cut_record__then_every_function_reported(
+        session_id, target_bin):
+    """One batch installs every fast hook; a record whose analysed bytes no
+    longer match, and one cut off the batch, are each reported by name."""
+    seen = {}
+
+    def tampered(verdicts, addresses, roles):
+        # the batch is ordered by mapping, then address: cut the last record
+        fast = sorted((fid for fid, v in verdicts.items() if v.kind == "fast"),
+                      key=lambda fid: (verdicts[fid].window, addresses[fid]))
+        changed, cut = fast[0], fast[-1]
+        v = verdicts[changed]
+        verdicts[changed] = dataclasses.replace(v, expect=bytes([v.expect[0] ^ 0xFF]) + v.expect[1:])
+        last = hooksafety.install_request({cut: verdicts[cut]}, addresses, roles)["batch"]
+        request = hooksafety.install_request(verdicts, addresses, roles)
+        assert request["batch"].count(last) == 1
+        request["batch"] = request["batch"].replace(last, last[:len(last) // 2])
+        seen.update(changed=changed, cut=cut, fast=len(fast))
+        return request
+
+    t = Traced(session_id, [target_bin, "-1", "0", "0"],
+               selection={"include": ["target!fib", "target!fmix", "target!leaf", "target!work",
+                                      "target!tail_caller", "target!tiny"]},
+               install_request=tampered)
+    try:
+        names = {fid: f"{fn['module']}!{fn['name']}" for fid, fn in t.functions.items()}
+        failed = {f["name"]: f["code"] for f in t.install["failed"]}
+        assert failed == {names[seen["changed"]]: "code-changed",
+                          names[seen["cut"]]: "install-failed"}, t.install
+        assert t.install["replaced"] == seen["fast"] - 2
+        assert t.install["attached"] == 1  # tiny, forced onto the fallback by the harness
+        assert t.api.stats()["pending"] == 0
+    finally:
+        t.device.kill(t.pid)
+        t.close()

@@ -442,6 +442,8 @@ int lt_shm_open(const char *name, lt_shm_map *out, char *err, size_t errlen);
  * the traced program takes no page faults on its first pass through each
  * index ring; detail rings are faulted in only if the lane is used) */
 int lt_shm_open_ex(const char *name, lt_shm_map *out, char *err, size_t errlen, int populate);
+/* that prefault alone, for a mapping opened without it */
+void lt_shm_populate(const lt_shm_map *m);
 void lt_shm_close(lt_shm_map *m);
 int lt_shm_unlink(const char *name);
 

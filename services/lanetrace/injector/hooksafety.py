@@ -38,6 +38,7 @@ import hashlib
 import logging
 import os
 import struct
+import threading
 import zipfile
 from dataclasses import dataclass
 
@@ -70,10 +71,9 @@ ALREADY_PATCHED = "already-patched"
 BUSY = "busy"
 
 
+# padding checks only: ids and bytes, no details
 _MD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-_MD.detail = True
 _CAPSTONE_LIB = os.path.join(os.path.dirname(capstone.__file__), "lib", "libcapstone.so")
-_INT32 = (-(1 << 31), (1 << 31) - 1)
 
 
 @dataclass
@@ -89,13 +89,43 @@ class Verdict:
     tramp_expect: bytes = b""
     window: tuple[int, int] = (0, 0)  # the r-x mapping the patch lies in, made writable meanwhile
 
-    def to_agent(self) -> dict:
-        if self.kind != "fast":
-            return {"kind": self.kind, "reason": self.reason}
-        return {"kind": "fast", "patchOff": self.patch_off, "patchLen": self.patch_len,
-                "slot": hex(self.slot), "code": self.code.hex(), "expect": self.expect.hex(),
-                "tramp": hex(self.tramp), "trampExpect": self.tramp_expect.hex(),
-                "window": [hex(self.window[0]), hex(self.window[1])]}
+
+# install.c's record header: fid, role, site, slot, tramp, window lo/hi,
+# patch_len, code_len
+_RECORD = struct.Struct("<IIQQQQQBB")
+
+
+def install_request(verdicts: dict[int, Verdict], addresses: dict[int, int],
+                    roles: dict[int, int]) -> dict:
+    """The agent's ``install()`` argument for ``verdicts``: every verdict's
+    kind (and reason), and the fast ones' code as one batch of records that
+    native/agent/install.c writes in a single call. ``addresses``: function
+    id -> entry; ``roles``: function id -> role, for the role functions."""
+    kinds: dict[str, dict] = {}
+    fast = []
+    for fid, v in verdicts.items():
+        if v.kind != "fast":
+            kinds[str(fid)] = {"kind": v.kind, "reason": v.reason}
+            continue
+        kinds[str(fid)] = {"kind": "fast"}
+        address, role = addresses[fid], roles.get(fid, 0)
+        fast.append((v.window, address, fid, role, v))
+    fast.sort(key=lambda r: (r[0], r[1]))  # one writable window per mapping
+    records = []
+    for (lo, hi), address, fid, role, v in fast:
+        if len(v.expect) != v.patch_len or len(v.code) > 255 or (v.tramp and len(v.tramp_expect) != PATCH_LEN):
+            raise ValueError(f"function {fid}: inconsistent fast verdict")
+        records.append(_RECORD.pack(fid, role, address + v.patch_off, v.slot, v.tramp, lo, hi,
+                                    v.patch_len, len(v.code)))
+        records.append(v.code + v.expect + (v.tramp_expect if v.tramp else b""))
+    return {"verdicts": kinds, "batch": b"".join(records).hex()}
+
+
+def planned_entries(planned: list[dict]) -> tuple[dict[int, int], dict[int, int]]:
+    """(function id -> entry address, function id -> role) of the agent's
+    planned functions, as install_request takes them."""
+    return ({f["id"]: int(f["address"], 16) for f in planned},
+            {f["id"]: int(f["role"]) for f in planned if f.get("role")})
 
 
 class ProcessMemory:
@@ -159,7 +189,7 @@ class BranchScanner:
 
     def branches(self, code: bytes, base: int, starts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         st = np.asarray(sorted(s for s in starts if base <= s < base + len(code)), dtype=np.uint64)
-        cap = max(1024, len(code) // 16)
+        cap = max(1024, len(code) // 8)  # about one branch per 12-16 bytes of code: one call
         while True:
             src = np.empty(cap, dtype=np.uint64)
             dst = np.empty(cap, dtype=np.uint64)
@@ -180,8 +210,8 @@ class BranchScanner:
 # depends only on the bytes and the function starts, so it is kept, relative
 # to the range's base, in memory and under the user's cache directory.
 _BRANCH_CACHE: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-_BRANCH_CACHE_MIN_BYTES = 1 << 20  # smaller ranges are swept in milliseconds
-BRANCH_CACHE_VERSION = 1
+_BRANCH_CACHE_MIN_BYTES = 1 << 17  # smaller ranges are swept in milliseconds
+BRANCH_CACHE_VERSION = 2  # 2: kept sorted by target
 
 
 def _decoder_identity() -> str:
@@ -197,7 +227,7 @@ def branch_cache_dir() -> str:
 
 def _cached_branches(scanner: BranchScanner, code: bytes, base: int, starts: list[int]):
     if len(code) < _BRANCH_CACHE_MIN_BYTES:
-        return scanner.branches(code, base, starts)
+        return _by_target(*scanner.branches(code, base, starts))
     rel = np.asarray([s - base for s in starts if base <= s < base + len(code)], dtype=np.uint64)
     h = hashlib.blake2b(code, digest_size=20)
     h.update(rel.tobytes())
@@ -210,12 +240,32 @@ def _cached_branches(scanner: BranchScanner, code: bytes, base: int, starts: lis
             with np.load(path) as z:
                 hit = (z["src"], z["dst"], z["kind"])
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-            src, dst, kind = scanner.branches(code, base, starts)
+            src, dst, kind = _by_target(*scanner.branches(code, base, starts))
             hit = (src - np.uint64(base), dst - np.uint64(base), kind)
             _store(path, hit)
         _BRANCH_CACHE[key] = hit
     src, dst, kind = hit
     return src + np.uint64(base), dst + np.uint64(base), kind
+
+
+def sweep_ahead(pid: int, ranges: list[tuple[int, int]], starts: list[int]) -> None:
+    """Sweeps the code ranges of a module of ``pid`` for branches with
+    these function starts and keeps the result in the branch cache, where
+    decide_module finds it if the agent reports the same starts."""
+    scanner = BranchScanner()
+    try:
+        with ProcessMemory(pid) as mem:
+            for lo, hi in ranges:
+                code = mem.read(lo, hi - lo)
+                if code:
+                    _cached_branches(scanner, code, lo, starts)
+    finally:
+        scanner.close()
+
+
+def _by_target(src, dst, kind):
+    order = np.argsort(dst, kind="stable")
+    return src[order], dst[order], kind[order]
 
 
 def _store(path: str, branches) -> None:
@@ -240,32 +290,11 @@ _UNMOVABLE = {X.X86_INS_LOOP, X.X86_INS_LOOPE, X.X86_INS_LOOPNE, X.X86_INS_JRCXZ
               X.X86_INS_JECXZ, X.X86_INS_XBEGIN}
 
 
-def _rel32(frm_end: int, target: int) -> bytes | None:
-    d = target - frm_end
-    if not _INT32[0] <= d <= _INT32[1]:
-        return None
-    return struct.pack("<i", d)
-
-
-def _rip_relative(insn) -> bool:
-    return any(op.type == X.X86_OP_MEM and op.mem.base == X.X86_REG_RIP for op in insn.operands)
-
-
-def _fixed_disp(insn, here: int) -> bytes | None:
-    """The instruction's bytes with its RIP-relative displacement re-aimed
-    from ``here``, or None when out of reach."""
-    if insn.disp_size != 4:
-        return None
-    rel = _rel32(here + insn.size, insn.address + insn.size + insn.disp)
-    if rel is None:
-        return None
-    b = bytearray(insn.bytes)
-    b[insn.disp_offset:insn.disp_offset + 4] = rel
-    return bytes(b)
-
-
-def _is_padding(insn) -> bool:
-    return insn.id in (X.X86_INS_NOP, X.X86_INS_INT3) or insn.bytes == b"\x00\x00"
+def _padding_flags(code: bytes, address: int):
+    """(address, size, is_padding) of each instruction decoded from code
+    until the first undecodable byte: nop, int3 or ``00 00``."""
+    for at, size, mnemonic, _ in _MD.disasm_lite(code, address):
+        yield at, size, mnemonic in ("nop", "int3") or code[at - address:at - address + size] == b"\x00\x00"
 
 
 def _hooked_elsewhere(mem: ProcessMemory, at: int, code: bytes) -> bool:
@@ -283,11 +312,63 @@ def _hooked_elsewhere(mem: ProcessMemory, at: int, code: bytes) -> bool:
 
 def _only_padding(code: bytes, address: int) -> bool:
     n = 0
-    for insn in _MD.disasm(code, address):
-        if not _is_padding(insn):
+    for _, size, pad in _padding_flags(code, address):
+        if not pad:
             return False
-        n += insn.size
+        n += size
     return n == len(code)
+
+
+def _capstone_layout():
+    """Where capstone (this build of its Python binding) keeps the details
+    that lt_relocate reads: taken from the binding's own ctypes structures."""
+    import ctypes
+
+    insn, detail, x86 = capstone._cs_insn, capstone._cs_detail, capstone.x86.CsX86
+    op = capstone.x86.X86Op
+    lay = ffi.new("lt_cs_layout *")
+    lay.insn_detail = insn.detail.offset
+    lay.det_groups = detail.groups.offset
+    lay.det_groups_count = detail.groups_count.offset
+    lay.det_x86 = detail.arch.offset  # a union: every member starts there
+    lay.x86_op_count = x86.op_count.offset
+    lay.x86_operands = x86.operands.offset
+    enc = x86.encoding.offset
+    lay.x86_disp_offset = enc + capstone.x86.CsX86Encoding.disp_offset.offset
+    lay.x86_disp_size = enc + capstone.x86.CsX86Encoding.disp_size.offset
+    lay.op_size = ctypes.sizeof(op)
+    lay.op_type = op.type.offset
+    lay.op_value = op.value.offset
+    lay.op_mem_base = op.value.offset + capstone.x86.X86OpMem.base.offset
+    lay.op_mem_kind, lay.reg_rip = X.X86_OP_MEM, X.X86_REG_RIP
+    lay.grp_jump, lay.grp_call, lay.grp_ret = capstone.CS_GRP_JUMP, capstone.CS_GRP_CALL, capstone.CS_GRP_RET
+    lay.grp_int, lay.grp_iret = capstone.CS_GRP_INT, capstone.CS_GRP_IRET
+    lay.grp_branch_relative = capstone.CS_GRP_BRANCH_RELATIVE
+    lay.ins_jmp, lay.ins_ud2, lay.ins_hlt = X.X86_INS_JMP, X.X86_INS_UD2, X.X86_INS_HLT
+    lay.ins_nop, lay.ins_int3 = X.X86_INS_NOP, X.X86_INS_INT3
+    for i, ins in enumerate(sorted(_UNMOVABLE)):
+        lay.unmovable[i] = ins
+    for ins, opcode in _JCC_REL32.items():
+        lay.jcc[opcode - 0x80] = ins
+    return lay
+
+
+_relocators = threading.local()
+
+
+def _relocator():
+    """This thread's scanner with details on (Frida's message thread analyses
+    modules loaded later while the main thread may analyse others)."""
+    s = getattr(_relocators, "scanner", None)
+    if s is None:
+        s = BranchScanner()
+        if lib.lt_scan_set_layout(s._s, _capstone_layout()) != 0:
+            raise RuntimeError("capstone cannot decode with details")
+        _relocators.scanner = s
+    return s
+
+
+_RELOC_REASONS = {lib.LT_RELOC_TOO_SHORT: TOO_SHORT, lib.LT_RELOC_UNRELOCATABLE: UNRELOCATABLE}
 
 
 def relocate(code: bytes, address: int, new_address: int,
@@ -296,97 +377,39 @@ def relocate(code: bytes, address: int, new_address: int,
     until at least ``min_len`` bytes are covered, for execution at
     ``new_address``, followed by a jump back. A function that ends (ret,
     jmp) before PATCH_LEN bytes may still be patched when only alignment
-    padding follows it: the padding is overwritten, never run. Returns
-    (bytes, covered) or a reason code."""
-    out = bytearray()
-    covered = 0
-    ended = False
-    for insn in _MD.disasm(code, address):
-        if covered >= min_len:
-            break
-        if ended:
-            if not _is_padding(insn):
-                return TOO_SHORT
-            covered += insn.size
-            continue
-        here = new_address + len(out)
-        groups = set(insn.groups)
-        if insn.id in _UNMOVABLE:
-            return UNRELOCATABLE
-        if capstone.CS_GRP_RET in groups:
-            out += insn.bytes
-            ended = True
-        elif capstone.CS_GRP_IRET in groups or capstone.CS_GRP_INT in groups or \
-                insn.id in (X.X86_INS_UD2, X.X86_INS_HLT):
-            return TOO_SHORT
-        elif capstone.CS_GRP_CALL in groups:
-            # The callee must return into the function itself, where the
-            # unwinder finds its frame: push the original return address and
-            # jump. A call is at least 5 bytes, so it is the last one moved.
-            ret_to = insn.address + insn.size
-            out += b"\x48\x8d\x64\x24\xf8"                                  # lea rsp, [rsp-8]
-            out += b"\xc7\x04\x24" + struct.pack("<I", ret_to & 0xFFFFFFFF)      # mov dword [rsp], lo
-            out += b"\xc7\x44\x24\x04" + struct.pack("<I", ret_to >> 32)        # mov dword [rsp+4], hi
-            here = new_address + len(out)
-            if capstone.CS_GRP_BRANCH_RELATIVE in groups:
-                rel = _rel32(here + 5, insn.operands[0].imm)
-                if rel is None:
-                    return UNRELOCATABLE
-                out += b"\xe9" + rel
-            elif _rip_relative(insn) and insn.bytes[-6:-4] == b"\xff\x15":     # call [rip+d]
-                rel = _rel32(here + 6, insn.address + insn.size + insn.disp)
-                if rel is None:
-                    return UNRELOCATABLE
-                out += insn.bytes[:-6] + b"\xff\x25" + rel
-            else:
-                return UNRELOCATABLE  # call reg / call [reg]: its jmp twin may read rsp
-            ended = True
-        elif capstone.CS_GRP_BRANCH_RELATIVE in groups:
-            target = insn.operands[0].imm
-            if insn.id == X.X86_INS_JMP:
-                rel = _rel32(here + 5, target)
-                if rel is None:
-                    return UNRELOCATABLE
-                out += b"\xe9" + rel
-                ended = True
-            else:
-                op = _JCC_REL32.get(insn.id)
-                rel = _rel32(here + 6, target)
-                if op is None or rel is None:
-                    return UNRELOCATABLE
-                out += bytes((0x0F, op)) + rel
-        else:  # moved as it is, its RIP-relative operand re-aimed
-            b = _fixed_disp(insn, here) if _rip_relative(insn) else insn.bytes
-            if b is None:
-                return UNRELOCATABLE
-            out += b
-            ended = capstone.CS_GRP_JUMP in groups  # jmp reg / jmp [mem]: the function ends
-        covered += insn.size
-    if covered < min_len:
-        return TOO_SHORT  # ran out of decodable bytes
-    if not ended:
-        back = _rel32(new_address + len(out) + 5, address + covered)
-        if back is None:
-            return UNRELOCATABLE
-        out += b"\xe9" + back
-    return bytes(out), covered
+    padding follows it: the padding is overwritten, never run. A relative
+    call is moved as a push of the original return address and a jump (the
+    callee returns into the function itself, where the unwinder finds its
+    frame); ``loop``/``jrcxz``/``xbegin``, an indirect call, and anything
+    whose target is out of rel32 reach from the slot are unrelocatable.
+    Returns (bytes, covered) or a reason code. Decoded and rewritten by
+    native/src/hookscan.c (lt_relocate)."""
+    out = ffi.new("uint8_t[256]")
+    covered = ffi.new("uint32_t *")
+    n = lib.lt_relocate(_relocator()._s, ffi.from_buffer(code), len(code), address, new_address,
+                        min_len, out, 256, covered)
+    if n < 0:
+        reason = _RELOC_REASONS.get(n)
+        if reason is None:
+            raise RuntimeError("instruction decoder failed")
+        return reason
+    return bytes(ffi.buffer(out, n)), covered[0]
 
 
 class _Branches:
-    """Direct branch targets of a module, sorted, for range queries."""
+    """Direct branches of a module, sorted by target, for range queries."""
 
     def __init__(self, src, dst, kind):
-        order = np.argsort(dst, kind="stable")
-        # plain lists: one query per function, where numpy's per-call cost
-        # is most of the time
-        self.src, self.dst, self.kind = (src[order].tolist(), dst[order].tolist(),
-                                         kind[order].tolist())
+        if len(dst) > 1 and not bool((dst[1:] >= dst[:-1]).all()):  # several ranges
+            src, dst, kind = _by_target(src, dst, kind)
+        self.src, self.dst, self.kind = src, dst, kind
 
     def into(self, lo: int, hi: int):
         """(source, target, kind) of every branch with lo <= target < hi."""
-        a = bisect.bisect_left(self.dst, lo)
-        b = bisect.bisect_left(self.dst, hi, a)
-        return list(zip(self.src[a:b], self.dst[a:b], self.kind[a:b]))
+        a, b = self.dst.searchsorted(np.array((lo, hi), dtype=np.uint64)).tolist()
+        if a == b:
+            return []
+        return list(zip(self.src[a:b].tolist(), self.dst[a:b].tolist(), self.kind[a:b].tolist()))
 
     def lands_in_patch(self, addr: int, size: int, off: int, p_lo: int, p_hi: int) -> bool:
         """A branch would run patched bytes: one into (p_lo, p_hi), one from
@@ -407,10 +430,10 @@ def _padding_before(mem: ProcessMemory, prev_start: int, addr: int) -> list[int]
     when the decoder does not land exactly on ``addr``."""
     code = mem.read(prev_start, addr - prev_start)
     bounds, kinds, pc = [], [], prev_start
-    for insn in _MD.disasm(code, prev_start):
-        bounds.append(insn.address)
-        kinds.append(_is_padding(insn))
-        pc = insn.address + insn.size
+    for at, size, pad in _padding_flags(code, prev_start):
+        bounds.append(at)
+        kinds.append(pad)
+        pc = at + size
     if pc != addr:
         return []
     out = []
@@ -421,7 +444,7 @@ def _padding_before(mem: ProcessMemory, prev_start: int, addr: int) -> list[int]
     return out
 
 
-def _short_patch(mem, branches, start_arr, slot, addr, size, off, head) -> Verdict | None:
+def _short_patch(mem, branches, starts, slot, addr, size, off, head) -> Verdict | None:
     """The short form, for an entry whose 5-byte patch would cover a branch
     target: a 2-byte ``jmp rel8`` at the entry to a ``jmp rel32`` written in
     the alignment padding just before the function (padding that is either
@@ -436,18 +459,21 @@ def _short_patch(mem, branches, start_arr, slot, addr, size, off, head) -> Verdi
     code, covered = rel
     if p_lo + covered > addr + size or branches.lands_in_patch(addr, size, off, p_lo, p_lo + covered):
         return None
-    i = int(np.searchsorted(start_arr, np.uint64(addr), side="left")) - 1
-    if i < 0 or addr - int(start_arr[i]) > 8192:
+    i = bisect.bisect_left(starts, addr) - 1
+    if i < 0 or addr - starts[i] > 8192:
         return None
-    for b in _padding_before(mem, int(start_arr[i]), addr):
+    for b in _padding_before(mem, starts[i], addr):
         if addr - b < PATCH_LEN:
             continue
         if p_lo + SHORT_PATCH_LEN - b > 128:
             return None
         if any(t > b for _, t, _ in branches.into(b, addr)):
             return None  # something jumps into the middle of the padding
+        tramp_expect = mem.read(b, PATCH_LEN)
+        if len(tramp_expect) != PATCH_LEN:
+            return None
         return Verdict("fast", patch_off=off, patch_len=covered, slot=slot, code=code,
-                       expect=head[off:off + covered], tramp=b, tramp_expect=mem.read(b, PATCH_LEN))
+                       expect=head[off:off + covered], tramp=b, tramp_expect=tramp_expect)
     return None
 
 
@@ -485,7 +511,6 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
     else:
         none = np.empty(0, dtype=np.uint64)
         branches = _Branches(none, none, np.empty(0, dtype=np.uint8))
-    start_arr = np.asarray(starts, dtype=np.uint64)
 
     next_slot = 0
     for f in sorted(functions, key=lambda f: int(f["address"], 16)):
@@ -497,16 +522,16 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
         if mem.exec_range_of(addr) is None:
             verdicts[fid] = Verdict("skip", NOT_EXECUTABLE)
             continue
-        j = int(np.searchsorted(start_arr, np.uint64(addr), side="right"))  # next function
+        j = bisect.bisect_right(starts, addr)  # next function
         if size <= 0:
             if not f.get("ifunc"):
                 verdicts[fid] = Verdict("skip", UNKNOWN_SIZE)
                 continue
             # an IFUNC implementation has no symbol of its own: its end is
             # where the next known function starts (the decoder stops at ret)
-            size = int(start_arr[j]) - addr if j < len(start_arr) else 64
+            size = starts[j] - addr if j < len(starts) else 64
         # the code, and what follows it up to the next function (padding)
-        room = (int(start_arr[j]) if j < len(start_arr) else addr + size + 16) - addr
+        room = (starts[j] if j < len(starts) else addr + size + 16) - addr
         head = mem.read(addr, max(1, min(max(size, room), 64)))
         if not head:
             verdicts[fid] = Verdict("skip", UNREADABLE)
@@ -519,9 +544,9 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
             verdicts[fid] = Verdict("fallback", NO_MEMORY_NEAR)
             continue
         slot = module.slot_base + next_slot * SLOT_BYTES
-        why = _full_patch_problem(branches, start_arr, slot, addr, size, off, head)
+        why = _full_patch_problem(branches, starts, slot, addr, size, off, head)
         if why in (TOO_SHORT, SHARED_CODE, BRANCH_INTO_PATCH):
-            why = _short_patch(mem, branches, start_arr, slot, addr, size, off, head) or why
+            why = _short_patch(mem, branches, starts, slot, addr, size, off, head) or why
         if isinstance(why, Verdict):
             why.window = mem.exec_range_of(addr)
             verdicts[fid] = why
@@ -531,7 +556,7 @@ def decide_module(mem: ProcessMemory, scanner: BranchScanner, module: ModulePlan
     return verdicts
 
 
-def _full_patch_problem(branches, start_arr, slot, addr, size, off, head) -> Verdict | str:
+def _full_patch_problem(branches, starts, slot, addr, size, off, head) -> Verdict | str:
     """The 5-byte patch at the entry: its verdict, or the reason it is unsafe."""
     rel = relocate(head[off:], addr + off, slot + STUB_BYTES)
     if isinstance(rel, str):
@@ -542,8 +567,8 @@ def _full_patch_problem(branches, start_arr, slot, addr, size, off, head) -> Ver
     p_lo, p_hi = addr + off, addr + off + covered
     if p_hi > addr + size and not _only_padding(head[size:p_hi - addr], addr + size):
         return TOO_SHORT  # the patch would reach past the function
-    j = int(np.searchsorted(start_arr, np.uint64(addr), side="right"))
-    if j < len(start_arr) and int(start_arr[j]) < p_hi:
+    j = bisect.bisect_right(starts, addr)
+    if j < len(starts) and starts[j] < p_hi:
         return SHARED_CODE  # another function starts inside the patched bytes
     if branches.lands_in_patch(addr, size, off, p_lo, p_hi):
         return BRANCH_INTO_PATCH

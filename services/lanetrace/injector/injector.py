@@ -37,6 +37,7 @@ from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
 from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard, release_frida
 from lanetrace.injector.srclocator import SourceLocator
+from lanetrace.injector.sweepahead import SweepAhead
 from lanetrace.injector.threadnames import ThreadNames
 from lanetrace.injector.threadstop import StoppedThreads, thread_ids
 from lanetrace.injector.traced import TargetError, TracedProcess
@@ -319,6 +320,8 @@ class Injector:
                                       name=f"preallocate-{pid}")
         allocating.start()
         target.program_tids = thread_ids(pid)
+        # the branch sweep of the hook-safety analysis runs while Frida attaches
+        target.sweep_ahead = SweepAhead(pid, self.selection)
         # A running program's main thread waits aside while Frida's bootstrap
         # borrows it; spawned targets and gated children are not running yet.
         running = not target.spawned and target.parent_pid is None
@@ -383,7 +386,8 @@ class Injector:
         except TriggerError as exc:
             raise TargetError(str(exc)) from None
         target.planned = functions
-        target.addresses = {f["id"]: int(f["address"], 16) for f in planned}
+        target.addresses, target.roles = hooksafety.planned_entries(planned)
+        target.sweep_ahead.wait()
         # what may be patched, decided from the code in memory before the
         # writer is needed
         target.verdicts = hooksafety.decide(pid, plan.get("modules", []), planned)
@@ -409,7 +413,10 @@ class Injector:
         if attached:
             installed = self.install_stopped(target, agent, verdicts)
         else:  # spawned: suspended at its entry point, no thread runs
-            installed = agent.install({"verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+            # the segment's pages mapped in before the program runs, not under its first events
+            installed = agent.install({**hooksafety.install_request(verdicts, target.addresses,
+                                                                    target.roles),
+                                       "populateNow": True})
         target.mark("live")
         self.record_hooks(target, functions, verdicts, installed, target.selection_skips)
         log.info("pid %d: %d functions planned: %d fast, %d fallback, %d skipped %s", pid,
@@ -430,18 +437,21 @@ class Injector:
             # which carries the safety verdicts.
             planned = payload.get("functions", [])
             functions = traced_functions(planned)
+            # before publishing, which turns the addresses into integers
+            addresses, roles = hooksafety.planned_entries(planned)
             try:
                 verdicts = hooksafety.decide(target.pid, payload.get("modules", []), planned)
+                request = hooksafety.install_request(verdicts, addresses, roles)
             except Exception as exc:  # never patch what was not analysed
                 log.error("pid %d: hook safety analysis failed: %s", target.pid, exc)
                 verdicts = {f["id"]: hooksafety.Verdict("skip", hooksafety.UNREADABLE) for f in planned}
+                request = hooksafety.install_request(verdicts, addresses, roles)
             try:
                 self.publish_functions(target, functions)
             except (WriterUnavailable, WriterRejected) as exc:
                 log.error("pid %d: could not publish late functions: %s", target.pid, exc)
             target.hook_batches.append([functions, verdicts, {}, payload.get("skipped", [])])
-            target.agent.post({"type": "functions-ack",
-                               "verdicts": {str(k): v.to_agent() for k, v in verdicts.items()}})
+            target.agent.post({"type": "functions-ack", **request})
         elif payload.get("type") == "installed" and target.hook_batches:
             target.hook_batches[-1][2] = payload
             self._summarize_hooks(target)
@@ -462,7 +472,7 @@ class Injector:
             with StoppedThreads(target.pid, _program_threads(target)) as stopped:
                 busy = stopped.inside(hooksafety.patch_ranges(pending, addresses))
                 now = {k: v for k, v in pending.items() if k not in busy}
-                result = agent.install({"verdicts": {str(k): v.to_agent() for k, v in now.items()}})
+                result = agent.install(hooksafety.install_request(now, addresses, target.roles))
             if stopped.unstoppable:
                 log.warning("pid %d: threads %s could not be stopped while hooks were written",
                             target.pid, stopped.unstoppable)
@@ -477,7 +487,8 @@ class Injector:
         for k in pending:  # still busy: left alone, and said so
             verdicts[k] = hooksafety.Verdict("skip", hooksafety.BUSY)
         if pending:
-            agent.install({"verdicts": {str(k): verdicts[k].to_agent() for k in pending}})
+            agent.install(hooksafety.install_request({k: verdicts[k] for k in pending}, addresses,
+                                                     target.roles))
         return total
 
     def record_hooks(self, target: TracedProcess, functions, verdicts, installed, skipped) -> None:
