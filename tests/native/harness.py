@@ -34,6 +34,7 @@ class Drainers:
         self.silent = set(silent)  # shards that do not beat (not up yet, or stuck)
         self.paused = set()  # shards that stop draining (and beating)
         self.stop = threading.Event()
+        self.abort = threading.Event()  # quit now: the segment is about to be freed
         self.errors = []
         self.threads = [threading.Thread(target=self._run, args=(seg.shard(k),), daemon=True)
                         for k in range(seg.config["shards"])]
@@ -42,7 +43,7 @@ class Drainers:
 
     def _run(self, shard):
         try:
-            while True:
+            while not self.abort.is_set():
                 if shard.index in self.paused and not self.stop.is_set():
                     time.sleep(0.001)
                     continue
@@ -82,6 +83,12 @@ class Drainers:
         assert not self.errors, self.errors
         assert not any(t.is_alive() for t in self.threads), "drainer did not reach idle_and_complete"
         return b"".join(b"".join(v) for v in self.chunks.values())
+
+    def halt(self, timeout=60):
+        """Stop every drainer thread at once, drained or not."""
+        self.abort.set()
+        for t in self.threads:
+            t.join(timeout)
 
     def detail_bytes(self):
         return b"".join(b"".join(v) for v in self.detail.values())
@@ -216,6 +223,8 @@ class Traced:
         return data
 
     def close(self):
+        if getattr(self, "drainers", None) is not None:
+            self.drainers.halt()  # they read the segment close() frees
         try:
             self.seg.unlink()
         finally:
