@@ -75,8 +75,8 @@ class Supervisor:
         with open(self.conf_path, "w") as f:
             f.write(render_config(self.cfg))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lanetrace.supervise.supervisord", "--prefork", "-c",
-             self.conf_path],
+            [sys.executable, "-m", "lanetrace.supervise.supervisord", "--prefork",
+             "--owner-pid", str(os.getpid()), "-c", self.conf_path],
             start_new_session=True, cwd=self.cfg.run_dir.path)
         rpc_errors = _rpc_errors()  # imported while supervisord starts
         sock = self.cfg.run_dir.file("supervisord.sock")

@@ -1,6 +1,6 @@
 """supervisord as the ``supervisor`` package ships it, woken by signals.
 
-    python -m lanetrace.supervise.supervisord [--prefork] -c CONF
+    python -m lanetrace.supervise.supervisord [--prefork] [--owner-pid PID] -c CONF
 
 supervisord reaps its children only when its main loop comes round, and the
 loop sleeps in poll() for up to a second: Python retries a poll that a signal
@@ -18,7 +18,9 @@ poll (a second) later.
 
 With ``--prefork`` the services are started by forking this interpreter
 after it imported their modules, instead of exec'ing a new Python each
-(lanetrace.supervise.prefork). Nothing else of supervisord changes."""
+(lanetrace.supervise.prefork). With ``--owner-pid`` the session ends itself
+once that process (the CLI) and then the injector have ended (ExitWatch).
+Nothing else of supervisord changes."""
 from __future__ import annotations
 
 import os
@@ -81,13 +83,77 @@ def setsignals(self) -> None:
     socket_map[read_fd] = SignalWakeup(read_fd)
 
 
+class ExitWatch:
+    """A pidfd in supervisord's poll set: readable once that process ended.
+    The session's owner (the ``lanetrace`` CLI) ending first, killed, leaves
+    nobody to stop the session: then, once the injector has also finished
+    (it ends with its targets and has everything drained and written), this
+    supervisord stops its programs and exits as on SIGTERM."""
+
+    def __init__(self, pid: int, then):
+        self.fd = os.pidfd_open(pid)
+        self.then = then
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read_event(self) -> None:
+        self.socket_map.pop(self.fd, None)
+        self.close()
+        self.then()
+
+    def handle_error(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _watch(socket_map: dict, pid: int, then) -> None:
+    try:
+        watch = ExitWatch(pid, then)
+    except ProcessLookupError:
+        then()
+        return
+    watch.socket_map = socket_map
+    socket_map[watch.fd] = watch
+
+
+def _injector_pid() -> int | None:
+    """The one-shot injector the CLI started (run directory = cwd)."""
+    try:
+        with open("injector.pid") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _owner_gone(socket_map: dict) -> None:
+    stop = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+    injector = _injector_pid()
+    if injector is None:
+        stop()
+    else:
+        _watch(socket_map, injector, stop)
+
+
 _stock_runforever = supervisord.Supervisor.runforever
+_owner_pid: int | None = None
 
 
 def runforever(self) -> None:
-    for dispatcher in self.options.get_socket_map().values():
+    socket_map = self.options.get_socket_map()
+    for dispatcher in socket_map.values():
         if isinstance(dispatcher, SignalWakeup):
             dispatcher.supervisor = self
+    if _owner_pid is not None and not any(isinstance(d, ExitWatch) for d in socket_map.values()):
+        _watch(socket_map, _owner_pid, lambda: _owner_gone(socket_map))
     _stock_runforever(self)
 
 
@@ -103,7 +169,12 @@ def execve_preforked(self, filename, argv, env):
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _owner_pid
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--owner-pid" in argv:
+        at = argv.index("--owner-pid")
+        _owner_pid = int(argv[at + 1])
+        del argv[at:at + 2]
     if "--prefork" in argv:
         argv.remove("--prefork")
         if prefork.preload():
