@@ -18,8 +18,8 @@ is mapped or when its plan needs the target's loader:
   - its file is gone, replaced or not a file (``(deleted)``, memfd, no
     build-id, or a build-id other than the one in the target's memory);
   - it defines a global IFUNC (only the loader knows the implementation the
-    agent resolves with dlsym), or a symbol binding Frida may classify
-    otherwise (STB_GNU_UNIQUE);
+    agent resolves with dlsym), or a function whose binding Frida may
+    classify otherwise (STB_GNU_UNIQUE);
   - its name, base or size is not the one Frida reports (checked by the
     agent).
 
@@ -260,8 +260,9 @@ def module_functions(image: ElfImage, base: int) -> tuple[list[Function], list[i
             cur.name, cur.score = name, score
 
     for s in image.symbols:
-        if s.bind not in (STB_LOCAL, STB_GLOBAL, STB_WEAK):
-            raise NotPlannable(f"symbol {s.name} has binding {s.bind}")
+        if s.bind not in (STB_LOCAL, STB_GLOBAL, STB_WEAK) and s.type in (STT_FUNC, STT_NOTYPE,
+                                                                      STT_GNU_IFUNC):
+            raise NotPlannable(f"function {s.name} has binding {s.bind}")
         address = bias + s.value if s.value else 0
         is_global = s.bind != STB_LOCAL
         if s.type == STT_FUNC:
