@@ -17,6 +17,7 @@ from conftest import example
 from lanetrace.core.selection import Selection
 from lanetrace.core.shm import TargetSegment
 from lanetrace.injector import planahead as pa
+from lanetrace.injector.attachguard import ParkedMainThread
 from lanetrace.injector.threadstop import thread_ids
 from native.harness import AGENT_JS, AGENT_LIB
 
@@ -58,7 +59,8 @@ def agent_plan(pid, selection, given=None):
                                ring_bytes=65536, rings_per_lane=2)
     session = None
     try:
-        session = frida.attach(pid)
+        with ParkedMainThread(pid):  # as the injector does: the program may hold the loader's lock
+            session = frida.attach(pid)
         with open(AGENT_JS) as f:
             script = session.create_script(f.read())
         script.load()

@@ -324,7 +324,10 @@ class Injector:
         # the branch sweep of the hook-safety analysis runs while Frida attaches
         target.sweep_ahead = SweepAhead(pid, self.selection)
         # and the plan, from the modules' files, so the agent only numbers it
-        target.plan_ahead = PlanAhead(pid, self.selection, read_agent_source("agent.js"), AGENT_LIB)
+        # (LANETRACE_PLAN_AHEAD=off: the agent plans every module, for comparison)
+        if os.environ.get("LANETRACE_PLAN_AHEAD", "on") != "off":
+            target.plan_ahead = PlanAhead(pid, self.selection, read_agent_source("agent.js"),
+                                          AGENT_LIB)
         # A running program's main thread waits aside while Frida's bootstrap
         # borrows it; spawned targets and gated children are not running yet.
         running = not target.spawned and target.parent_pid is None
@@ -401,7 +404,7 @@ class Injector:
         """The agent's plan, with the modules planned ahead from their files
         (planahead.py) only numbered by the agent; their function starts
         are the injector's."""
-        ahead = target.plan_ahead.result()
+        ahead = target.plan_ahead.result() if target.plan_ahead is not None else None
         request = self.selection.to_agent()
         if ahead is not None and ahead.modules:
             request["given"] = ahead.given()
