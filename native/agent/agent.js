@@ -362,6 +362,7 @@ function glue() {
  * lt_install_batch) from the injector's batch (hex): for each record, its
  * function id, its stub (0 when not installed) and lt_install's reason. */
 function installBatch(hex, max) {
+  if (max === 0) return { n: 0, malformed: false, stubs: NULL, fids: [], whys: [] };
   const fids = Memory.alloc(4 * max), stubs = Memory.alloc(8 * max), whys = Memory.alloc(4 * max);
   let n = max === 0 || hex.length === 0 ? 0
     : st.nf.installBatch(Memory.allocUtf8String(hex), uint64(hex.length), max, fids, stubs, whys).toNumber();
