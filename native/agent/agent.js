@@ -14,10 +14,13 @@
  * (glue.c) calling lt_cm_enter/lt_cm_leave.
  *
  * RPC (driven by the injector):
- *   init({shmName, agentLibPath, programThreads, glueSource?})
+ *   init({shmName, agentLibPath, programThreads, glueSource?, resolve?})
  *       programThreads: the thread ids the process had before Frida attached
+ *       resolve: [{base, name, names:[...]}]: IFUNCs of the modules the
+ *       injector plans, resolved as moduleFunctions does
+ *       -> {..., resolved: {base: [address | null, ...]}}
  *   plan({include, exclude, includeModules, excludeModules, given?})
- *       given: {base: {name, size, functions:[{name, address, size}], skipped,
+ *       given: {base: {name, size, functions:[{name, address, size, ifunc?}], skipped,
  *               roles:[{name, address, size, role}]}}: modules the injector
  *               planned from their files (planahead.py), used when Frida
  *               reports the same name, base and size
@@ -271,7 +274,7 @@ function planModule(mod, sel, isMain, given) {
     out.given = true;
     out.skipped = given.skipped;
     for (const f of given.functions) {
-      const fn = adopt(mod, f.name, f.address, f.size, {});
+      const fn = adopt(mod, f.name, f.address, f.size, f.ifunc ? { ifunc: true } : {});
       if (fn !== null) out.functions.push(fn);
     }
     return out;
@@ -486,6 +489,7 @@ function hookDlopen() {
 function init(opts) {
   if (!opts || typeof opts.shmName !== 'string' || typeof opts.agentLibPath !== 'string')
     throw new Error('init: shmName and agentLibPath are required');
+  const resolved = resolveExports(opts.resolve || []);
   st.agentLibPath = opts.agentLibPath;
   st.glueSource = opts.glueSource || null;
   st.lib = Module.load(opts.agentLibPath);
@@ -526,7 +530,20 @@ function init(opts) {
   return {
     pid: Process.id, arch: Process.arch, ignoredThreads: ignored, visibleThreads: visible.length,
     mainModule: { name: main.name, path: main.path, base: main.base.toString() },
+    resolved,
   };
+}
+
+/* The addresses dlsym gives these names in these modules (IFUNCs: the
+ * implementation the loader picked), for the injector's plan. */
+function resolveExports(requests) {
+  const out = {};
+  for (const r of requests) {
+    const m = Process.findModuleByAddress(ptr(r.base));
+    if (m === null || m.name !== r.name || !m.base.equals(ptr(r.base))) continue;
+    out[r.base] = r.names.map(n => { const a = m.findExportByName(n); return a === null ? null : a.toString(); });
+  }
+  return out;
 }
 
 function plan(opts) {

@@ -1,8 +1,9 @@
 """The plan the injector computes from the modules' ELF files (planahead.py)
 is the agent's own plan: the same functions, names, addresses, sizes,
 skipped functions with their reasons and C++ exception roles, and the
-agent's plan() with it numbers the functions as without it. What it cannot
-plan (IFUNCs, a deleted file) is left to the agent, with the reason."""
+agent's plan() with it numbers the functions as without it. IFUNCs are
+resolved by the agent's init(). What it cannot plan (a deleted file) is left
+to the agent, with the reason."""
 import contextlib
 import os
 import shutil
@@ -53,8 +54,9 @@ def running(argv, mapped):
         proc.wait()
 
 
-def agent_plan(pid, selection, given=None):
-    """agent.js plan() in pid, with the injector's plan (`given`) or without."""
+def agent_plan(pid, selection, ahead=None, use_ahead=False):
+    """agent.js plan() in pid, with the injector's plan or without; its
+    init() resolves the IFUNCs of `ahead` (a ProcessPlan), which it finishes."""
     seg = TargetSegment.create("t" + uuid.uuid4().hex[:12], pid, slots=8, shards=1,
                                ring_bytes=65536, rings_per_lane=2)
     session = None
@@ -65,10 +67,14 @@ def agent_plan(pid, selection, given=None):
             script = session.create_script(f.read())
         script.load()
         api = script.exports_sync
-        api.init({"shmName": seg.name, "agentLibPath": AGENT_LIB, "programThreads": thread_ids(pid)})
+        init = api.init({"shmName": seg.name, "agentLibPath": AGENT_LIB,
+                         "programThreads": thread_ids(pid),
+                         "resolve": ahead.resolve_requests() if ahead is not None else []})
+        if ahead is not None:
+            ahead.finish(init["resolved"])
         request = Selection.from_agent(selection).to_agent()
-        if given is not None:
-            request["given"] = given
+        if use_ahead:
+            request["given"] = ahead.given()
         plan = api.plan(request)
         api.detach()
         return plan
@@ -81,14 +87,14 @@ def agent_plan(pid, selection, given=None):
 
 def ahead_and_agent(pid, selection, rules):
     ahead = pa.plan_process(pid, Selection.from_agent(selection), rules, AGENT_LIB)
-    return ahead, agent_plan(pid, selection)
+    return ahead, agent_plan(pid, selection, ahead)
 
 
 def assert_same_as_agent(module: pa.ModulePlan, plan: dict):
     """One module planned ahead against the agent's plan of it."""
     mine = [f for f in plan["functions"] if f["module"] == module.name]
-    assert [{k: f[k] for k in ("name", "address", "size")} for f in mine if not f.get("role")] \
-        == module.functions, module.name
+    assert [{k: f[k] for k in ("name", "address", "size", "ifunc") if k in f}
+            for f in mine if not f.get("role")] == module.functions, module.name
     assert [{k: f[k] for k in ("name", "address", "size", "role")} for f in mine if f.get("role")] \
         == module.roles, module.name
     assert [s for s in plan["skipped"] if s["name"].startswith(module.name + "!")] \
@@ -111,7 +117,7 @@ SHARED_LIBS = {"includeModules": ["libcrypto*", "libsqlite3*"],
                "include": ["libc.so*!memcpy", "strlen"], "exclude": ["*EVP_MD*"]}
 
 
-def test_plan_ahead__libcrypto_libsqlite3_and_libc_ifuncs__then_the_agents_plan_and_libc_left_to_it(rules):
+def test_plan_ahead__libcrypto_libsqlite3_and_libc_ifuncs__then_the_agents_plan_with_the_loaders_ifuncs(rules):
     with running([PYTHON, "-c", LOOP], "libsqlite3") as pid:
         ahead, plan = ahead_and_agent(pid, SHARED_LIBS, rules)
     names = {m.name: m for m in ahead.modules.values()}
@@ -120,10 +126,8 @@ def test_plan_ahead__libcrypto_libsqlite3_and_libc_ifuncs__then_the_agents_plan_
     assert any(s["reason"] == "excluded by -x *EVP_MD*" for s in names["libcrypto.so.3"].skipped)
     for module in names.values():  # a bare -i strlen takes every module in: all planned, none selected
         assert_same_as_agent(module, plan)
-    libc = [p for p in ahead.left_to_agent if os.path.basename(p) == "libc.so.6"]
-    assert len(libc) == 1 and "IFUNC" in ahead.left_to_agent[libc[0]]
-    assert "libc.so.6" not in names
-    ifuncs = {f["name"] for f in plan["functions"] if f["module"] == "libc.so.6" and f.get("ifunc")}
+    assert ahead.left_to_agent == {}
+    ifuncs = {f["name"] for f in names["libc.so.6"].functions if f.get("ifunc")}
     assert {"memcpy", "strlen"} <= ifuncs
 
 
@@ -160,13 +164,10 @@ def test_agent_plan__given_the_injectors_plan__then_the_same_plan_numbered_alike
     plans = []
     for use_ahead in (False, True):
         with running([PYTHON, "-c", LOOP], "libsqlite3") as pid:
-            given = None
-            if use_ahead:
-                given = pa.plan_process(pid, Selection.from_agent(SHARED_LIBS), rules, AGENT_LIB).given()
-            plans.append(agent_plan(pid, SHARED_LIBS, given))
+            ahead = pa.plan_process(pid, Selection.from_agent(SHARED_LIBS), rules, AGENT_LIB)
+            plans.append(agent_plan(pid, SHARED_LIBS, ahead, use_ahead))
     assert plans[0]["plannedAhead"] == []
-    assert {"libcrypto.so.3", "libsqlite3.so.0.8.6"} <= set(plans[1]["plannedAhead"])
-    assert "libc.so.6" not in plans[1]["plannedAhead"]
+    assert {"libcrypto.so.3", "libsqlite3.so.0.8.6", "libc.so.6"} <= set(plans[1]["plannedAhead"])
     assert _normalized(plans[0]) == _normalized(plans[1])
     given_modules = [m for m in plans[1]["modules"] if m["name"] in plans[1]["plannedAhead"]]
     assert given_modules and all(m["starts"] is None for m in given_modules)
@@ -178,7 +179,7 @@ def test_plan_ahead__deleted_executable__then_left_to_the_agent_which_plans_it(r
     with running([str(copy), ROUNDS], "libc.so") as pid:
         copy.unlink()
         ahead = pa.plan_process(pid, Selection(), rules, AGENT_LIB)
-        plan = agent_plan(pid, {}, ahead.given())
+        plan = agent_plan(pid, {}, ahead, use_ahead=True)
     assert ahead.modules == {} or all(m.name != "distro_clones" for m in ahead.modules.values())
     assert any("deleted" in why for p, why in ahead.left_to_agent.items() if "distro_clones" in p)
     # the agent planned it as it does without the injector (Frida reads the

@@ -374,8 +374,12 @@ class Injector:
         target.mark("allocated")
         # the calibration spans creation to here (the attach, mostly): no wait
         target.segment.enable_tsc_clock(os.environ.get("LANETRACE_CLOCK", "auto"))
-        agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
-                    "programThreads": target.program_tids or [pid], "glueSource": glue})
+        ahead = target.plan_ahead.result() if target.plan_ahead is not None else None
+        init = agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
+                           "programThreads": target.program_tids or [pid], "glueSource": glue,
+                           "resolve": ahead.resolve_requests() if ahead is not None else []})
+        if ahead is not None:
+            ahead.finish(init.get("resolved") or {})
         target.mark("initialized")
         plan = self.plan(target, agent)
         planned = plan["functions"]

@@ -17,11 +17,16 @@ is mapped or when its plan needs the target's loader:
 
   - its file is gone, replaced or not a file (``(deleted)``, memfd, no
     build-id, or a build-id other than the one in the target's memory);
-  - it defines a global IFUNC (only the loader knows the implementation the
-    agent resolves with dlsym), or a function whose binding Frida may
-    classify otherwise (STB_GNU_UNIQUE);
+  - it defines a function whose binding Frida may classify otherwise
+    (STB_GNU_UNIQUE);
   - its name, base or size is not the one Frida reports (checked by the
     agent).
+
+A module that defines global IFUNCs (libc, libm) is planned here too, once
+the agent has resolved them: only the target's loader knows the
+implementation it picked, so their names go to the agent's init()
+(``resolve``) and the addresses it returns complete the plan
+(``ProcessPlan.finish``).
 
 The built-in excludes and the role functions are read from agent.js, their
 one definition.
@@ -52,6 +57,15 @@ _SYM = struct.Struct("<IBBHQQ")
 
 class NotPlannable(Exception):
     """This module is planned by the agent; the message says why."""
+
+
+class NeedsLoader(Exception):
+    """The module's plan needs the implementations the target's loader
+    picked for these IFUNCs."""
+
+    def __init__(self, names: list[str]):
+        super().__init__(f"{len(names)} IFUNCs to resolve in the target")
+        self.names = names
 
 
 # ---- the agent's globs, excludes and roles --------------------------------
@@ -233,12 +247,21 @@ class Function:
     size: int
     score: int
     aliases: list[str]
+    ifunc: bool = False
 
 
-def module_functions(image: ElfImage, base: int) -> tuple[list[Function], list[int]]:
+def global_ifuncs(image: ElfImage) -> list[str]:
+    """The IFUNCs the agent resolves (dlsym) when it enumerates the module."""
+    return [s.name for s in image.symbols
+            if s.type == STT_GNU_IFUNC and s.bind != STB_LOCAL and s.shndx != 0]
+
+
+def module_functions(image: ElfImage, base: int,
+                     resolved: dict[str, int | None]) -> tuple[list[Function], list[int]]:
     """agent.js moduleFunctions: the functions, deduplicated by address,
     with every alias and the display name the agent picks, and every
-    function start."""
+    function start. ``resolved``: the address the target's loader gives
+    each global IFUNC (None: not found)."""
     bias, end = base - image.first_vaddr, base + image.span
     by_addr: dict[int, Function] = {}
     starts: dict[int, None] = {}
@@ -269,9 +292,13 @@ def module_functions(image: ElfImage, base: int) -> tuple[list[Function], list[i
             add(s.name, address, s.size, 2 if is_global else 0)
             starts[address] = None
         elif s.type in (STT_NOTYPE, STT_GNU_IFUNC) and is_global:
-            if s.type == STT_GNU_IFUNC and s.shndx != 0:
-                raise NotPlannable(f"IFUNC {s.name}: its implementation is the loader's choice")
-            starts[address] = None  # dlsym finds this same definition, or one in another module
+            # NOTYPE: dlsym finds this same definition, or one in another module
+            starts[address] = None
+            impl = resolved.get(s.name) if s.type == STT_GNU_IFUNC and s.shndx != 0 else None
+            if impl is not None and impl != address:
+                add(s.name, impl, 0, 3)
+                if impl in by_addr:
+                    by_addr[impl].ifunc = True
     for e in image.exports:
         address = bias + e.value
         add(e.name, address, 0, 4)
@@ -300,9 +327,11 @@ class ModulePlan:
 
 
 def plan_module(image: ElfImage, name: str, path: str, base: int, is_main: bool,
-                sel: dict, rules: AgentRules) -> ModulePlan | None:
+                sel: dict, rules: AgentRules,
+                resolved: dict[str, int | None] | None = None) -> ModulePlan | None:
     """agent.js planModule and planRoles for one module; None when the
-    selection takes nothing of it (the agent still looks for its roles)."""
+    selection takes nothing of it (the agent still looks for its roles).
+    Raises NeedsLoader for a module with IFUNCs and no ``resolved``."""
     include_modules, exclude_modules = sel["includeModules"], sel["excludeModules"]
     if any(p.func.match(name) for p in exclude_modules):
         return None
@@ -311,7 +340,10 @@ def plan_module(image: ElfImage, name: str, path: str, base: int, is_main: bool,
     inc = [p for p in sel["include"] if p.module is None or p.module.match(name)]
     if not whole and not inc:
         return None
-    fns, starts = module_functions(image, base)
+    ifuncs = global_ifuncs(image)
+    if ifuncs and resolved is None:
+        raise NeedsLoader(ifuncs)
+    fns, starts = module_functions(image, base, resolved or {})
     exclude = [p for p in sel["exclude"] if p.module is None or p.module.match(name)]
     functions, skipped = [], []
     for f in fns:
@@ -335,7 +367,8 @@ def plan_module(image: ElfImage, name: str, path: str, base: int, is_main: bool,
             why = next(w for r, w in rules.functions if alias_match(r) is not None)
             skipped.append({"name": f"{name}!{shown}", "reason": f"built-in exclude: {why}"})
             continue
-        functions.append({"name": shown, "address": hex(f.address), "size": f.size})
+        functions.append({"name": shown, "address": hex(f.address), "size": f.size,
+                          **({"ifunc": True} if f.ifunc else {})})
     sizes = {f.address: f.size for f in reversed(fns)}  # the first function at an address
     bias = base - image.first_vaddr
     exported = {}
@@ -390,9 +423,35 @@ class ProcessPlan:
     modules: dict[int, ModulePlan] = field(default_factory=dict)
     left_to_agent: dict[str, str] = field(default_factory=dict)  # path -> reason
     seconds: float = 0.0
+    # modules whose IFUNCs the agent resolves first: base -> plan_module's arguments
+    unresolved: dict[int, tuple] = field(default_factory=dict)
 
     def given(self) -> dict:
         return {hex(base): m.to_agent() for base, m in self.modules.items()}
+
+    def resolve_requests(self) -> list[dict]:
+        """For the agent's init(): the IFUNCs of each module to resolve."""
+        return [{"base": hex(base), "name": args[1], "names": global_ifuncs(args[0])}
+                for base, args in self.unresolved.items()]
+
+    def finish(self, resolved: dict) -> None:
+        """Plan the modules with IFUNCs from init()'s ``resolved`` (base ->
+        an address or None per name); a module it lacks is left to the agent."""
+        for base, args in self.unresolved.items():
+            addresses = resolved.get(hex(base))
+            if addresses is None:
+                self.left_to_agent[args[2]] = "its IFUNCs were not resolved in the target"
+                continue
+            names = global_ifuncs(args[0])
+            impl = {n: (int(a, 16) if a else None) for n, a in zip(names, addresses)}
+            try:
+                plan = plan_module(*args, resolved=impl)
+            except NotPlannable as exc:
+                self.left_to_agent[args[2]] = str(exc)
+                continue
+            if plan is not None:
+                self.modules[base] = plan
+        self.unresolved = {}
 
 
 def plan_process(pid: int, selection: Selection, rules: AgentRules, agent_lib: str) -> ProcessPlan:
@@ -418,6 +477,9 @@ def plan_process(pid: int, selection: Selection, rules: AgentRules, agent_lib: s
                                    image.build_id):
                 raise NotPlannable("the build-id in memory is not the file's")
             plan = plan_module(image, name, path, base, path == exe, sel, rules)
+        except NeedsLoader:
+            out.unresolved[base] = (image, name, path, base, path == exe, sel, rules)
+            continue
         except NotPlannable as exc:
             out.left_to_agent[path] = str(exc)
             continue
