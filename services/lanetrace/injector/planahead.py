@@ -369,7 +369,7 @@ def plan_module(image: ElfImage, name: str, path: str, base: int, is_main: bool,
             continue
         functions.append({"name": shown, "address": hex(f.address), "size": f.size,
                           **({"ifunc": True} if f.ifunc else {})})
-    sizes = {f.address: f.size for f in reversed(fns)}  # the first function at an address
+    sizes = {f.address: f.size for f in fns}
     bias = base - image.first_vaddr
     exported = {}
     for e in image.exports:
@@ -380,8 +380,8 @@ def plan_module(image: ElfImage, name: str, path: str, base: int, is_main: bool,
 
 
 # ---- a process --------------------------------------------------------------
-def mapped_modules(pid: int) -> list[tuple[str, int, str]]:
-    """(path, load base, maps path as written) of each file mapped from its
+def mapped_modules(pid: int) -> list[tuple[str, int]]:
+    """(path as maps shows it, load base) of each file mapped from its
     offset 0 with code mapped above it, in address order."""
     heads, code = [], []
     with open(f"/proc/{pid}/maps") as f:
@@ -400,7 +400,7 @@ def mapped_modules(pid: int) -> list[tuple[str, int, str]]:
         below = [h for h, p in heads if p == path and h <= lo]
         if below and (path, max(below)) not in seen:
             seen.add((path, max(below)))
-            out.append((path, max(below), path))
+            out.append((path, max(below)))
     return out
 
 
@@ -465,7 +465,7 @@ def plan_process(pid: int, selection: Selection, rules: AgentRules, agent_lib: s
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         exe = None
-    for path, base, _ in mapped_modules(pid):
+    for path, base in mapped_modules(pid):
         name = os.path.basename(path)
         if not path.startswith("/") or rules.module_excluded(name, path, agent_lib):
             continue
