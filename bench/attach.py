@@ -4,6 +4,7 @@ attach (attach + an empty script + detach: the floor any Frida-based tracer
 pays).
 
     .venv/bin/python bench/attach.py [--reps 4] [--concurrent 3] [--json]
+                                     [--compare-plan-ahead] [--only idle-many,...]
 
 Scenarios, each run --reps times:
 
@@ -28,6 +29,12 @@ Figures (seconds, median and max over the reps):
                       from the moment Frida's attach returned
   live after start    the same, counted from the start of the command
   wall                the whole command, start to exit
+  plan step           the agent's plan() RPC (init to planned)
+
+--compare-plan-ahead runs every attach scenario with the plan computed in
+the injector from the modules' files (after) and with the agent planning
+every module inside the target (before, LANETRACE_PLAN_AHEAD=off), one of
+each per rep, in alternating order, so both see the same load.
 
 Every attach also checks that it recorded malloc calls, that the target is
 still running after the detach, and that a second attach to the same process
@@ -66,12 +73,12 @@ LOOP_SSL = ("import hashlib, ssl\n"
 BURN = "while True: pass\n"
 
 
-def lanetrace(args, out_dir, timeout=300):
+def lanetrace(args, out_dir, timeout=300, env=None):
     start = time.monotonic()
     argv = [PYTHON, "-m", "lanetrace", *args[:1], "-o", out_dir, *args[1:]]
     try:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              timeout=timeout, cwd=ROOT)
+                              timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:  # a failure to count, not the end of the benchmark
         proc = subprocess.CompletedProcess(argv, -1, "", f"no result within {timeout} s")
     return proc, time.monotonic() - start
@@ -109,10 +116,12 @@ MALLOC = ["-i", "libc.so*!malloc"]
 CRYPTO_2000 = ["-i", "libcrypto*![A-D]*", "-i", "libcrypto*!EVP_*"]
 
 
-def attach_once(pid, work, label, selection=MALLOC):
-    """One attach; returns a row of figures or the failure."""
+def attach_once(pid, work, label, selection=MALLOC, plan_ahead=True):
+    """One attach; returns a row of figures or the failure. plan_ahead=False:
+    the agent plans every module inside the target (LANETRACE_PLAN_AHEAD=off)."""
     out = tempfile.mkdtemp(prefix=f"{label}-", dir=work)
-    proc, wall = lanetrace(["attach", *selection, "--duration", "2", str(pid)], out)
+    env = dict(os.environ, LANETRACE_PLAN_AHEAD="on" if plan_ahead else "off")
+    proc, wall = lanetrace(["attach", *selection, "--duration", "2", str(pid)], out, env=env)
     row = {"wall": wall, "ok": proc.returncode == 0}
     if proc.returncode != 0:
         row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1] + keep_logs(out)
@@ -125,6 +134,8 @@ def attach_once(pid, work, label, selection=MALLOC):
         row["liveAfterAttach"] = (t["live"] - t["attached"]) / 1e9
     if "live" in t and cli:
         row["liveAfterStart"] = (t["live"] - cli) / 1e9
+    if "planned" in t and "initialized" in t:
+        row["plan"] = (t["planned"] - t["initialized"]) / 1e9
     row["steps"] = steps(t, session.get("timings", {}))
     manifest_path = os.path.join(target["traceDir"], "trace.json")
     with open(manifest_path) as f:
@@ -150,7 +161,8 @@ def alive(proc):
     return proc.poll() is None
 
 
-def scenario_attach(reps, work, load=0, concurrent=0, selection=MALLOC, program=LOOP):
+def _scenario_attach(reps, work, load=0, concurrent=0, selection=MALLOC, program=LOOP,
+                    plan_ahead=True):
     rows, failures = [], []
     burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(load)]
     try:
@@ -166,7 +178,7 @@ def scenario_attach(reps, work, load=0, concurrent=0, selection=MALLOC, program=
                         -1, run_once(work, "crun"))))
                 for th in threads:
                     th.start()
-                row = attach_once(target.pid, work, "main", selection)
+                row = attach_once(target.pid, work, "main", selection, plan_ahead)
                 for th in threads:
                     th.join()
                 for k, r in results.items():
@@ -175,7 +187,7 @@ def scenario_attach(reps, work, load=0, concurrent=0, selection=MALLOC, program=
                 if row["ok"] and not alive(target):
                     row["ok"], row["error"] = False, f"target died (status {target.poll()})"
                 if row["ok"]:  # a second attach to the same process
-                    again = attach_once(target.pid, work, "again", selection)
+                    again = attach_once(target.pid, work, "again", selection, plan_ahead)
                     if not again["ok"]:
                         row["ok"], row["error"] = False, f"second attach: {again.get('error')}"
                     elif not alive(target):
@@ -264,10 +276,26 @@ def main() -> int:
     ap.add_argument("--only", default="idle,loaded,idle-many,loaded-many,idle-2000,loaded-2000,"
                                       "run,frida-bare")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare-plan-ahead", action="store_true",
+                    help="each attach scenario twice per rep, interleaved: the agent planning "
+                         "every module in the target (before) and the injector planning "
+                         "ahead from the files (after)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     work = tempfile.mkdtemp(prefix="lanetrace-bench-attach-")
     results = {}
+
+    def scenario_attach(reps, work, **kw):
+        if not args.compare_plan_ahead:
+            return _scenario_attach(reps, work, **kw)
+        rows = {False: ([], []), True: ([], [])}
+        for rep in range(reps):  # interleaved, the order swapped every rep
+            for ahead in ((False, True) if rep % 2 == 0 else (True, False)):
+                r, f = _scenario_attach(1, work, plan_ahead=ahead, **kw)
+                rows[ahead][0].extend(r)
+                rows[ahead][1].extend(f)
+        return {"before": rows[False], "after": rows[True]}
+
     try:
         if "idle" in only:
             results["idle attach"] = scenario_attach(args.reps, work)
@@ -297,17 +325,25 @@ def main() -> int:
             results["frida bare attach"] = scenario_frida_bare(args.reps)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    flat = {}
+    for name, res in results.items():
+        if isinstance(res, dict):
+            flat.update({f"{name} ({k})": v for k, v in res.items()})
+        else:
+            flat[name] = res
+    results = flat
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
     print(f"lanetrace attach/run times, seconds, median / max of {args.reps} "
           f"(1-min load average at the end: {load})")
-    print(f"{'scenario':20s} {'ok':>5s} {'functions':>9s}  {'live after attach':>17s}  "
-          f"{'live after start':>17s}  {'wall':>15s}")
+    print(f"{'scenario':30s} {'ok':>5s} {'functions':>9s}  {'live after attach':>17s}  "
+          f"{'live after start':>17s}  {'wall':>15s}  {'plan step':>15s}")
     for name, (rows, failures) in results.items():
         ok = f"{len(rows)}/{len(rows) + len([f for f in failures if f.startswith('rep')])}"
         funcs = max((r.get("functions", 0) for r in rows), default=0) or ""
-        print(f"{name:20s} {ok:>5s} {funcs!s:>9s}  {stats(rows, 'liveAfterAttach'):>17s}  "
-              f"{stats(rows, 'liveAfterStart'):>17s}  {stats(rows, 'wall'):>15s}")
+        print(f"{name:30s} {ok:>5s} {funcs!s:>9s}  {stats(rows, 'liveAfterAttach'):>17s}  "
+              f"{stats(rows, 'liveAfterStart'):>17s}  {stats(rows, 'wall'):>15s}  "
+              f"{stats(rows, 'plan'):>15s}")
         for f in failures:
             print(f"    failure: {f}")
         with_steps = [r["steps"] for r in rows if r.get("steps")]

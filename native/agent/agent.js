@@ -14,12 +14,20 @@
  * (glue.c) calling lt_cm_enter/lt_cm_leave.
  *
  * RPC (driven by the injector):
- *   init({shmName, agentLibPath, programThreads, glueSource?})
+ *   init({shmName, agentLibPath, programThreads, glueSource?, resolve?})
  *       programThreads: the thread ids the process had before Frida attached
- *   plan({include, exclude, includeModules, excludeModules})
- *       -> {functions:[{id, module, modulePath, name, address, size, ifunc?}],
- *           skipped:[{name, reason}],
- *           modules:[{name, path, base, size, starts:[address...], slotBase, slotCount}]}
+ *       resolve: [{base, name, names:[...]}]: IFUNCs of the modules the
+ *       injector plans, resolved as moduleFunctions does
+ *       -> {..., resolved: {base: [address | null, ...]}}
+ *   plan({include, exclude, includeModules, excludeModules, given?})
+ *       given: {base: {name, size, functions:[{name, address, size, ifunc?}], skipped,
+ *               roles:[{name, address, size, role}]}}: modules the injector
+ *               planned from their files (planahead.py), used when Frida
+ *               reports the same name, base and size
+ *       -> {functions:[{id, module, modulePath, name, address, size, ifunc?, role?}],
+ *           skipped:[{name, reason}], plannedAhead:[module name...],
+ *           modules:[{name, path, base, size, starts:[address...] | null (given),
+ *                     slotBase, slotCount}]}
  *   install({verdicts: {id: {kind:'fast'} | {kind:'fallback'|'skip', reason}},
  *            batch: hex of the fast hooks' records (install.c), populateNow?})
  *       planned functions without a verdict stay pending for a later install()
@@ -128,6 +136,7 @@ const st = {
   detached: false,
   dlopenErrors: [],
   triggers: new Set(),       // function ids flagged as triggers
+  given: {},                 // plan(): the injector's plan by module base (planahead.py)
   populated: false,          // lt_populate scheduled
 };
 
@@ -229,11 +238,30 @@ function moduleFunctionsOnce(mod) {
   return r;
 }
 
+/* Number a planned function (unless another module or a replan has its
+ * address) and queue it for install(). */
+function adopt(mod, name, key, size, extra) {
+  if (st.byAddress.has(key)) return null; // aliases across modules / replans
+  const fn = Object.assign({ id: st.nextId++, module: mod.name, modulePath: mod.path, name,
+    address: key, size }, extra);
+  st.byAddress.set(key, fn);
+  st.pending.push(fn);
+  return fn;
+}
+
+/* The injector's plan of this module (planahead.py), when it is for this
+ * very module: same name, base and size as Frida reports. */
+function givenFor(mod) {
+  const g = st.given[mod.base.toString()];
+  return g !== undefined && g.name === mod.name && g.size === mod.size ? g : undefined;
+}
+
 /* Selection for one module -> {functions, skipped, starts}; assigns ids.
  * starts: every function entry of the module (for the injector's safety
- * analysis), when it was enumerated. */
-function planModule(mod, sel, isMain) {
-  const out = { functions: [], skipped: [], starts: null };
+ * analysis), when it was enumerated. A module the injector planned from
+ * its file (`given`) is only numbered here; its starts are the injector's. */
+function planModule(mod, sel, isMain, given) {
+  const out = { functions: [], skipped: [], starts: null, given: false };
   if (st.plannedModules.has(mod.path)) return out;
   st.plannedModules.add(mod.path);
   if (builtinModuleExclude(mod)) return out;
@@ -242,6 +270,15 @@ function planModule(mod, sel, isMain) {
     (sel.include.length === 0 && sel.includeModules.length === 0 && isMain);
   const incPatterns = sel.include.filter(p => p.module === null || p.module.test(mod.name));
   if (!wholeModule && incPatterns.length === 0) return out;
+  if (given !== undefined) {
+    out.given = true;
+    out.skipped = given.skipped;
+    for (const f of given.functions) {
+      const fn = adopt(mod, f.name, f.address, f.size, f.ifunc ? { ifunc: true } : {});
+      if (fn !== null) out.functions.push(fn);
+    }
+    return out;
+  }
   const { fns, starts } = moduleFunctionsOnce(mod);
   out.starts = starts;
   for (const f of fns) {
@@ -257,46 +294,42 @@ function planModule(mod, sel, isMain) {
     if (ex) { out.skipped.push({ name: `${mod.name}!${name}`, reason: `excluded by -x ${ex.text}` }); continue; }
     const b = aliasMatch(BUILTIN_FN_ANY) === undefined ? undefined : BUILTIN_FN.find(x => aliasMatch(x.re) !== undefined);
     if (b) { out.skipped.push({ name: `${mod.name}!${name}`, reason: `built-in exclude: ${b.why}` }); continue; }
-    const key = f.address.toString();
-    if (st.byAddress.has(key)) continue; // aliases across modules / replans
-    const fn = {
-      id: st.nextId++, module: mod.name, modulePath: mod.path, name,
-      address: key, size: f.size,
-    };
-    if (f.ifunc) fn.ifunc = true;
-    st.byAddress.set(key, fn);
-    st.pending.push(fn);
-    out.functions.push(fn);
+    const fn = adopt(mod, name, f.address.toString(), f.size, f.ifunc ? { ifunc: true } : {});
+    if (fn !== null) out.functions.push(fn);
   }
   return out;
 }
 
 /* The ROLE_FUNCTIONS this module defines itself (dlsym also finds its
- * dependencies' ones). */
-function planRoles(mod) {
+ * dependencies' ones); the injector's when it planned the module. */
+function planRoles(mod, given) {
   const out = [];
   if (builtinModuleExclude(mod)) return out;
+  if (given !== undefined) {
+    for (const r of given.roles) {
+      const fn = adopt(mod, r.name, r.address, r.size, { role: r.role });
+      if (fn !== null) out.push(fn);
+    }
+    return out;
+  }
   for (const [name, role] of ROLE_FUNCTIONS) {
     const a = mod.findExportByName(name);
     if (a === null || a.compare(mod.base) < 0 || a.compare(mod.base.add(mod.size)) >= 0) continue;
-    const key = a.toString();
-    if (st.byAddress.has(key)) continue;
-    const sym = moduleFunctionsOnce(mod).fns.find(x => x.address.equals(a));
-    const fn = { id: st.nextId++, module: mod.name, modulePath: mod.path, name, address: key,
-      size: sym ? sym.size : 0, role };
-    st.byAddress.set(key, fn);
-    st.pending.push(fn);
-    out.push(fn);
+    const sym = st.byAddress.has(a.toString()) ? undefined : moduleFunctionsOnce(mod).fns.find(x => x.address.equals(a));
+    const fn = adopt(mod, name, a.toString(), sym ? sym.size : 0, { role });
+    if (fn !== null) out.push(fn);
   }
   return out;
 }
 
 function planModules(mods) {
-  const res = { functions: [], skipped: [], modules: [] };
+  const res = { functions: [], skipped: [], modules: [], plannedAhead: [] };
   const main = Process.mainModule;
   for (const m of mods) {
-    const r = planModule(m, st.selection, m.path === main.path);
-    const roles = planRoles(m);
+    const r = planModule(m, st.selection, m.path === main.path, givenFor(m));
+    // a module the selection takes nothing of is not in the injector's plan
+    const roles = planRoles(m, r.given ? givenFor(m) : undefined);
+    if (r.given) res.plannedAhead.push(m.name);
     const fns = r.functions.concat(roles);
     res.functions.push(...fns);
     res.skipped.push(...r.skipped);
@@ -305,7 +338,7 @@ function planModules(mods) {
       uint64(fns.length * SLOT_BYTES));
     res.modules.push({
       name: m.name, path: m.path, base: m.base.toString(), size: m.size,
-      starts: r.starts || moduleFunctionsOnce(m).starts,
+      starts: r.given ? null : r.starts || moduleFunctionsOnce(m).starts,
       slotBase: slots.isNull() ? '0x0' : slots.toString(), slotCount: slots.isNull() ? 0 : fns.length,
     });
   }
@@ -332,6 +365,7 @@ function glue() {
  * lt_install_batch) from the injector's batch (hex): for each record, its
  * function id, its stub (0 when not installed) and lt_install's reason. */
 function installBatch(hex, max) {
+  if (max === 0) return { n: 0, malformed: false, stubs: NULL, fids: [], whys: [] };
   const fids = Memory.alloc(4 * max), stubs = Memory.alloc(8 * max), whys = Memory.alloc(4 * max);
   let n = max === 0 || hex.length === 0 ? 0
     : st.nf.installBatch(Memory.allocUtf8String(hex), uint64(hex.length), max, fids, stubs, whys).toNumber();
@@ -455,6 +489,7 @@ function hookDlopen() {
 function init(opts) {
   if (!opts || typeof opts.shmName !== 'string' || typeof opts.agentLibPath !== 'string')
     throw new Error('init: shmName and agentLibPath are required');
+  const resolved = resolveExports(opts.resolve || []);
   st.agentLibPath = opts.agentLibPath;
   st.glueSource = opts.glueSource || null;
   st.lib = Module.load(opts.agentLibPath);
@@ -495,7 +530,20 @@ function init(opts) {
   return {
     pid: Process.id, arch: Process.arch, ignoredThreads: ignored, visibleThreads: visible.length,
     mainModule: { name: main.name, path: main.path, base: main.base.toString() },
+    resolved,
   };
+}
+
+/* The addresses dlsym gives these names in these modules (IFUNCs: the
+ * implementation the loader picked), for the injector's plan. */
+function resolveExports(requests) {
+  const out = {};
+  for (const r of requests) {
+    const m = Process.findModuleByAddress(ptr(r.base));
+    if (m === null || m.name !== r.name || !m.base.equals(ptr(r.base))) continue;
+    out[r.base] = r.names.map(n => { const a = m.findExportByName(n); return a === null ? null : a.toString(); });
+  }
+  return out;
 }
 
 function plan(opts) {
@@ -507,7 +555,9 @@ function plan(opts) {
     includeModules: compilePatterns(opts.includeModules || [], '-I'),
     excludeModules: compilePatterns(opts.excludeModules || [], '-X'),
   };
-  const r = planModules(Process.enumerateModules());
+  st.given = opts.given || {};
+  let r;
+  try { r = planModules(Process.enumerateModules()); } finally { st.given = {}; }
   if (st.dlopenHooks.length === 0) hookDlopen();
   return r;
 }

@@ -36,6 +36,7 @@ from lanetrace.injector.attachguard import ParkedMainThread
 from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
 from lanetrace.injector.fridaguard import HANG_MESSAGE, HangGuard, release_frida
+from lanetrace.injector.planahead import PlanAhead
 from lanetrace.injector.srclocator import SourceLocator
 from lanetrace.injector.sweepahead import SweepAhead
 from lanetrace.injector.threadnames import ThreadNames
@@ -322,6 +323,11 @@ class Injector:
         target.program_tids = thread_ids(pid)
         # the branch sweep of the hook-safety analysis runs while Frida attaches
         target.sweep_ahead = SweepAhead(pid, self.selection)
+        # and the plan, from the modules' files, so the agent only numbers it
+        # (LANETRACE_PLAN_AHEAD=off: the agent plans every module, for comparison)
+        if os.environ.get("LANETRACE_PLAN_AHEAD", "on") != "off":
+            target.plan_ahead = PlanAhead(pid, self.selection, read_agent_source("agent.js"),
+                                          AGENT_LIB)
         # A running program's main thread waits aside while Frida's bootstrap
         # borrows it; spawned targets and gated children are not running yet.
         running = not target.spawned and target.parent_pid is None
@@ -368,10 +374,14 @@ class Injector:
         target.mark("allocated")
         # the calibration spans creation to here (the attach, mostly): no wait
         target.segment.enable_tsc_clock(os.environ.get("LANETRACE_CLOCK", "auto"))
-        agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
-                    "programThreads": target.program_tids or [pid], "glueSource": glue})
+        ahead = target.plan_ahead.result() if target.plan_ahead is not None else None
+        init = agent.init({"shmName": target.segment.name, "agentLibPath": agent_lib,
+                           "programThreads": target.program_tids or [pid], "glueSource": glue,
+                           "resolve": ahead.resolve_requests() if ahead is not None else []})
+        if ahead is not None:
+            ahead.finish(init.get("resolved") or {})
         target.mark("initialized")
-        plan = agent.plan(self.selection.to_agent())
+        plan = self.plan(target, agent)
         planned = plan["functions"]
         functions = traced_functions(planned)
         target.mark("planned")
@@ -393,6 +403,23 @@ class Injector:
         target.verdicts = hooksafety.decide(pid, plan.get("modules", []), planned)
         target.selection_skips = plan.get("skipped", [])
         target.mark("analysed")
+
+    def plan(self, target: TracedProcess, agent) -> dict:
+        """The agent's plan, with the modules planned ahead from their files
+        (planahead.py) only numbered by the agent; their function starts
+        are the injector's."""
+        ahead = target.plan_ahead.result() if target.plan_ahead is not None else None
+        request = self.selection.to_agent()
+        if ahead is not None and ahead.modules:
+            request["given"] = ahead.given()
+        plan = agent.plan(request)
+        for m in plan.get("modules", []):
+            if m.get("starts") is None:
+                m["starts"] = [hex(a) for a in ahead.modules[int(m["base"], 16)].starts]
+        if ahead is not None:
+            log.info("pid %d: planned ahead in %.3f s: %s; left to the agent: %s", target.pid,
+                     ahead.seconds, plan.get("plannedAhead"), ahead.left_to_agent or "none")
+        return plan
 
     def go_live(self, target: TracedProcess, attached: bool) -> None:
         """The writer learns the target and its function table, then the

@@ -48,6 +48,7 @@ class TracedProcess:
     addresses: dict = field(default_factory=dict)  # function id -> entry, role functions too
     roles: dict = field(default_factory=dict)  # function id -> role (C++ throw/catch hooks)
     sweep_ahead: object = None  # sweepahead.SweepAhead started before the attach
+    plan_ahead: object = None  # planahead.PlanAhead started before the attach
     # the process' threads just before Frida attached: the program's own
     # (any thread that appears later during the attach may be Frida's)
     program_tids: list[int] = field(default_factory=list)
