@@ -350,8 +350,8 @@ class Injector:
         target.start_ns = time.monotonic_ns()
         target.mark("attached")
         # Targets start in GLOBAL_ONLY (the segment's initial mode): nothing is
-        # lost before the drainers beat; the agent then moves through
-        # DUAL_WRITE to PER_THREAD_ONLY by itself.
+        # lost before the drainers beat; the agent then moves to
+        # PER_THREAD_ONLY by itself (through DUAL_WRITE if it recorded first).
         self.flight.configure(target.segment)
         self.run_dir.register_target(pid, {"pid": pid, "shm": target.segment.name,
                                            "shards": self.shards,
