@@ -20,7 +20,7 @@
     .intel_syntax noprefix
 
 /* One 32-byte index record at the producer's fill, stamped with rdtsc, then
- * the fill published. rcx = producer, esi = depth; fid at [FIDSRC + FIDOFF];
+ * the fill published and the periodic check's countdown taken. rcx = producer, esi = depth; fid at [FIDSRC + FIDOFF];
  * clobbers rax, rdx and SCRATCH. */
     .macro WRITE_RECORD fidsrc, fidoff, scratch64, scratch32, kind
     rdtsc
@@ -48,6 +48,24 @@
     mov dword ptr [rcx + LT_P_FILL], eax
     mov rdx, qword ptr [rcx + LT_P_RING_FILL]
     mov dword ptr [rdx], eax    /* release (x86 stores are): pairs with the drainer's acquire of fill */
+    sub dword ptr [rcx + LT_P_COUNTDOWN], 1
+    .endm
+
+/* To LABEL unless the assembly path may record: TSC stamps, the thread's own
+ * lane only, no periodic check due, room in the active ring (what emit()'s
+ * fast path checks in C). rcx = producer; clobbers SCRATCH. */
+    .macro FAST_RECORD_OR scratch32, label
+    cmp dword ptr [rip + g_clock_tsc], 0
+    je \label
+    cmp dword ptr [rcx + LT_P_ROUTE], 1         /* LT_ROUTE_LANE only */
+    jne \label
+    cmp dword ptr [rcx + LT_P_COUNTDOWN], 1     /* the periodic check is due */
+    jbe \label
+    cmp qword ptr [rcx + LT_P_RING], 0
+    je \label
+    mov \scratch32, dword ptr [rcx + LT_P_FILL]
+    cmp \scratch32, dword ptr [rcx + LT_P_CAP]
+    jae \label
     .endm
 
 
@@ -91,17 +109,7 @@ lt_entry_tramp:
     mov edx, dword ptr [rip + g_epoch]
     cmp edx, dword ptr [rcx + LT_T_EPOCH]       /* a new session: re-register in C */
     jne .Lentry_unguard
-    cmp dword ptr [rip + g_clock_tsc], 0
-    je .Lentry_unguard
-    cmp dword ptr [rcx + LT_P_ROUTE], 1         /* LT_ROUTE_LANE only */
-    jne .Lentry_unguard
-    cmp dword ptr [rcx + LT_P_COUNTDOWN], 1     /* the periodic check is due */
-    jbe .Lentry_unguard
-    cmp qword ptr [rcx + LT_P_RING], 0
-    je .Lentry_unguard
-    mov edx, dword ptr [rcx + LT_P_FILL]
-    cmp edx, dword ptr [rcx + LT_P_CAP]
-    jae .Lentry_unguard
+    FAST_RECORD_OR edx, .Lentry_unguard
     mov esi, dword ptr [rcx + LT_T_DEPTH]
     test esi, esi
     jz .Lentry_record                           /* no frame: nothing can be stale */
@@ -124,7 +132,6 @@ lt_entry_tramp:
 .Lentry_record:
     mov r8, rax                                 /* desc */
     WRITE_RECORD r8, LT_D_FID, rdi, edi, 1      /* LT_KIND_ENTRY */
-    sub dword ptr [rcx + LT_P_COUNTDOWN], 1
     mov eax, esi
     shl rax, LT_F_SHIFT
     lea rdx, [rcx + rax + LT_T_FRAMES]          /* the new frame */
@@ -231,19 +238,8 @@ lt_exit_tramp:
     mov eax, dword ptr [rdi + LT_F_EPOCH]
     cmp eax, dword ptr [rcx + LT_T_EPOCH]
     jne .Lexit_unguard
-    cmp dword ptr [rip + g_clock_tsc], 0
-    je .Lexit_unguard
-    cmp dword ptr [rcx + LT_P_ROUTE], 1         /* LT_ROUTE_LANE only */
-    jne .Lexit_unguard
-    cmp dword ptr [rcx + LT_P_COUNTDOWN], 1     /* the periodic check is due */
-    jbe .Lexit_unguard
-    cmp qword ptr [rcx + LT_P_RING], 0
-    je .Lexit_unguard
-    mov eax, dword ptr [rcx + LT_P_FILL]
-    cmp eax, dword ptr [rcx + LT_P_CAP]
-    jae .Lexit_unguard
+    FAST_RECORD_OR eax, .Lexit_unguard
     WRITE_RECORD rdi, LT_F_FID, r8, r8d, 2      /* LT_KIND_RETURN */
-    sub dword ptr [rcx + LT_P_COUNTDOWN], 1
     mov dword ptr [rcx + LT_T_DEPTH], esi       /* pop the frame */
     mov rax, qword ptr [rdi + LT_F_RET]
     mov qword ptr [rsp + 48], rax
