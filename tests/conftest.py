@@ -3,6 +3,7 @@ the traces it writes."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -15,6 +16,18 @@ def example(name: str) -> str:
     if not os.path.exists(path):
         pytest.fail(f"{path} is missing: run `make examples` (make test does)")
     return path
+
+
+def wait_until(check, what: str, timeout: float):
+    """Poll ``check`` until it returns something truthy, and return that; fail
+    naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
+        time.sleep(0.02)
 
 
 def run_lanetrace(args, *, timeout=180, env=None, cwd=None, user=None, text=True):

@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import example
+from conftest import example, wait_until
 
 pytestmark = pytest.mark.frida
 
@@ -35,19 +34,14 @@ def test_run__cli_killed_while_tracing__then_trace_finished_and_session_ends_its
     cli = subprocess.Popen([sys.executable, "-m", "lanetrace", "run", "-o", str(out), "--",
                             example("sleeper"), "4"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not glob.glob(str(out / "*" / "pid_*")):  # tracing has begun
-        assert cli.poll() is None, "lanetrace run ended before it traced anything"
-        assert time.monotonic() < deadline, "no trace directory within 120 s"
-        time.sleep(0.05)
+    wait_until(lambda: glob.glob(str(out / "*" / "pid_*")) or cli.poll() is not None,
+               "a trace directory (tracing has begun)", timeout=120)
+    assert cli.poll() is None, "lanetrace run ended before it traced anything"
     (session_dir,) = glob.glob(str(out / "*"))
     run_dir = f"/tmp/lanetrace-run-{os.path.basename(session_dir)}"
     cli.kill()
     cli.wait()
-    deadline = time.monotonic() + 120
-    while _session_processes(run_dir):
-        assert time.monotonic() < deadline, f"session processes left: {_session_processes(run_dir)}"
-        time.sleep(0.1)
+    wait_until(lambda: not _session_processes(run_dir), "the session's processes to end", timeout=120)
     (manifest,) = glob.glob(str(out / "*" / "pid_*" / "trace.json"))
     with open(manifest) as f:
         m = json.load(f)

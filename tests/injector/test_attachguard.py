@@ -8,11 +8,11 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 import frida
 import pytest
 
+from conftest import wait_until
 from lanetrace.injector.attachguard import ParkedMainThread
 
 pytestmark = pytest.mark.frida
@@ -51,14 +51,12 @@ def _attach_and_detach(pid, while_parked=None):
 def _wait_frida_gone(pid, timeout=20.0):
     """Frida unloads its agent after detach() returns (the injector waits for
     it in release_frida); a program that exits before that can crash."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def gone():
         with open(f"/proc/{pid}/status") as f:
             fields = dict(line.split(":", 1) for line in f)
-        if fields["TracerPid"].strip() == "0" and fields["Threads"].strip() == "1":
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"Frida still in pid {pid} {timeout} s after detach")
+        return fields["TracerPid"].strip() == "0" and fields["Threads"].strip() == "1"
+
+    wait_until(gone, f"Frida out of pid {pid} after detach", timeout=timeout)
 
 
 def test_parked_main_thread__blocked_in_read_during_attach__then_read_completes_unchanged():

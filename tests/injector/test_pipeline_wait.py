@@ -13,19 +13,9 @@ import time
 
 import pytest
 
-from conftest import example
+from conftest import example, wait_until
 
 WAIT_S = 120.0
-
-
-def _until(check, what: str):
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"not within {WAIT_S:.0f}s: {what}")
 
 
 def _state(pid: int) -> str | None:
@@ -53,8 +43,8 @@ def test_injector__stopped_while_waiting_for_the_services__then_error_and_target
                              "--spec", spec_path], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)  # the target inherits its stdout
     try:
-        registered = _until(lambda: glob.glob(os.path.join(run_dir, "targets", "*.json")),
-                            "the spawned target registered")
+        registered = wait_until(lambda: glob.glob(os.path.join(run_dir, "targets", "*.json")),
+                                "the spawned target registered", timeout=WAIT_S)
         target = int(os.path.basename(registered[0]).split(".")[0])
         time.sleep(0.5)  # well inside the wait for the writer that never comes
         proc.send_signal(signal.SIGTERM)

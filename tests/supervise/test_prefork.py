@@ -7,12 +7,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import xmlrpc.client
 
 import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
+from conftest import wait_until
 from lanetrace.supervise import prefork
 
 WAIT_S = 60.0
@@ -48,16 +48,6 @@ def _rpc(rd: str):
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 
-def _until(check, what: str):
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"not within {WAIT_S:.0f}s: {what}")
-
-
 def _running_pid(rd: str, name: str):
     try:  # a fresh proxy: a transport that failed to connect stays unusable
         info = _rpc(rd).supervisor.getProcessInfo(name)
@@ -75,7 +65,8 @@ def supervisord():
     proc = subprocess.Popen([sys.executable, "-m", "lanetrace.supervise.supervisord", "--prefork",
                              "-c", conf], cwd=rd, start_new_session=True)
     try:
-        pids = {name: _until(lambda n=name: _running_pid(rd, n), f"{name} running")
+        pids = {name: wait_until(lambda n=name: _running_pid(rd, n), f"{name} running",
+                                 timeout=WAIT_S)
                 for name in ("writer", "sleeper")}
         yield rd, _rpc(rd), pids
     finally:
@@ -96,7 +87,8 @@ def test_prefork__service_command__then_forked_child_named_after_the_service(sup
     rd, rpc, pids = supervisord
     assert _comm(pids["writer"]) == "writer"
     # the writer answers on its socket: the service really runs
-    _until(lambda: os.path.exists(os.path.join(rd, "writer.sock")), "writer.sock bound")
+    wait_until(lambda: os.path.exists(os.path.join(rd, "writer.sock")), "writer.sock bound",
+               timeout=WAIT_S)
 
 
 def test_prefork__other_command__then_exec_as_usual(supervisord):

@@ -12,6 +12,7 @@ import time
 import orjson
 import pytest
 
+from conftest import wait_until
 from lanetrace.core.rundir import RunDir
 from lanetrace.core.shm import TargetSegment
 
@@ -57,13 +58,6 @@ class Listener:
             self.proc.wait()
 
 
-def _until(cond, what: str):
-    deadline = time.monotonic() + WAIT_S
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def setup():
     path = tempfile.mkdtemp(prefix="ltwd-", dir="/tmp")
@@ -104,10 +98,11 @@ def test_watchdog__drainer_exits__then_its_shard_falls_back_and_returns_on_fresh
         def beat_and_check():
             seg.heartbeat(1, time.monotonic_ns())
             return seg.shard_fallback() == [False, False]
-        _until(beat_and_check, "shard 1 to leave fallback")
-        _until(lambda: os.path.exists(run_dir.file("watchdog.json")), "watchdog.json")
-        _until(lambda: orjson.loads(open(run_dir.file("watchdog.json"), "rb").read())
-               ["events"]["fallbackOff"] == 1, "the state file to count the return")
+        wait_until(beat_and_check, "shard 1 to leave fallback", timeout=WAIT_S)
+        wait_until(lambda: os.path.exists(run_dir.file("watchdog.json")), "watchdog.json",
+                   timeout=WAIT_S)
+        wait_until(lambda: orjson.loads(open(run_dir.file("watchdog.json"), "rb").read())
+                   ["events"]["fallbackOff"] == 1, "the state file to count the return", timeout=WAIT_S)
         state = orjson.loads(open(run_dir.file("watchdog.json"), "rb").read())
         assert state["events"]["fallbackOn"] == 1
         assert [e["fallback"] for e in state["history"]] == [True, False]
@@ -148,7 +143,8 @@ def test_watchdog__target_registered_while_shard_down__then_it_starts_in_fallbac
         pid = 4_000_001 - os.getpid()
         other = TargetSegment.create(seg.session_id, pid, slots=4, shards=2)
         run_dir.register_target(pid, {"pid": pid, "shm": other.name, "shards": 2})
-        _until(lambda: other.shard_fallback() == [True, False], "the new target's fallback")
+        wait_until(lambda: other.shard_fallback() == [True, False], "the new target's fallback",
+                   timeout=WAIT_S)
     finally:
         wd.close()
         if other is not None:
@@ -176,7 +172,8 @@ def test_watchdog__running_drainer_killed__then_fallback_before_supervisord_repo
         time.sleep(0.2)
         assert seg.shard_fallback() == [False, False]
         drainer.kill()  # SIGKILL; no PROCESS_STATE_EXITED is ever sent here
-        _until(lambda: seg.shard_fallback() == [True, False], "fallback from the pid watch")
+        wait_until(lambda: seg.shard_fallback() == [True, False], "fallback from the pid watch",
+                   timeout=WAIT_S)
     finally:
         wd.close()
         drainer.kill()
