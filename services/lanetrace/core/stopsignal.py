@@ -36,8 +36,13 @@ class StopSignal:
 
     def drain(self) -> None:
         """Empty the pipe (it is written on every signal that has a handler)."""
-        try:
-            while os.read(self.fd, 4096):
-                pass
-        except (BlockingIOError, InterruptedError):
+        drain_pipe(self.fd)
+
+
+def drain_pipe(fd: int) -> None:
+    """Read a non-blocking pipe until it is empty."""
+    try:
+        while os.read(fd, 4096):
             pass
+    except (BlockingIOError, InterruptedError):
+        pass

@@ -30,6 +30,8 @@ from lanetrace.core.rundir import RunDir
 from lanetrace.supervise.services import GROUP, SERVICES, service_argv
 from lanetrace.supervise.supervisorconf import render_session_config
 
+INJECTOR_PID_FILE = "injector.pid"  # in the run directory
+
 START_TIMEOUT_S = 20.0
 SHUTDOWN_TIMEOUT_S = 60.0
 # supervisord answers ~0.3 s after its fork (it imports the services' modules
@@ -142,7 +144,7 @@ class InjectorProcess:
                                          stderr=subprocess.STDOUT, start_new_session=True,
                                          cwd=self.run_dir.path, env=self.env)
         # who finishes a session whose lanetrace was killed signals it by this
-        with open(self.run_dir.file("injector.pid"), "w") as f:
+        with open(self.run_dir.file(INJECTOR_PID_FILE), "w") as f:
             f.write(f"{self.proc.pid}\n")
 
     def signal(self, sig: int) -> None:

@@ -30,16 +30,17 @@ import sys
 from supervisor import options as supervisor_options
 from supervisor import supervisord
 
+from lanetrace.core.stopsignal import drain_pipe
 from lanetrace.supervise import prefork
+from lanetrace.supervise.session import INJECTOR_PID_FILE
 
 
-class SignalWakeup:
-    """The read end of the wakeup pipe, in the shape of the asyncore
-    dispatchers that supervisord's loop polls."""
+class PolledFd:
+    """An fd in the shape of the asyncore dispatchers that supervisord's loop
+    polls: readable() always, handle_read_event() when it is."""
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.supervisor = None  # the running Supervisor, set by runforever()
 
     def readable(self) -> bool:
         return True
@@ -48,19 +49,29 @@ class SignalWakeup:
         return False
 
     def handle_read_event(self) -> None:
-        try:
-            while os.read(self.fd, 4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-        if self.supervisor is not None:
-            self.supervisor.reap()
+        raise NotImplementedError
 
     def handle_error(self) -> None:
         pass
 
     def close(self) -> None:
-        os.close(self.fd)
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class SignalWakeup(PolledFd):
+    """The read end of the wakeup pipe."""
+
+    def __init__(self, fd: int):
+        super().__init__(fd)
+        self.supervisor = None  # the running Supervisor, set by runforever()
+
+    def handle_read_event(self) -> None:
+        drain_pipe(self.fd)
+        if self.supervisor is not None:
+            self.supervisor.reap()
 
 
 _stock_setsignals = supervisor_options.ServerOptions.setsignals
@@ -83,64 +94,52 @@ def setsignals(self) -> None:
     socket_map[read_fd] = SignalWakeup(read_fd)
 
 
-class ExitWatch:
+class ExitWatch(PolledFd):
     """A pidfd in supervisord's poll set: readable once that process ended.
     The session's owner (the ``lanetrace`` CLI) ending first, killed, leaves
     nobody to stop the session: then, once the injector has also finished
     (it ends with its targets and has everything drained and written), this
     supervisord stops its programs and exits as on SIGTERM."""
 
-    def __init__(self, pid: int, then):
-        self.fd = os.pidfd_open(pid)
+    def __init__(self, socket_map: dict, pid: int, then):
+        super().__init__(os.pidfd_open(pid))
+        self.socket_map = socket_map
         self.then = then
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
 
     def handle_read_event(self) -> None:
         self.socket_map.pop(self.fd, None)
         self.close()
         self.then()
 
-    def handle_error(self) -> None:
-        pass
-
-    def close(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
-
 
 def _watch(socket_map: dict, pid: int, then) -> None:
     try:
-        watch = ExitWatch(pid, then)
+        watch = ExitWatch(socket_map, pid, then)
     except ProcessLookupError:
         then()
         return
-    watch.socket_map = socket_map
     socket_map[watch.fd] = watch
 
 
 def _injector_pid() -> int | None:
     """The one-shot injector the CLI started (run directory = cwd)."""
     try:
-        with open("injector.pid") as f:
+        with open(INJECTOR_PID_FILE) as f:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
 
 
+def _stop_session() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _owner_gone(socket_map: dict) -> None:
-    stop = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
     injector = _injector_pid()
     if injector is None:
-        stop()
+        _stop_session()
     else:
-        _watch(socket_map, injector, stop)
+        _watch(socket_map, injector, _stop_session)
 
 
 _stock_runforever = supervisord.Supervisor.runforever
