@@ -36,6 +36,7 @@ import signal
 import struct
 import time
 
+from lanetrace.injector import procfs
 from lanetrace.injector.threadstop import (PTRACE_DETACH, PTRACE_EVENT_STOP, PTRACE_GETREGS,
                                            PTRACE_INTERRUPT, PTRACE_SEIZE, WALL, _ptrace, _Regs)
 
@@ -195,43 +196,29 @@ class ParkedMainThread:
     def __enter__(self) -> "ParkedMainThread":
         try:
             self._park()
-        except (OSError, ParkError) as exc:
+        except (OSError, KeyError, ParkError) as exc:
             log.info("pid %d: main thread not parked for the attach (%s); Frida's bootstrap "
                      "may change its vector registers", self.pid, exc)
         return self
 
-    def _status(self) -> tuple[str, int]:
-        """The main thread's state letter and tracer pid."""
-        state, tracer = "?", 0
-        with open(f"/proc/{self.pid}/task/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("State:"):
-                    state = line.split()[1]
-                elif line.startswith("TracerPid:"):
-                    tracer = int(line.split()[1])
-        return state, tracer
-
-    def _blocked(self) -> int:
-        """The main thread's signal mask (bit n-1: signal n)."""
-        with open(f"/proc/{self.pid}/task/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("SigBlk:"):
-                    return int(line.split()[1], 16)
-        raise ParkError("no SigBlk in its status")
+    def _status(self) -> dict[str, str]:
+        """The main thread's /proc status."""
+        return procfs.status_fields(self.pid, self.pid)
 
     def _park(self) -> None:
         # Frida's helper (our child) may still hold it, finishing a detach.
         deadline = time.monotonic() + TRACED_WAIT_S
-        while _ours(((status := self._status())[1])) and time.monotonic() < deadline:
+        while _ours(tracer := int((status := self._status())["TracerPid"])) \
+                and time.monotonic() < deadline:
             time.sleep(0.005)
-        state, tracer = status
+        state = status["State"].split()[0]
         if tracer:
             raise ParkError(f"pid {tracer} traces it")
         if state in ("T", "t", "Z", "X"):
             raise ParkError(f"the main thread is in state {state}")
         self._stop(deadline)
         try:
-            self._mask = self._blocked()
+            self._mask = int(self._status()["SigBlk"], 16)  # bit n-1: signal n
             _ptrace(PTRACE_GETREGS, self.pid, None, ctypes.byref(self._regs))
             self._xstate_len = 0
             self._xstate_io(PTRACE_GETREGSET)
@@ -293,7 +280,6 @@ def _ours(tracer: int) -> bool:
     if tracer == os.getpid():
         return True
     try:
-        with open(f"/proc/{tracer}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+        return procfs.parent_pid(tracer) == os.getpid()
     except (OSError, ValueError, IndexError):
         return False

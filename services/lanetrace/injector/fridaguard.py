@@ -13,6 +13,8 @@ import os
 import signal
 import threading
 
+from lanetrace.injector import procfs
+
 log = logging.getLogger("lanetrace.injector.fridaguard")
 
 HANG_MESSAGE = "Frida did not finish injecting"
@@ -25,8 +27,7 @@ def descendants(pid: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            ppid = procfs.parent_pid(int(entry))
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))

@@ -32,6 +32,7 @@ from lanetrace.core.rundir import RunDir
 from lanetrace.core.selection import Selection
 from lanetrace.core.shm import TargetSegment
 from lanetrace.core.stdio import adopt_caller_stdio
+from lanetrace.injector import procfs
 from lanetrace.injector.attachguard import ParkedMainThread
 from lanetrace.injector.children import ChildFollower
 from lanetrace.injector.flightctl import FlightControl, TriggerError
@@ -842,8 +843,7 @@ def _how_it_ended(target: TracedProcess) -> str:
 def _credentials(pid: int) -> tuple[int, int]:
     """The uid and gid the process opens files with (fsuid, fsgid)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        fields = procfs.status_fields(pid)
         return int(fields["Uid"].split()[3]), int(fields["Gid"].split()[3])
     except FileNotFoundError:
         raise TargetError(f"no such process: {pid}") from None
